@@ -1,0 +1,90 @@
+"""RewardLoggingCallback: rollout and optimisation statistics to any Lightning logger (+ W&B tables)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
+
+class RewardLoggingCallback(L.Callback):
+    """Logs, every ``trainer.log_every_n_steps`` steps, means over the steps since the last log:
+
+    ``train/reward`` (weighted total), ``train/reward/<fn>`` per reward function, ``train/reward_std``,
+    ``train/kl``, ``train/clip_ratio``, ``train/entropy``, ``train/loss``, ``train/completion_length``,
+    ``train/truncated_fraction``, ``train/zero_std_groups`` (groups whose rewards are all equal: no
+    signal), ``train/rollout_tokens_per_s``, ``train/step_seconds``, ``train/lr``. Means are torchmetrics
+    ``MeanMetric`` s, so under DDP they are averaged over ranks too. With a W&B logger, a table of sample
+    completions is logged every ``table_every_n_steps`` steps.
+
+    Args:
+        table_every_n_steps: how often to log sample completions to W&B (0 = never).
+        table_rows: completions per table.
+    """
+
+    def __init__(self, table_every_n_steps: int = 50, table_rows: int = 8) -> None:
+        self.table_every_n_steps, self.table_rows = table_every_n_steps, table_rows
+        self.metrics: dict[str, MeanMetric] = {}
+        self._step_started = 0.0
+
+    def _update(self, name: str, value: float | torch.Tensor, weight: float = 1.0) -> None:
+        if name not in self.metrics:
+            self.metrics[name] = MeanMetric(nan_strategy="ignore")
+        self.metrics[name].update(torch.as_tensor(value, dtype=torch.float32), weight)
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        rollout = batch.get("rollout") if isinstance(batch, dict) else None
+        if rollout is None:
+            return
+        gen = rollout.generation
+        lengths = gen.completion_mask.sum(1).float()
+        self._update("train/reward", rollout.rewards.mean())
+        self._update("train/reward_std", rollout.rewards.view(-1, rollout.group_size).std(1, correction=0).mean())
+        for name, scores in rollout.reward_scores.items():
+            valid = [s for s in scores if s is not None]
+            if valid:
+                self._update(f"train/reward/{name}", sum(valid) / len(valid))
+        grouped = rollout.rewards.view(-1, rollout.group_size)
+        self._update("train/zero_std_groups", (grouped.max(1).values == grouped.min(1).values).float().mean())
+        self._update("train/completion_length", lengths.mean())
+        self._update("train/truncated_fraction", gen.truncated.float().mean())
+        self._update("train/rollout_tokens_per_s", lengths.sum() / max(gen.seconds, 1e-9))
+        self._update("train/step_seconds", time.perf_counter() - self._step_started)
+        for key, value in (outputs or {}).items():
+            if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+                self._update(f"train/{key}", value)
+        step = trainer.global_step
+        pl_module.log("reward", rollout.rewards.mean(), prog_bar=True, on_step=True, logger=False)
+        if step % max(trainer.log_every_n_steps, 1) == 0 or step == 1:
+            # compute() is a collective under DDP: every rank reaches it at the same steps.
+            values = {name: float(metric.compute()) for name, metric in self.metrics.items()}
+            for metric in self.metrics.values():
+                metric.reset()
+            for logger in trainer.loggers:  # straight to the loggers: these are already window means
+                logger.log_metrics(values, step=step)
+        if self.table_every_n_steps and step % self.table_every_n_steps == 0:
+            self._log_table(trainer, batch, rollout, step)
+
+    def _log_table(self, trainer: L.Trainer, batch: dict, rollout: Any, step: int) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        group = rollout.group_size
+        rows = []
+        for i, text in enumerate(rollout.generation.texts[: self.table_rows]):
+            rows.append([step, batch["prompt"][i // group], text, float(rollout.rewards[i]), float(rollout.advantages[i])])
+        for logger in loggers:
+            logger.log_text(
+                key="rollouts", columns=["step", "prompt", "completion", "reward", "advantage"], data=rows, step=step
+            )

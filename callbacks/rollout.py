@@ -1,0 +1,41 @@
+"""RolloutCallback: turns a batch of prompts into a scored GRPO rollout before each training step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from typing_extensions import override
+
+from r1_lightning.losses import group_advantages
+from r1_lightning.rewards import score_completions
+from r1_lightning.rollout import Rollout, batched_logprobs
+
+
+class RolloutCallback(L.Callback):
+    """Samples G completions per prompt with the policy, scores them, and attaches a ``Rollout``.
+
+    Runs in ``on_train_batch_start``: policy in eval mode, no grad, KV cache (``HFGenerator``). Then
+    rewards (``fn(completions, prompts=..., **columns)``), group-relative advantages, the sampling
+    policy's log-probs when ``num_iterations > 1`` and the reference's when ``beta > 0`` (one no-grad
+    forward each). The module reads ``batch["rollout"]``.
+    """
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: dict, batch_idx: int) -> None:
+        hp = pl_module.hparams
+        group = hp.num_generations
+        prompts = [p for p in batch["prompt"] for _ in range(group)]
+        generation = pl_module.generator.generate(pl_module.policy, prompts, pl_module.sampling)
+        columns = {k: [v for v in values for _ in range(group)] for k, values in batch.items() if k != "prompt"}
+        totals, per_fn = score_completions(pl_module.rewards, generation.texts, {"prompts": prompts, **columns})
+        device = generation.input_ids.device
+        rewards = torch.tensor(totals, dtype=torch.float32, device=device)
+        advantages = group_advantages(rewards, group, scale_by_std=hp.scale_rewards)
+        old_logprobs = ref_logprobs = None
+        if hp.num_iterations > 1:
+            old_logprobs = batched_logprobs(pl_module.policy, generation, pl_module.sampling.temperature, hp.micro_batch_size)
+        if pl_module.reference is not None and hp.beta > 0:
+            ref_logprobs = batched_logprobs(pl_module.reference, generation, pl_module.sampling.temperature, hp.micro_batch_size)
+        batch["rollout"] = Rollout(generation, old_logprobs, ref_logprobs, rewards, advantages, per_fn, group)

@@ -1,0 +1,125 @@
+"""``PromptDataModule``: streams prompt records, renders them with a template, batches them as lists."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from r1_lightning.data.sources import PromptSource
+from r1_lightning.data.tasks import ArithmeticTask
+from r1_lightning.data.templates import render_prompt
+
+log = logging.getLogger(__name__)
+
+
+def collate_records(records: list[dict]) -> dict[str, list]:
+    """A batch is a dict of equal-length lists, one per column (what reward functions receive)."""
+    keys = list(records[0])
+    for record in records[1:]:
+        if list(record) != keys:
+            missing = set(keys) ^ set(record)
+            raise ValueError(f"records in one batch have different columns: {sorted(missing)}")
+    return {key: [record[key] for record in records] for key in keys}
+
+
+def _shard() -> tuple[int, int]:
+    """(index, count) of this reader among all ranks x dataloader workers, so none reads the same prompt."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+class PromptStream(IterableDataset):
+    """Endless stream of rendered training records; reshuffled each pass over a finite source."""
+
+    def __init__(self, datamodule: "PromptDataModule") -> None:
+        self.dm = datamodule
+
+    def __iter__(self) -> Iterator[dict]:
+        index, count = _shard()
+        epoch, position = 0, 0
+        while True:
+            produced = False
+            for record in self.dm.source.iter_train(self.dm.seed, epoch):
+                produced = True
+                position += 1
+                if (position - 1) % count == index:
+                    rendered = self.dm.render(record)
+                    if rendered is not None:
+                        yield rendered
+            if not produced:
+                raise ValueError("the training prompt source yielded no records; check the dataset and split")
+            epoch += 1
+
+
+class PromptDataModule(L.LightningDataModule):
+    """Prompt records for RL: ``{"prompt": rendered text, "answer": ..., <extra columns>}`` batches.
+
+    Args:
+        source: where records come from: ``ArithmeticTask``, ``CountdownTask``, ``HubSource``,
+            ``FileSource`` (``class_path`` + ``init_args`` in YAML).
+        template: ``r1_zero`` (the R1-Zero template, verbatim), ``chat`` (the tokenizer's chat
+            template), ``plain``, or a format string containing ``{prompt}``.
+        system_prompt: system message for the chat template (prepended line for text templates).
+        batch_size: prompts per training step (each gets ``num_generations`` completions).
+        val_batch_size: prompts per validation batch.
+        max_prompt_tokens: prompts longer than this many tokens are skipped (counted and logged).
+        seed: seeds shuffling and procedural generation.
+    """
+
+    def __init__(
+        self,
+        source: PromptSource | None = None,
+        template: str = "r1_zero",
+        system_prompt: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 16,
+        max_prompt_tokens: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source = source if source is not None else ArithmeticTask()
+        self.template, self.system_prompt = template, system_prompt
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.max_prompt_tokens, self.seed = max_prompt_tokens, seed
+        self.tokenizer: Any = None
+        self.skipped_long_prompts = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None and self.trainer is not None:
+            self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+
+    def render(self, record: dict) -> dict | None:
+        """Apply the template; returns None (and counts it) for prompts over ``max_prompt_tokens``."""
+        if "prompt" not in record:
+            raise ValueError(f"a prompt record has no 'prompt' field (fields: {sorted(record)})")
+        text = render_prompt(record["prompt"], self.template, self.tokenizer, self.system_prompt)
+        if self.max_prompt_tokens is not None and self.tokenizer is not None:
+            length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if length > self.max_prompt_tokens:
+                self.skipped_long_prompts += 1
+                log.warning(
+                    "skipped a prompt of %d tokens > data.max_prompt_tokens=%d (%d skipped so far)",
+                    length, self.max_prompt_tokens, self.skipped_long_prompts,
+                )
+                return None
+        return {**record, "raw_prompt": record["prompt"], "prompt": text}
+
+    def val_records(self) -> list[dict]:
+        records = [r for r in map(self.render, self.source.val_records(self.seed)) if r is not None]
+        if not records:
+            raise ValueError("the validation split is empty; set the source's `val_size` / `val_split`")
+        return records
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(PromptStream(self), batch_size=self.batch_size, collate_fn=collate_records)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_records(), batch_size=self.val_batch_size, collate_fn=collate_records)

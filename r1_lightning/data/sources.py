@@ -1,0 +1,211 @@
+"""Where prompt records come from: a hub dataset (streamed), local JSONL/Parquet, or a procedural task.
+
+Every source yields records ``{"prompt": ..., "answer": ..., <extra columns>}``; extra columns reach
+the reward functions as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+AnswerParser = Literal["gsm8k", "boxed", None]
+
+
+def parse_gsm8k_answer(solution: str) -> str:
+    """GSM8K solutions end in ``#### 42``; the answer is what follows, commas dropped.
+
+    >>> parse_gsm8k_answer("Natalia sold 48/2 = 24 clips... #### 1,072")
+    '1072'
+    """
+    if "####" not in solution:
+        raise ValueError(f"GSM8K answer has no '####' marker: {solution[-80:]!r}")
+    return solution.split("####")[-1].strip().replace(",", "")
+
+
+def parse_boxed_answer(solution: str) -> str:
+    r"""MATH-style solutions: the answer is the last ``\boxed{...}``.
+
+    >>> parse_boxed_answer(r"... so $x = \boxed{\frac{1}{2}}$.")
+    '\\frac{1}{2}'
+    """
+    from r1_lightning.rewards._text import last_boxed
+
+    boxed = last_boxed(solution)
+    if boxed is None:
+        raise ValueError(f"solution has no \\boxed{{}} answer: {solution[-80:]!r}")
+    return boxed
+
+
+ANSWER_PARSERS = {"gsm8k": parse_gsm8k_answer, "boxed": parse_boxed_answer}
+
+
+class PromptSource:
+    """Interface of a prompt source. ``iter_train`` may be endless; ``val_records`` is a fixed list."""
+
+    seed: int = 0
+
+    def iter_train(self, seed: int, epoch: int) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def val_records(self, seed: int) -> list[dict]:
+        raise NotImplementedError
+
+
+class DatasetSource(PromptSource):
+    """Records from a ``datasets`` dataset, with column mapping and an optional answer parser.
+
+    Args:
+        prompt_column: column holding the question (string or chat messages).
+        answer_column: column holding the reference answer (or the full solution when
+            ``answer_parser`` extracts it). ``None`` for datasets without one.
+        answer_parser: ``gsm8k`` (text after ``####``), ``boxed`` (last ``\\boxed{}``), or none.
+        extra_columns: more columns to pass to reward functions (all other columns by default).
+        val_split: split used for validation; if None, the first ``val_size`` training records are
+            held out (and never trained on).
+        val_size: number of validation prompts.
+        shuffle_buffer: streaming shuffle buffer size (0 = no shuffling).
+    """
+
+    def __init__(
+        self,
+        prompt_column: str = "prompt",
+        answer_column: str | None = "answer",
+        answer_parser: AnswerParser = None,
+        extra_columns: list[str] | None = None,
+        val_split: str | None = None,
+        val_size: int = 64,
+        shuffle_buffer: int = 1000,
+    ) -> None:
+        if answer_parser is not None and answer_parser not in ANSWER_PARSERS:
+            raise ValueError(f"`answer_parser` must be one of {sorted(ANSWER_PARSERS)} or null, got {answer_parser!r}")
+        self.prompt_column, self.answer_column, self.answer_parser = prompt_column, answer_column, answer_parser
+        self.extra_columns, self.val_split, self.val_size = extra_columns, val_split, val_size
+        self.shuffle_buffer = shuffle_buffer
+
+    # -- subclasses say where the data is --------------------------------------------------------
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def load(self, split: str, streaming: bool) -> Any:
+        raise NotImplementedError
+
+    @property
+    def train_split(self) -> str:
+        return "train"
+
+    # -- shared logic ------------------------------------------------------------------------------
+    def _check_columns(self, columns: list[str] | None) -> None:
+        if columns is None:  # some streamed datasets do not know their columns before the first row
+            return
+        wanted = [self.prompt_column] + ([self.answer_column] if self.answer_column else [])
+        wanted += self.extra_columns or []
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise ValueError(
+                f"dataset {self.describe()} has no column {missing[0]!r} (it has {sorted(columns)}); "
+                "set `prompt_column` / `answer_column` / `extra_columns` of the data source to match."
+            )
+
+    def to_record(self, row: dict) -> dict:
+        self._check_columns(list(row))
+        record = {"prompt": row[self.prompt_column]}
+        answer = row[self.answer_column] if self.answer_column else None
+        if answer is not None and self.answer_parser:
+            answer = ANSWER_PARSERS[self.answer_parser](str(answer))
+        record["answer"] = answer
+        keep = self.extra_columns
+        for key, value in row.items():
+            if key not in (self.prompt_column, self.answer_column) and (keep is None or key in keep):
+                record.setdefault(key, value)
+        return record
+
+    def _rows(self, split: str, seed: int, epoch: int, shuffle: bool) -> Iterator[dict]:
+        dataset = self.load(split, streaming=True)
+        self._check_columns(getattr(dataset, "column_names", None))
+        if shuffle and self.shuffle_buffer:
+            dataset = dataset.shuffle(seed=seed + epoch, buffer_size=self.shuffle_buffer)
+        empty = True
+        for row in dataset:
+            empty = False
+            yield self.to_record(row)
+        if empty:
+            raise ValueError(f"dataset {self.describe()} split {split!r} is empty")
+
+    def iter_train(self, seed: int, epoch: int) -> Iterator[dict]:
+        held_out = {str(r["prompt"]) for r in self.val_records(seed)} if self.val_split is None else set()
+        for record in self._rows(self.train_split, seed, epoch, shuffle=True):
+            if str(record["prompt"]) not in held_out:
+                yield record
+
+    def val_records(self, seed: int) -> list[dict]:
+        split = self.val_split or self.train_split
+        cache = getattr(self, "_val_cache", None)
+        if cache is None:
+            cache = list(itertools.islice(self._rows(split, seed, 0, shuffle=False), self.val_size))
+            self._val_cache = cache
+        return cache
+
+
+class HubSource(DatasetSource):
+    """A Hugging Face hub dataset, streamed (``datasets.load_dataset(..., streaming=True)``).
+
+    Args:
+        path: dataset id, e.g. ``openai/gsm8k``.
+        name: dataset configuration, e.g. ``main``.
+        split: training split.
+        streaming: stream instead of downloading the whole dataset first.
+    """
+
+    def __init__(
+        self, path: str, name: str | None = None, split: str = "train", streaming: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.path, self.name, self.split, self.streaming = path, name, split, streaming
+
+    def describe(self) -> str:
+        return f"{self.path!r}" + (f" ({self.name})" if self.name else "")
+
+    @property
+    def train_split(self) -> str:
+        return self.split
+
+    def load(self, split: str, streaming: bool) -> Any:
+        import datasets
+
+        return datasets.load_dataset(self.path, self.name, split=split, streaming=self.streaming and streaming)
+
+
+class FileSource(DatasetSource):
+    """Local JSONL / JSON / Parquet / CSV files (a path or a glob), loaded with ``datasets``.
+
+    Args:
+        path: training file(s).
+        val_path: validation file(s); otherwise ``val_size`` training records are held out.
+    """
+
+    _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+    def __init__(self, path: str, val_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path, self.val_path = path, val_path
+        if val_path is not None:
+            self.val_split = "validation"
+
+    def describe(self) -> str:
+        return repr(self.path)
+
+    def load(self, split: str, streaming: bool) -> Any:
+        import datasets
+
+        path = self.val_path if split == "validation" and self.val_path else self.path
+        suffix = Path(re.sub(r"[*?\[\]].*$", "", path) or path).suffix or Path(path).suffix
+        builder = self._BUILDERS.get(suffix.lower())
+        if builder is None:
+            raise ValueError(f"data file {path!r}: unknown extension; use one of {sorted(self._BUILDERS)}")
+        if not glob.glob(path):
+            raise FileNotFoundError(f"data file {path!r} does not exist")
+        return datasets.load_dataset(builder, data_files=path, split="train", streaming=streaming)

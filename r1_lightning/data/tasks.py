@@ -1,0 +1,137 @@
+"""Procedural prompt sources: endless, seeded, with a held-out split that never meets training."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from typing import Iterator
+
+from r1_lightning.data.sources import PromptSource
+
+
+def _held_out(key: str, val_fraction: float) -> bool:
+    """Stable membership in the validation split: a hash of the problem, not the RNG stream."""
+    return zlib.crc32(key.encode()) % 10_000 < val_fraction * 10_000
+
+
+class ProceduralTask(PromptSource):
+    """Base for generated tasks: ``sample(rng)`` draws a record; problems are split by hash.
+
+    Args:
+        val_fraction: share of the problem space reserved for validation (by a hash of the prompt),
+            so a held-out problem is never trained on, however long the run.
+        val_size: number of held-out prompts in the validation set.
+    """
+
+    def __init__(self, val_fraction: float = 0.2, val_size: int = 64) -> None:
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
+        self.val_size = val_size
+
+    def sample(self, rng: random.Random) -> dict:
+        raise NotImplementedError
+
+    def iter_train(self, seed: int, epoch: int) -> Iterator[dict]:
+        rng = random.Random(f"{seed}-train-{epoch}")
+        while True:
+            record = self.sample(rng)
+            if not _held_out(record["prompt"], self.val_fraction):
+                yield record
+
+    def val_records(self, seed: int) -> list[dict]:
+        rng = random.Random(f"{seed}-val")
+        seen: dict[str, dict] = {}
+        for _ in range(1000 * max(self.val_size, 1)):
+            if len(seen) >= self.val_size:
+                break
+            record = self.sample(rng)
+            if _held_out(record["prompt"], self.val_fraction):
+                seen.setdefault(record["prompt"], record)
+        return list(seen.values())
+
+
+class ArithmeticTask(ProceduralTask):
+    """Integer arithmetic: ``a op b (op c ...)`` with operands in ``[min_value, max_value]``.
+
+    Records: ``{"prompt": "12 + 7", "answer": "19"}``.
+
+    >>> ArithmeticTask(max_value=9, seed=0).sample(random.Random(0))
+    {'prompt': '6 + 6', 'answer': '12'}
+    """
+
+    def __init__(
+        self,
+        min_value: int = 0,
+        max_value: int = 99,
+        num_operands: int = 2,
+        operations: tuple[str, ...] = ("+",),
+        seed: int = 0,
+        val_fraction: float = 0.2,
+        val_size: int = 64,
+    ) -> None:
+        super().__init__(val_fraction, val_size)
+        if min_value > max_value:
+            raise ValueError(f"`min_value` ({min_value}) must be <= `max_value` ({max_value})")
+        unknown = set(operations) - {"+", "-", "*"}
+        if unknown or not operations:
+            raise ValueError(f"`operations` must be a non-empty subset of ('+', '-', '*'); got {operations}")
+        if num_operands < 2:
+            raise ValueError(f"`num_operands` must be >= 2, got {num_operands}")
+        self.min_value, self.max_value = min_value, max_value
+        self.num_operands, self.operations, self.seed = num_operands, tuple(operations), seed
+
+    def sample(self, rng: random.Random) -> dict:
+        values = [rng.randint(self.min_value, self.max_value) for _ in range(self.num_operands)]
+        expression = str(values[0])
+        for value in values[1:]:
+            expression += f" {rng.choice(self.operations)} {value}"
+        # Only +, - and * on integers: Python's eval is exact and the expression is ours, not user input.
+        return {"prompt": expression, "answer": str(eval(expression))}
+
+
+class CountdownTask(ProceduralTask):
+    """Countdown (TinyZero's task): reach ``target`` from ``numbers`` with + - * /, each number once.
+
+    Targets come from a random expression over the numbers, so every puzzle is solvable. Records carry
+    ``numbers`` and ``target`` columns for :func:`r1_lightning.rewards.countdown_reward`.
+
+    >>> record = CountdownTask(seed=0).sample(random.Random(1))
+    >>> sorted(record)
+    ['answer', 'numbers', 'prompt', 'target']
+    """
+
+    def __init__(
+        self,
+        num_numbers: int = 3,
+        min_value: int = 1,
+        max_value: int = 20,
+        seed: int = 0,
+        val_fraction: float = 0.2,
+        val_size: int = 64,
+    ) -> None:
+        super().__init__(val_fraction, val_size)
+        if num_numbers < 2:
+            raise ValueError(f"`num_numbers` must be >= 2, got {num_numbers}")
+        self.num_numbers, self.min_value, self.max_value, self.seed = num_numbers, min_value, max_value, seed
+
+    def sample(self, rng: random.Random) -> dict:
+        while True:
+            numbers = [rng.randint(self.min_value, self.max_value) for _ in range(self.num_numbers)]
+            order = numbers[:]
+            rng.shuffle(order)
+            value, expression = order[0], str(order[0])
+            for number in order[1:]:
+                op = rng.choice("+-*/")
+                if op == "/" and (number == 0 or value % number):
+                    op = "+"
+                value = {"+": value + number, "-": value - number, "*": value * number, "/": value // number}[op]
+                expression = f"({expression} {op} {number})"
+            if value > 0:
+                break
+        prompt = (
+            f"Using the numbers {numbers}, create an equation that equals {value}. You can use basic "
+            "arithmetic operations (+, -, *, /) and each number can only be used once. Show your work in "
+            "<think> </think> tags and return the final equation in <answer> </answer> tags"
+        )
+        return {"prompt": prompt, "answer": expression, "numbers": numbers, "target": value}

@@ -1,0 +1,19 @@
+"""Rule-based rewards with the TRL / open-r1 signature ``fn(completions, **columns) -> list[float | None]``."""
+
+from r1_lightning.rewards._text import completion_text, extract_answer
+from r1_lightning.rewards.accuracy import accuracy_reward, answers_match
+from r1_lightning.rewards.format import format_reward, tag_count_reward
+from r1_lightning.rewards.registry import WeightedReward, build_rewards, resolve_reward, score_completions
+
+__all__ = [
+    "accuracy_reward",
+    "answers_match",
+    "build_rewards",
+    "completion_text",
+    "extract_answer",
+    "format_reward",
+    "resolve_reward",
+    "score_completions",
+    "tag_count_reward",
+    "WeightedReward",
+]

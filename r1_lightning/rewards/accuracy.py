@@ -1,0 +1,72 @@
+"""Accuracy reward: is the completion's final answer equivalent to the reference ``answer`` column?"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from math_verify import parse, verify
+
+from r1_lightning.rewards._text import Completion, completion_text, extract_answer
+
+# math-verify's own timeouts use SIGALRM, which only works in the main thread.
+_TIMEOUT_SECONDS = 5
+
+
+def _timeout() -> int | None:
+    return _TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse(text: str) -> list:
+    """math-verify parse of a bare answer; retried inside ``$...$`` so plain LaTeX (``x+1``) parses too."""
+    parsed = parse(text, parsing_timeout=_timeout())
+    if not parsed:
+        parsed = parse(f"${text}$", parsing_timeout=_timeout())
+    return parsed
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().strip(".").strip("$")).lower()
+
+
+def answers_match(predicted: str, gold: str) -> bool:
+    r"""Math-verify equivalence of two answers, with a normalised string comparison as fallback.
+
+    >>> answers_match("0.5", r"\frac{1}{2}")
+    True
+    >>> answers_match("x + 1", "1+x")
+    True
+    >>> answers_match("Paris", "paris")
+    True
+    >>> answers_match("7", "8")
+    False
+    """
+    if _normalize(predicted) == _normalize(gold):
+        return True
+    gold_parsed, pred_parsed = _parse(gold), _parse(predicted)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
+
+
+def accuracy_reward(completions: list[Completion], answer: list[Any], **kwargs: Any) -> list[float | None]:
+    r"""1.0 when the final answer (``<answer>`` tag, else last ``\boxed{}``) equals ``answer``, else 0.0.
+
+    Equivalence is math-verify's (``0.5`` = ``\frac{1}{2}``); plain strings compare normalised. A record
+    without a reference answer scores ``None`` (not applicable), as in TRL.
+
+    >>> accuracy_reward(["<think>..</think><answer>\\frac{1}{2}</answer>", "<answer>3</answer>"],
+    ...                 answer=["0.5", "4"])
+    [1.0, 0.0]
+    >>> accuracy_reward(["<answer>1</answer>"], answer=[None])
+    [None]
+    """
+    scores: list[float | None] = []
+    for completion, gold in zip(completions, answer, strict=True):
+        if gold is None or str(gold).strip() == "":
+            scores.append(None)
+            continue
+        predicted = extract_answer(completion_text(completion))
+        scores.append(float(predicted is not None and answers_match(predicted, str(gold))))
+    return scores

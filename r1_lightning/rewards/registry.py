@@ -1,0 +1,99 @@
+"""Choosing reward functions by name or dotted import path, and combining them by weight."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+RewardFn = Callable[..., list]
+
+
+def builtin_rewards() -> dict[str, RewardFn]:
+    from r1_lightning.rewards.accuracy import accuracy_reward
+    from r1_lightning.rewards.format import format_reward, tag_count_reward
+
+    return {fn.__name__: fn for fn in (accuracy_reward, format_reward, tag_count_reward)}
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """A built-in reward by name (``accuracy_reward``) or any callable by dotted path (``pkg.mod.fn``).
+
+    TRL's and open-r1's reward functions share the signature ``fn(completions, **columns)``, so
+    ``trl.rewards.think_format_reward`` works as is.
+    """
+    builtins = builtin_rewards()
+    if name in builtins:
+        return builtins[name]
+    if "." in name:
+        module_name, _, attr = name.rpartition(".")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"reward function {name!r} could not be imported: {err}") from err
+        if not callable(fn):
+            raise ValueError(f"reward function {name!r} is not callable")
+        return fn
+    close = difflib.get_close_matches(name, builtins, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"unknown reward function {name!r} in `rewards`.{hint} Built-ins: {sorted(builtins)}; "
+        "or give a dotted import path such as 'my_package.rewards.my_reward'."
+    )
+
+
+@dataclass
+class WeightedReward:
+    name: str
+    fn: RewardFn
+    weight: float
+
+
+def build_rewards(spec: dict[str, float]) -> list[WeightedReward]:
+    """``{"accuracy_reward": 1.0, "format_reward": 0.5}`` -> resolved functions with their weights."""
+    if not spec:
+        raise ValueError("`rewards` is empty: name at least one reward function, e.g. {accuracy_reward: 1.0}")
+    return [WeightedReward(name.rsplit(".", 1)[-1], resolve_reward(name), float(w)) for name, w in spec.items()]
+
+
+def _preview(completion: Any, limit: int = 300) -> str:
+    text = completion if isinstance(completion, str) else repr(completion)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def score_completions(
+    rewards: list[WeightedReward], completions: list, columns: dict[str, list]
+) -> tuple[list[float], dict[str, list[float | None]]]:
+    """Call each reward function and return ``(weighted total per completion, raw scores per function)``.
+
+    ``None`` means "not applicable" (e.g. no reference answer): it adds nothing to the total, like TRL's
+    nan-sum. A function that raises, returns the wrong number of scores, or a non-finite score is an
+    error that names the function and shows the completion concerned.
+    """
+    totals = [0.0] * len(completions)
+    per_fn: dict[str, list[float | None]] = {}
+    for reward in rewards:
+        try:
+            scores = list(reward.fn(completions=completions, **columns))
+        except Exception as err:
+            preview = _preview(completions[0]) if completions else "<no completions>"
+            raise RuntimeError(
+                f"reward function {reward.name!r} raised {type(err).__name__}: {err}. "
+                f"First completion of the batch: {preview!r}"
+            ) from err
+        if len(scores) != len(completions):
+            raise ValueError(
+                f"reward function {reward.name!r} returned {len(scores)} scores for {len(completions)} completions"
+            )
+        for i, score in enumerate(scores):
+            if score is None:
+                continue
+            if not math.isfinite(float(score)):
+                raise ValueError(
+                    f"reward function {reward.name!r} returned {score} for completion {_preview(completions[i])!r}"
+                )
+            totals[i] += reward.weight * float(score)
+        per_fn[reward.name] = [None if s is None else float(s) for s in scores]
+    return totals, per_fn

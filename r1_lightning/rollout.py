@@ -1,0 +1,209 @@
+"""Rollout generation: batched sampling with a KV cache, and the named container a GRPO step consumes.
+
+The decode loop is ours rather than ``model.generate`` for three reasons a GRPO trainer cares about:
+we know exactly which tokens each completion produced (through its EOS or stop string, never the
+padding after), we stop the moment every sequence has finished, and under sharded weights every rank
+runs the same number of decode steps (the "all done" flag is all-reduced), which FSDP needs because
+each forward is a collective. Sampling itself uses transformers' logits processors (temperature, top-k,
+top-p) and ``StopStringCriteria``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from transformers import LogitsProcessorList, StopStringCriteria
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from r1_lightning.losses import token_entropy, token_logprobs
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled.
+
+    Args:
+        temperature: softmax temperature; 0 means greedy decoding.
+        top_p: nucleus sampling mass (1.0 = off).
+        top_k: keep the k most likely tokens (0 = off).
+        max_new_tokens: completion length limit; longer completions are truncated (and counted).
+        stop_strings: decoding of a completion also stops after any of these strings, e.g. ``</answer>``.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class Generation(NamedTuple):
+    input_ids: torch.Tensor  # [N, P + L] prompt (left-padded) then completion (right-padded)
+    attention_mask: torch.Tensor  # [N, P + L] 1 on real prompt tokens and on completion tokens
+    completion_mask: torch.Tensor  # [N, L] 1 on tokens each completion produced, its EOS included
+    prompt_length: int  # P
+    truncated: torch.Tensor  # [N] bool: hit max_new_tokens without EOS or a stop string
+    texts: list[str]  # N decoded completions, special tokens dropped
+    seconds: float  # wall time of the decode
+
+
+class Rollout(NamedTuple):
+    """One GRPO rollout batch: B prompts x G completions, each group contiguous (N = B * G)."""
+
+    generation: Generation
+    old_logprobs: torch.Tensor | None  # [N, L] sampling policy's log-probs; None when num_iterations == 1
+    ref_logprobs: torch.Tensor | None  # [N, L] frozen reference's log-probs; None when beta == 0
+    rewards: torch.Tensor  # [N] weighted sum of the reward functions
+    advantages: torch.Tensor  # [N] group-relative advantages
+    reward_scores: dict[str, list[float | None]]  # per reward function, N raw scores (None = n/a)
+    group_size: int  # G
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation-config EOS."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+@dataclass
+class HFGenerator:
+    """Batched sampling with transformers models and a KV cache (the default rollout engine)."""
+
+    tokenizer: Any
+    sync_ranks: bool = False  # all-reduce the "all done" flag: needed when weights are sharded
+    _stop_criteria: dict = field(default_factory=dict, repr=False)
+
+    def _stopper(self, stop_strings: tuple[str, ...]) -> StopStringCriteria | None:
+        if not stop_strings:
+            return None
+        if stop_strings not in self._stop_criteria:
+            self._stop_criteria[stop_strings] = StopStringCriteria(self.tokenizer, list(stop_strings))
+        return self._stop_criteria[stop_strings]
+
+    def _all_done(self, finished: torch.Tensor) -> bool:
+        done = finished.all()
+        if self.sync_ranks and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = done.to(torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            done = flag.bool()
+        return bool(done)
+
+    @torch.no_grad()
+    def generate(self, model: Any, prompts: list[str], sampling: SamplingConfig) -> Generation:
+        """Sample one completion per prompt (repeat prompts for groups). Model is put in eval mode."""
+        tokenizer, started = self.tokenizer, time.perf_counter()
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_ids = encoded["input_ids"].to(device)
+        attention = encoded["attention_mask"].to(device)
+        batch, prompt_length = prompt_ids.shape
+        processors = LogitsProcessorList()
+        if sampling.temperature > 0:
+            if sampling.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k > 0:
+                processors.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                processors.append(TopPLogitsWarper(sampling.top_p))
+        stopper = self._stopper(tuple(sampling.stop_strings))
+        eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
+
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        sequences = prompt_ids
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+        for _ in range(sampling.max_new_tokens):
+            scores = processors(sequences, logits)
+            if sampling.temperature > 0:
+                token = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+            else:
+                token = scores.argmax(dim=-1)
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            lengths += (~finished).long()
+            sequences = torch.cat([sequences, token[:, None]], dim=1)
+            ends = torch.isin(token, eos)
+            if stopper is not None:
+                ends |= stopper(sequences, scores)
+            stopped |= ends & ~finished
+            finished |= ends
+            if self._all_done(finished):
+                break
+            attention = torch.cat([attention, torch.ones_like(token[:, None])], dim=1)
+            positions = positions[:, -1:] + 1
+            out = model(
+                input_ids=token[:, None], attention_mask=attention, position_ids=positions,
+                past_key_values=cache, use_cache=True,
+            )
+            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        completion = sequences[:, prompt_length:]
+        steps = completion.shape[1]
+        completion_mask = (torch.arange(steps, device=device)[None, :] < lengths[:, None]).long()
+        full_attention = torch.cat([encoded["attention_mask"].to(device), completion_mask], dim=1)
+        texts = tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, pad), skip_special_tokens=True)
+        model.train(was_training)
+        return Generation(
+            sequences, full_attention, completion_mask, prompt_length, ~stopped, texts,
+            time.perf_counter() - started,
+        )
+
+
+def completion_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs ``[N, L]`` (and entropies) of the completion tokens under ``model``, one forward pass.
+
+    Only the last ``L + 1`` positions' logits are materialised (``logits_to_keep``), which matters for
+    150k-token vocabularies. Temperature-scaled like the sampling distribution, so that the ratio to the
+    sampling policy is exactly 1 before the first update.
+    """
+    completion_length = input_ids.shape[1] - prompt_length
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+        logits_to_keep=completion_length + 1, use_cache=False,
+    ).logits[:, :-1, :]
+    scale = temperature if temperature > 0 else 1.0
+    logprobs = token_logprobs(logits, input_ids[:, prompt_length:], scale)
+    entropy = token_entropy(logits, scale) if with_entropy else None
+    return logprobs, entropy
+
+
+@torch.no_grad()
+def batched_logprobs(
+    model: Any, generation: Generation, temperature: float, micro_batch_size: int | None
+) -> torch.Tensor:
+    """No-grad log-probs of a whole rollout, in micro-batches (old policy, or frozen reference)."""
+    n = generation.input_ids.shape[0]
+    step = micro_batch_size or n
+    parts = [
+        completion_logprobs(
+            model, generation.input_ids[i : i + step], generation.attention_mask[i : i + step],
+            generation.prompt_length, temperature,
+        )[0]
+        for i in range(0, n, step)
+    ]
+    return torch.cat(parts)

@@ -1,0 +1,243 @@
+"""A tiny, offline base model for the embedded default and the tests.
+
+R1-Zero starts from a *base* model whose accuracy is low but not zero. With no hub access we make one:
+a byte-level BPE tokenizer trained with ``tokenizers`` on generated text, a Qwen2-architecture model a
+few hundred thousand parameters big, and a short causal-LM pretraining on a generated corpus of
+arithmetic "transcripts" that, like web text, are only sometimes right and only sometimes in the
+``<think>``/``<answer>`` format. The result is saved in HF format (``save_pretrained``) and cached, so
+it is built once per machine (about a minute on two CPU cores).
+
+Names understood by :func:`r1_lightning.models.load_policy`:
+
+- ``tiny:random`` - random initialisation (tests; instant).
+- ``tiny:arithmetic`` - the pretrained tiny base for ``ArithmeticTask(min_value=0, max_value=19)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+# The R1 format tags get a token each, as they would in a model trained with them in mind.
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_VERSION = 1  # bump when the recipe's code changes, to invalidate caches
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("R1_LIGHTNING_CACHE", Path.home() / ".cache" / "r1_lightning"))
+
+
+def build_tokenizer(vocab_size: int = 640):
+    """Byte-level BPE trained on generated prompts and completions, with a chat template; offline."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from r1_lightning.data.tasks import ArithmeticTask, CountdownTask
+    from r1_lightning.data.templates import R1_ZERO_TEMPLATE
+
+    rng = random.Random(0)
+    arithmetic, countdown = ArithmeticTask(max_value=99, operations=("+", "-", "*")), CountdownTask()
+    corpus = [R1_ZERO_TEMPLATE] * 50
+    for _ in range(3000):
+        record = arithmetic.sample(rng)
+        corpus.append(f"{record['prompt']} = {record['answer']}. The answer is {record['answer']}")
+    corpus += [countdown.sample(rng)["prompt"] for _ in range(200)]
+    corpus += ["Natalia sold clips to 48 of her friends in April, and then she sold half as many in May."] * 5
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    # Qwen2's own normalizer and pre-tokenizer (digits one by one), so that AutoTokenizer, which
+    # rebuilds a Qwen2 tokenizer from these files, tokenizes exactly as this one does.
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.add_tokens(TAG_TOKENS)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_model(tokenizer, hidden_size: int = 96, layers: int = 3, heads: int = 4, seed: int = 0):
+    """A Qwen2-architecture causal LM of the given (small) size, randomly initialised."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """How the tiny base is made: the problems it saw and how noisy its "web text" was.
+
+    Completion styles (probabilities): ``good`` is the R1 format with the right answer; ``wrong`` the
+    format with an off-by-a-little answer; ``untagged`` right reasoning but the answer outside
+    ``<answer>``; the rest is plain prose ("The answer is ..."), right half of the time.
+    """
+
+    min_value: int = 0
+    max_value: int = 19
+    good: float = 0.15
+    wrong: float = 0.35
+    untagged: float = 0.25
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-3
+    hidden_size: int = 96
+    layers: int = 3
+    seed: int = 0
+
+
+def noisy_completion(a: int, b: int, recipe: BaseRecipe, rng: random.Random) -> str:
+    """One pretraining completion for ``a + b`` in a randomly drawn style (see :class:`BaseRecipe`)."""
+    right = a + b
+    wrong = right + rng.choice((-2, -1, 1, 2))
+    draw = rng.random()
+    if draw < recipe.good:
+        return f" <think>{a}+{b}={right}</think> <answer>{right}</answer>"
+    if draw < recipe.good + recipe.wrong:
+        return f" <think>{a}+{b}={wrong}</think> <answer>{wrong}</answer>"
+    if draw < recipe.good + recipe.wrong + recipe.untagged:
+        return f" <think>{a}+{b}={right}</think> {right}"
+    return f" The answer is {rng.choice((right, wrong))}."
+
+
+def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
+    """Causal-LM pretraining on the noisy corpus (loss on completions only); saves HF format.
+
+    Every sample starts with the same R1-Zero template text up to "User:", so that shared prefix is run
+    once per step and its key/value cache broadcast over the batch (gradients flow through it); only
+    the short per-sample tails are run per sample. Same loss as full sequences, ~3x cheaper.
+    """
+    from r1_lightning.data.templates import R1_ZERO_TEMPLATE
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, recipe.hidden_size, recipe.layers, seed=recipe.seed)
+    head, tail_template = R1_ZERO_TEMPLATE.split(" User:")
+    prefix = torch.tensor([tokenizer(head)["input_ids"]])
+    rng = random.Random(recipe.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
+    model.train()
+    for step in range(recipe.steps):
+        rows, prompt_lengths = [], []
+        for _ in range(recipe.batch_size):
+            a, b = rng.randint(recipe.min_value, recipe.max_value), rng.randint(recipe.min_value, recipe.max_value)
+            prompt = tokenizer(" User:" + tail_template.replace("{prompt}", f"{a} + {b}"))["input_ids"]
+            completion = tokenizer(noisy_completion(a, b, recipe, rng))["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(prompt + completion)
+            prompt_lengths.append(len(prompt))
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        labels = torch.full((len(rows), width), -100)
+        for i, (row, plen) in enumerate(zip(rows, prompt_lengths)):
+            ids[i, : len(row)] = torch.tensor(row)
+            labels[i, plen : len(row)] = torch.tensor(row[plen:])
+        cache = model(input_ids=prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        start = prefix.shape[1]
+        positions = torch.arange(start, start + width).expand(len(rows), -1)
+        attention = torch.ones(len(rows), start + width, dtype=torch.long)
+        loss = model(
+            input_ids=ids, past_key_values=cache, attention_mask=attention, position_ids=positions, labels=labels
+        ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 200 == 0 or step == recipe.steps - 1:
+            log.info("tiny base pretraining step %d/%d loss %.4f", step + 1, recipe.steps, loss.item())
+    tokenizer.padding_side = "left"
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+
+
+def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
+    """Path of the cached tiny base for ``recipe``, pretraining it first if it is not cached yet.
+
+    Written to a temporary folder and renamed into place, so an interrupted build never leaves a
+    half-written model behind.
+    """
+    recipe = recipe or BaseRecipe()
+    key = hashlib.sha256(json.dumps({**asdict(recipe), "v": _VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_dir() / f"tiny-arithmetic-{key}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("building the tiny offline base model (one-off, about a minute) into %s", target)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        pretrain(recipe, Path(tmp))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+        else:
+            os.makedirs(tmp)  # TemporaryDirectory wants to remove it
+    return target
+
+
+def tiny_random_path() -> Path:
+    """Path of a cached random-initialised tiny model (tokenizer included) for tests."""
+    target = cache_dir() / f"tiny-random-v{_VERSION}"
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            tokenizer = build_tokenizer()
+            build_model(tokenizer, hidden_size=32, layers=2, heads=2).save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+            os.makedirs(tmp)
+    return target
