@@ -119,15 +119,16 @@ def build_model(tokenizer, hidden_size: int = 96, layers: int = 3, heads: int = 
 class BaseRecipe:
     """How the tiny base is made: the problems it saw and how noisy its "web text" was.
 
-    Completion styles (probabilities): ``good`` is the R1 format with the right answer; ``wrong`` the
-    format with an off-by-a-little answer; ``untagged`` right reasoning but the answer outside
-    ``<answer>``; the rest is plain prose ("The answer is ..."), right half of the time.
+    Completion styles (probabilities): ``good`` is the R1 format with the right sum; ``wrong`` the
+    format with a classic slip (the operands' digits joined, "12+7=127"); ``untagged`` the right sum
+    but no ``<answer>`` tags; the rest is plain prose ("The answer is ..."), right half of the time.
+    The base thus *can* add, but rarely answers right *and* in format: what R1-Zero's RL has to find.
     """
 
     min_value: int = 0
     max_value: int = 19
-    good: float = 0.15
-    wrong: float = 0.35
+    good: float = 0.10
+    wrong: float = 0.40
     untagged: float = 0.25
     steps: int = 1000
     batch_size: int = 64
@@ -139,16 +140,15 @@ class BaseRecipe:
 
 def noisy_completion(a: int, b: int, recipe: BaseRecipe, rng: random.Random) -> str:
     """One pretraining completion for ``a + b`` in a randomly drawn style (see :class:`BaseRecipe`)."""
-    right = a + b
-    wrong = right + rng.choice((-2, -1, 1, 2))
+    right, slip = a + b, int(f"{a}{b}")
     draw = rng.random()
     if draw < recipe.good:
         return f" <think>{a}+{b}={right}</think> <answer>{right}</answer>"
     if draw < recipe.good + recipe.wrong:
-        return f" <think>{a}+{b}={wrong}</think> <answer>{wrong}</answer>"
+        return f" <think>{a}+{b}={slip}</think> <answer>{slip}</answer>"
     if draw < recipe.good + recipe.wrong + recipe.untagged:
         return f" <think>{a}+{b}={right}</think> {right}"
-    return f" The answer is {rng.choice((right, wrong))}."
+    return f" The answer is {rng.choice((right, slip))}."
 
 
 def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
