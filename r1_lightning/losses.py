@@ -78,7 +78,9 @@ def group_advantages(
     grouped = rewards.view(-1, group_size).float()
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     if scale_by_std:
-        centered = centered / (grouped.std(dim=1, keepdim=True, correction=0) + eps)
+        std = grouped.std(dim=1, keepdim=True, correction=0)
+        # An all-equal group has zero advantage even with eps = 0 (0 / 0 would be NaN).
+        centered = torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
     return centered.view(-1)
 
 

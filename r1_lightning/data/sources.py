@@ -206,6 +206,9 @@ class FileSource(DatasetSource):
         builder = self._BUILDERS.get(suffix.lower())
         if builder is None:
             raise ValueError(f"data file {path!r}: unknown extension; use one of {sorted(self._BUILDERS)}")
-        if not glob.glob(path):
+        files = glob.glob(path)
+        if not files:
             raise FileNotFoundError(f"data file {path!r} does not exist")
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise ValueError(f"data file {path!r} is empty")
         return datasets.load_dataset(builder, data_files=path, split="train", streaming=streaming)

@@ -2,6 +2,7 @@
 
 from r1_lightning.rewards._text import completion_text, extract_answer
 from r1_lightning.rewards.accuracy import accuracy_reward, answers_match
+from r1_lightning.rewards.countdown import countdown_reward
 from r1_lightning.rewards.format import format_reward, tag_count_reward
 from r1_lightning.rewards.registry import WeightedReward, build_rewards, resolve_reward, score_completions
 
@@ -10,6 +11,7 @@ __all__ = [
     "answers_match",
     "build_rewards",
     "completion_text",
+    "countdown_reward",
     "extract_answer",
     "format_reward",
     "resolve_reward",

@@ -19,11 +19,12 @@ def _timeout() -> int | None:
 
 
 def _parse(text: str) -> list:
-    """math-verify parse of a bare answer; retried inside ``$...$`` so plain LaTeX (``x+1``) parses too."""
-    parsed = parse(text, parsing_timeout=_timeout())
-    if not parsed:
+    """math-verify parse of a bare answer, read as LaTeX first (``$...$``) so ``1+x`` is not just ``1``."""
+    if "$" not in text and "\\boxed" not in text:
         parsed = parse(f"${text}$", parsing_timeout=_timeout())
-    return parsed
+        if parsed:
+            return parsed
+    return parse(text, parsing_timeout=_timeout())
 
 
 def _normalize(text: str) -> str:

@@ -13,9 +13,10 @@ RewardFn = Callable[..., list]
 
 def builtin_rewards() -> dict[str, RewardFn]:
     from r1_lightning.rewards.accuracy import accuracy_reward
+    from r1_lightning.rewards.countdown import countdown_reward
     from r1_lightning.rewards.format import format_reward, tag_count_reward
 
-    return {fn.__name__: fn for fn in (accuracy_reward, format_reward, tag_count_reward)}
+    return {fn.__name__: fn for fn in (accuracy_reward, countdown_reward, format_reward, tag_count_reward)}
 
 
 def resolve_reward(name: str) -> RewardFn:
