@@ -1,0 +1,84 @@
+"""Rollout engine: masks, stop conditions, log-probs; the tiny offline model."""
+
+import pytest
+import torch
+
+from r1_lightning.rollout import HFGenerator, SamplingConfig, completion_logprobs
+
+
+def test_generation_masks_stop_and_truncation(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    torch.manual_seed(0)
+    model.train()
+    prompts = ["1 + 2", "a much longer prompt here: 12 + 7"]
+    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=12))
+    n, total = gen.input_ids.shape
+    assert n == 2 and gen.completion_mask.shape == (2, total - gen.prompt_length)
+    lengths = gen.completion_mask.sum(1)
+    eos = tokenizer.eos_token_id
+    for i in range(n):
+        tokens = gen.input_ids[i, gen.prompt_length:][: lengths[i]]
+        # a completion that finished ends with EOS; one that did not used all max_new_tokens
+        if gen.truncated[i]:
+            assert lengths[i] == 12 and eos not in tokens.tolist()
+        else:
+            assert tokens[-1].item() == eos
+    # left padding: the shorter prompt's attention starts later
+    assert gen.attention_mask[0, 0] == 0 and gen.attention_mask[1, 0] == 1
+    assert model.training  # generation ran in eval mode and restored training mode
+
+
+def test_stop_string_ends_completion(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    torch.manual_seed(0)
+    # Stop on a string the random model emits at once: the first token's text.
+    first = HFGenerator(tokenizer).generate(model, ["x"], SamplingConfig(temperature=0, max_new_tokens=1))
+    stop = first.texts[0].strip() or first.texts[0]
+    gen = HFGenerator(tokenizer).generate(model, ["x"], SamplingConfig(temperature=0, max_new_tokens=8, stop_strings=(stop,)))
+    assert gen.completion_mask.sum().item() == 1 and not gen.truncated[0]
+
+
+def test_greedy_is_deterministic_and_logprobs_match_decode(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    engine = HFGenerator(tokenizer)
+    a = engine.generate(model, ["3 + 4", "10 + 2"], SamplingConfig(temperature=0, max_new_tokens=6))
+    b = engine.generate(model, ["3 + 4", "10 + 2"], SamplingConfig(temperature=0, max_new_tokens=6))
+    assert torch.equal(a.input_ids, b.input_ids)
+    with torch.no_grad():
+        logprobs, entropy = completion_logprobs(
+            model, a.input_ids, a.attention_mask, a.prompt_length, temperature=1.0, with_entropy=True
+        )
+    # greedy tokens are the arg-max: their log-prob is the row maximum, so >= log(1/V)
+    assert logprobs.shape == a.completion_mask.shape
+    assert (logprobs[a.completion_mask.bool()] >= -torch.log(torch.tensor(float(len(tokenizer))))).all()
+    assert (entropy >= 0).all()
+
+
+def test_sampling_config_validates():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature=-1)
+
+
+def test_tiny_model_round_trips_in_hf_format(tiny_model_and_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = tiny_model_and_tokenizer
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    retok = AutoTokenizer.from_pretrained(tmp_path)
+    text = " <think>12+7=19</think> <answer>19</answer>"
+    assert retok(text)["input_ids"] == tokenizer(text)["input_ids"]
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
+
+
+def test_missing_model_path_is_clear():
+    from r1_lightning.models import load_policy
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_policy("./no/such/model")
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        load_policy("tiny:huge")
