@@ -5,7 +5,7 @@ a byte-level BPE tokenizer trained with ``tokenizers`` on generated text, a Qwen
 few hundred thousand parameters big, and a short causal-LM pretraining on a generated corpus of
 arithmetic "transcripts" that, like web text, are only sometimes right and only sometimes in the
 ``<think>``/``<answer>`` format. The result is saved in HF format (``save_pretrained``) and cached, so
-it is built once per machine (about a minute on two CPU cores).
+it is built once per machine (about 3 minutes on two CPU cores).
 
 Names understood by :func:`r1_lightning.models.load_policy`:
 
@@ -215,7 +215,7 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("building the tiny offline base model (one-off, about a minute) into %s", target)
+    log.warning("building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into %s", target)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         pretrain(recipe, Path(tmp))
         try:
