@@ -216,7 +216,9 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.warning("building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into %s", target)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    # fork_rng: building the base must not shift the caller's random stream, or a run that builds it
+    # would sample differently from one that finds it cached.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, torch.random.fork_rng():
         pretrain(recipe, Path(tmp))
         try:
             os.replace(tmp, target)
@@ -233,7 +235,7 @@ def tiny_random_path() -> Path:
     target = cache_dir() / f"tiny-random-v{_VERSION}"
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp, torch.random.fork_rng():
             tokenizer = build_tokenizer()
             build_model(tokenizer, hidden_size=32, layers=2, heads=2).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
