@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from r1_lightning.losses import group_advantages
 from r1_lightning.rewards import score_completions
-from r1_lightning.rollout import Rollout, batched_logprobs
+from r1_lightning.rollout import Rollout, batched_logprobs, repeat_batch
 
 
 class RolloutCallback(L.Callback):
@@ -26,9 +26,8 @@ class RolloutCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: dict, batch_idx: int) -> None:
         hp = pl_module.hparams
         group = hp.num_generations
-        prompts = [p for p in batch["prompt"] for _ in range(group)]
+        prompts, columns = repeat_batch(batch, group)
         generation = pl_module.generator.generate(pl_module.policy, prompts, pl_module.sampling)
-        columns = {k: [v for v in values for _ in range(group)] for k, values in batch.items() if k != "prompt"}
         totals, per_fn = score_completions(pl_module.rewards, generation.texts, {"prompts": prompts, **columns})
         device = generation.input_ids.device
         rewards = torch.tensor(totals, dtype=torch.float32, device=device)

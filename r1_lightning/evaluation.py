@@ -37,9 +37,10 @@ def majority_vote_correct(answers: list[str | None], correct: list[bool]) -> boo
     >>> majority_vote_correct([None, None], [False, False])
     False
     """
-    votes = Counter(" ".join(a.split()) for a in answers if a is not None)
+    normalized = [" ".join(a.split()) if a is not None else None for a in answers]
+    votes = Counter(a for a in normalized if a is not None)
     if not votes:
         return False
     top = max(votes.values())
-    winner = next(" ".join(a.split()) for a in answers if a is not None and votes[" ".join(a.split())] == top)
-    return any(ok for a, ok in zip(answers, correct) if a is not None and " ".join(a.split()) == winner)
+    winner = next(a for a in normalized if a is not None and votes[a] == top)
+    return any(ok for a, ok in zip(normalized, correct) if a == winner)

@@ -39,7 +39,7 @@ from r1_lightning.losses import LOSS_TYPES, LossType, grpo_loss
 from r1_lightning.models import freeze, load_policy
 from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
-from r1_lightning.rollout import HFGenerator, Rollout, SamplingConfig, completion_logprobs
+from r1_lightning.rollout import HFGenerator, Rollout, SamplingConfig, completion_logprobs, repeat_batch
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +249,8 @@ class GRPOModule(L.LightningModule):
     def evaluate_batch(self, batch: dict[str, list]) -> None:
         """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length."""
         k = self.hparams.val_num_samples
-        prompts = [p for p in batch["prompt"] for _ in range(k)]
+        prompts, columns = repeat_batch(batch, k)
         generation = self.generator.generate(self.policy, prompts, self.val_sampling)
-        columns = {key: [v for v in values for _ in range(k)] for key, values in batch.items() if key != "prompt"}
         scores = self.val_reward_fn(completions=generation.texts, prompts=prompts, **columns)
         correct = [s is not None and s >= 1.0 for s in scores]
         answers = [extract_answer(t) for t in generation.texts]

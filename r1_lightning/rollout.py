@@ -70,6 +70,16 @@ class Rollout(NamedTuple):
     group_size: int  # G
 
 
+def repeat_batch(batch: dict[str, list], times: int) -> tuple[list, dict[str, list]]:
+    """``(prompts, other columns)``, each prompt and column value repeated ``times`` times in a row.
+
+    >>> repeat_batch({"prompt": ["a", "b"], "answer": [1, 2]}, 2)
+    (['a', 'a', 'b', 'b'], {'answer': [1, 1, 2, 2]})
+    """
+    repeated = {key: [v for v in values for _ in range(times)] for key, values in batch.items()}
+    return repeated.pop("prompt"), repeated
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every token that ends a completion: the tokenizer's EOS and the model's generation-config EOS."""
     ids = {tokenizer.eos_token_id}

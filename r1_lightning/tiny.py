@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -203,23 +202,18 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
     (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
 
-def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
-    """Path of the cached tiny base for ``recipe``, pretraining it first if it is not cached yet.
+def _build_once(target: Path, build) -> Path:
+    """Run ``build(folder)`` into a temporary folder renamed to ``target``, unless ``target`` exists.
 
-    Written to a temporary folder and renamed into place, so an interrupted build never leaves a
-    half-written model behind.
+    The rename makes an interrupted build leave nothing half-written behind, and a concurrent build
+    (another rank) harmless. ``fork_rng``: building must not shift the caller's random stream, or a run
+    that builds a model would sample differently from one that finds it cached.
     """
-    recipe = recipe or BaseRecipe()
-    key = hashlib.sha256(json.dumps({**asdict(recipe), "v": _VERSION}, sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_dir() / f"tiny-arithmetic-{key}"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into %s", target)
-    # fork_rng: building the base must not shift the caller's random stream, or a run that builds it
-    # would sample differently from one that finds it cached.
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp, torch.random.fork_rng():
-        pretrain(recipe, Path(tmp))
+        build(Path(tmp))
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
@@ -230,16 +224,22 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
     return target
 
 
+def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
+    """Path of the cached tiny base for ``recipe``, pretraining it first if it is not cached yet."""
+    recipe = recipe or BaseRecipe()
+    key = hashlib.sha256(json.dumps({**asdict(recipe), "v": _VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_dir() / f"tiny-arithmetic-{key}"
+    if not (target / "config.json").exists():
+        log.warning("building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into %s", target)
+    return _build_once(target, lambda folder: pretrain(recipe, folder))
+
+
+def _save_random_tiny(folder: Path) -> None:
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, hidden_size=32, layers=2, heads=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def tiny_random_path() -> Path:
     """Path of a cached random-initialised tiny model (tokenizer included) for tests."""
-    target = cache_dir() / f"tiny-random-v{_VERSION}"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp, torch.random.fork_rng():
-            tokenizer = build_tokenizer()
-            build_model(tokenizer, hidden_size=32, layers=2, heads=2).save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-            os.makedirs(tmp)
-    return target
+    return _build_once(cache_dir() / f"tiny-random-v{_VERSION}", _save_random_tiny)

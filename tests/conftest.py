@@ -15,7 +15,7 @@ import torch  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _tiny_cache(tmp_path_factory):
     """A per-session cache, so tests never read or write the user's ~/.cache/r1_lightning."""
-    if "R1_LIGHTNING_TEST_CACHE" in os.environ:
+    if os.environ.get("R1_LIGHTNING_TEST_CACHE"):
         os.environ["R1_LIGHTNING_CACHE"] = os.environ["R1_LIGHTNING_TEST_CACHE"]
     else:
         os.environ["R1_LIGHTNING_CACHE"] = str(tmp_path_factory.mktemp("r1_cache"))
