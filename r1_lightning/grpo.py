@@ -15,16 +15,20 @@ Where this departs from the papers, on purpose:
   per-sequence mean; ``epsilon_high > epsilon_low`` is DAPO's clip-higher.
 - The reference is reset to the current policy every ``ref_model_sync_steps`` optimizer steps when
   set (R1 reset it every 400 steps); by default it stays the initial policy.
-- Under DDP each rank normalises by its own token count (``token`` loss type); with equal per-rank
-  batches the gradient average is the global mean for ``sequence`` and ``dr_grpo``.
+- Under DDP/FSDP the ``token`` loss divides by the completion-token count of *all* ranks (all-reduced),
+  so the averaged gradient is the global token mean; ``sequence`` and ``dr_grpo`` are global means
+  already when ranks hold equal batches (they do: each rank draws the same number of prompts).
+- With LoRA (``lora``) the reference is the base model with the adapters disabled, not a second copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +40,15 @@ from typing_extensions import override
 
 from r1_lightning.evaluation import majority_vote_correct
 from r1_lightning.losses import LOSS_TYPES, LossType, grpo_loss
-from r1_lightning.models import freeze, load_policy
+from r1_lightning.models import (
+    OPTIMIZERS, LoraSettings, Quantization, apply_lora, as_lora, build_optimizer, freeze, load_policy,
+)
 from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
-from r1_lightning.rollout import HFGenerator, Rollout, SamplingConfig, completion_logprobs, repeat_batch
+from r1_lightning.rollout import (
+    Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, completion_logprobs,
+    plan_micro_batches, repeat_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,14 @@ class GRPOModule(L.LightningModule):
         dtype: parameter dtype of policy and reference (``float32``, ``bfloat16``, ``float16``).
         attn_implementation: transformers attention backend (``sdpa``, ``flash_attention_2``, ...).
         gradient_checkpointing: recompute activations in backward to save memory.
+        lora: train LoRA adapters (peft) instead of all weights; the reference is then the base model
+            with adapters disabled (no second copy). E.g. ``{r: 16, alpha: 32}``.
+        quantization: load the policy's base weights in ``4bit`` (NF4) or ``8bit`` (bitsandbytes);
+            needs ``lora`` (QLoRA), since quantized weights are not trained.
+        reference_quantization: load the frozen reference in ``4bit`` or ``8bit`` (saves memory when
+            training all weights; not with ``lora``, whose reference is the base itself).
+        optimizer: ``adamw`` (torch), or bitsandbytes' ``adamw_8bit``, ``paged_adamw_8bit``,
+            ``paged_adamw``.
         rewards: reward functions and their weights: built-in names (``accuracy_reward``,
             ``format_reward``, ``tag_count_reward``, ``countdown_reward``) or dotted import paths.
         num_generations: completions per prompt (the group size G).
@@ -76,6 +93,8 @@ class GRPOModule(L.LightningModule):
         num_iterations: optimizer steps per rollout batch (mu in the paper).
         micro_batch_size: completions per forward/backward; gradients are accumulated so the result
             equals the full-batch loss. None = the whole rollout at once.
+        micro_batch_tokens: cap on padded tokens (rows x columns) per forward/backward; rows are
+            grouped by length so little compute goes to padding. Combines with ``micro_batch_size``.
         ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
@@ -98,6 +117,10 @@ class GRPOModule(L.LightningModule):
         dtype: str = "float32",
         attn_implementation: str | None = None,
         gradient_checkpointing: bool = False,
+        lora: LoraSettings | None = None,
+        quantization: Quantization | None = None,
+        reference_quantization: Quantization | None = None,
+        optimizer: str = "adamw",
         rewards: dict[str, float] | None = None,
         num_generations: int = 8,
         sampling: SamplingConfig = SamplingConfig(),
@@ -109,6 +132,7 @@ class GRPOModule(L.LightningModule):
         mask_truncated_completions: bool = False,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
+        micro_batch_tokens: int | None = None,
         ref_model_sync_steps: int | None = None,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
@@ -132,6 +156,18 @@ class GRPOModule(L.LightningModule):
             raise ValueError(f"`num_iterations` must be >= 1, got {num_iterations}")
         if beta < 0 or epsilon_low < 0 or epsilon_high < 0:
             raise ValueError("`beta`, `epsilon_low` and `epsilon_high` must be >= 0")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {optimizer!r}")
+        lora = as_lora(lora)
+        if quantization is not None and lora is None:
+            raise ValueError("`quantization` needs `lora` (QLoRA): quantized base weights are frozen")
+        if lora is not None and (reference_quantization is not None or ref_model_sync_steps):
+            raise ValueError(
+                "with `lora` the reference is the base model with adapters disabled: "
+                "`reference_quantization` and `ref_model_sync_steps` do not apply (unset them)"
+            )
+        if reference_quantization is not None and ref_model_sync_steps:
+            raise ValueError("`ref_model_sync_steps` cannot copy weights into a quantized reference; unset one")
         self.automatic_optimization = False
         self.sampling = as_sampling(sampling)
         self.val_sampling = (
@@ -140,9 +176,20 @@ class GRPOModule(L.LightningModule):
         )
         self.rewards = build_rewards(rewards if rewards is not None else DEFAULT_REWARDS)
         self.val_reward_fn = resolve_reward(val_reward)
-        self.policy, self.tokenizer = load_policy(model, dtype, attn_implementation, gradient_checkpointing)
-        # The reference is frozen (eval, no grad, so no optimizer state); beta == 0 loads none at all.
-        self.reference = freeze(copy.deepcopy(self.policy)) if beta > 0 else None
+        self.policy, self.tokenizer = load_policy(
+            model, dtype, attn_implementation, gradient_checkpointing, quantization=quantization
+        )
+        self.lora = lora
+        # The reference is frozen (eval, no grad, so no optimizer state); beta == 0 loads none at all,
+        # and LoRA needs none (the base with adapters disabled is the reference).
+        self.reference = None
+        if beta > 0 and lora is None:
+            if reference_quantization is None:
+                self.reference = freeze(copy.deepcopy(self.policy))
+            else:
+                self.reference = freeze(load_policy(model, dtype, attn_implementation, quantization=reference_quantization)[0])
+        if lora is not None:
+            self.policy = apply_lora(self.policy, lora, quantization is not None, gradient_checkpointing)
         self.generator = HFGenerator(self.tokenizer)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
@@ -154,9 +201,8 @@ class GRPOModule(L.LightningModule):
         from transformers import get_scheduler
 
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=tuple(self.hparams.betas)
-        )
+        hp = self.hparams
+        optimizer = build_optimizer(hp.optimizer, params, hp.lr, hp.weight_decay, tuple(hp.betas))
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         if total is None and self.hparams.lr_scheduler not in ("constant", "constant_with_warmup"):
             raise ValueError(f"lr_scheduler {self.hparams.lr_scheduler!r} needs `trainer.max_steps` to be set")
@@ -178,6 +224,64 @@ class GRPOModule(L.LightningModule):
         strategy = type(self.trainer.strategy).__name__
         self.generator.sync_ranks = "FSDP" in strategy or "DeepSpeed" in strategy
 
+    def _is_fsdp(self) -> bool:
+        return self._trainer is not None and "FSDP" in type(self.trainer.strategy).__name__
+
+    @contextlib.contextmanager
+    def generation_context(self) -> Iterator[None]:
+        """Where sampling (and no-grad scoring) runs outside the strategy's forward.
+
+        Under FSDP the root unit's own parameters (embeddings, final norm, LM head when not wrapped
+        separately) are only gathered inside the wrapped forward; the rollout runs in a callback, so
+        we gather the root's parameters (``recurse=False``: the wrapped decoder layers gather
+        themselves, layer by layer, as usual).
+        """
+        if self._trainer is None:
+            yield
+            return
+        # Mixed precision (bf16-mixed) autocasts sampling too, as it does the training forward.
+        with self.trainer.precision_plugin.forward_context():
+            if not self._is_fsdp():
+                yield
+                return
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.summon_full_params(self.trainer.strategy.model, recurse=False, writeback=False):
+                yield
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig) -> Generation:
+        with self.generation_context():
+            return self.generator.generate(self.policy, prompts, sampling)
+
+    def plan_micro_batches(self, generation: Generation) -> list[MicroBatch]:
+        """Micro-batches of a rollout; under DDP/FSDP the same count on every rank (collectives match)."""
+        hp = self.hparams
+        plans = plan_micro_batches(generation, hp.micro_batch_size, hp.micro_batch_tokens)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            count = torch.tensor(float(len(plans)), device=generation.input_ids.device)
+            most = int(self.trainer.strategy.reduce(count, reduce_op="max"))
+            plans = plan_micro_batches(generation, hp.micro_batch_size, hp.micro_batch_tokens, min_count=most)
+        return plans
+
+    def old_logprobs(self, generation: Generation, plans: list[MicroBatch]) -> torch.Tensor | None:
+        """The sampling policy's log-probs, needed only when one rollout feeds several updates (mu > 1)."""
+        if self.hparams.num_iterations == 1:
+            return None
+        with self.generation_context():
+            return batched_logprobs(self.policy, generation, self.sampling.temperature, plans)
+
+    def reference_logprobs(self, generation: Generation, plans: list[MicroBatch]) -> torch.Tensor | None:
+        """The frozen reference's log-probs (one no-grad forward per micro-batch); None when beta == 0."""
+        if self.hparams.beta == 0:
+            return None
+        with self.generation_context():
+            if self.lora is not None:
+                with self.policy.disable_adapter():
+                    return batched_logprobs(self.policy, generation, self.sampling.temperature, plans)
+            if self.reference is None:
+                return None
+            return batched_logprobs(self.reference, generation, self.sampling.temperature, plans)
+
     def completion_logprobs(
         self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
         with_entropy: bool = False,
@@ -198,39 +302,49 @@ class GRPOModule(L.LightningModule):
         mask = gen.completion_mask
         if self.hparams.mask_truncated_completions:
             mask = mask * (~gen.truncated).long()[:, None]
-        n = mask.shape[0]
-        step = self.hparams.micro_batch_size or n
-        # Normalisers of the whole rollout, so micro-batching leaves the loss unchanged.
+        plans = rollout.micro_batches or self.plan_micro_batches(gen)
+        mu = self.hparams.num_iterations
+        # Normalisers of the whole rollout (all ranks' tokens for `token`), so micro-batching and data
+        # parallelism leave the loss unchanged.
+        local_tokens = float(mask.sum())
+        num_tokens = local_tokens
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(torch.tensor(local_tokens, device=mask.device), reduce_op="sum")
+            num_tokens = float(total) / self.trainer.world_size
         totals = dict(
-            num_sequences=n, num_tokens=float(mask.sum()), max_completion_length=self.sampling.max_new_tokens
+            num_sequences=mask.shape[0], num_tokens=num_tokens, max_completion_length=self.sampling.max_new_tokens
         )
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
         started = time.perf_counter()
-        for _ in range(self.hparams.num_iterations):
-            for i in range(0, n, step):
-                part = slice(i, i + step)
-                logprobs, entropy = self.completion_logprobs(
-                    self.policy, gen.input_ids[part], gen.attention_mask[part], gen.prompt_length, with_entropy=True
-                )
-                old = rollout.old_logprobs[part] if rollout.old_logprobs is not None else logprobs.detach()
-                out = grpo_loss(
-                    logprobs, old, rollout.advantages[part], mask[part],
-                    ref_logprobs=None if rollout.ref_logprobs is None else rollout.ref_logprobs[part],
-                    beta=self.hparams.beta, epsilon_low=self.hparams.epsilon_low,
-                    epsilon_high=self.hparams.epsilon_high, loss_type=self.hparams.loss_type, **totals,
-                )
-                self.manual_backward(out.loss)
-                share = mask[part].sum().item() / max(totals["num_tokens"], 1.0) / self.hparams.num_iterations
-                stats["loss"] += out.loss.item() / self.hparams.num_iterations
-                stats["policy_loss"] += out.policy_loss.item() / self.hparams.num_iterations
+        for _ in range(mu):
+            for index, mb in enumerate(plans):
+                rows, cols = mb.rows.to(mask.device), slice(0, mb.completion_length)
+                input_ids, attention_mask, prompt_length = mb.take(gen)
+                part_mask = mask[rows, cols]
+                # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
+                last = index == len(plans) - 1
+                block = getattr(self.trainer.strategy, "block_backward_sync", None)
+                sync = contextlib.nullcontext() if last or block is None else block()
+                with sync:
+                    logprobs, entropy = self.completion_logprobs(
+                        self.policy, input_ids, attention_mask, prompt_length, with_entropy=True
+                    )
+                    old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
+                    ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]
+                    out = grpo_loss(
+                        logprobs, old, rollout.advantages[rows], part_mask, ref_logprobs=ref,
+                        beta=self.hparams.beta, epsilon_low=self.hparams.epsilon_low,
+                        epsilon_high=self.hparams.epsilon_high, loss_type=self.hparams.loss_type, **totals,
+                    )
+                    self.manual_backward(out.loss)
+                share = part_mask.sum().item() / max(local_tokens, 1.0) / mu
+                stats["loss"] += out.loss.item() / mu
+                stats["policy_loss"] += out.policy_loss.item() / mu
                 stats["kl"] += out.kl.item() * share
                 stats["clip_ratio"] += out.clip_ratio.item() * share
-                stats["entropy"] += ((entropy * mask[part]).sum() / max(totals["num_tokens"], 1.0)).item() / (
-                    self.hparams.num_iterations
-                )
+                stats["entropy"] += ((entropy * part_mask).sum() / max(local_tokens, 1.0)).item() / mu
             if self.hparams.max_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm)
-                stats["grad_norm"] = float(grad_norm)
+                stats["grad_norm"] = self._clip_gradients(self.hparams.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -238,6 +352,12 @@ class GRPOModule(L.LightningModule):
         stats["lr"] = scheduler.get_last_lr()[0]
         stats["train_seconds"] = time.perf_counter() - started
         return {**stats, "loss": torch.tensor(stats["loss"])}  # Lightning wants the loss as a tensor
+
+    def _clip_gradients(self, max_norm: float) -> float:
+        """Clip the global gradient norm; under FSDP the norm must be taken over every rank's shard."""
+        if self._is_fsdp():
+            return float(self.trainer.strategy.model.clip_grad_norm_(max_norm))
+        return float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
 
     def _maybe_sync_reference(self) -> None:
         every = self.hparams.ref_model_sync_steps
@@ -250,7 +370,7 @@ class GRPOModule(L.LightningModule):
         """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length."""
         k = self.hparams.val_num_samples
         prompts, columns = repeat_batch(batch, k)
-        generation = self.generator.generate(self.policy, prompts, self.val_sampling)
+        generation = self.generate(prompts, self.val_sampling)
         scores = self.val_reward_fn(completions=generation.texts, prompts=prompts, **columns)
         correct = [s is not None and s >= 1.0 for s in scores]
         answers = [extract_answer(t) for t in generation.texts]
@@ -325,7 +445,13 @@ class GRPOModule(L.LightningModule):
         """Write the policy and tokenizer as a ``save_pretrained`` folder ``AutoModelForCausalLM`` loads."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(directory)
+        policy = self.policy
+        if self.lora is not None:
+            if self.hparams.quantization is None:
+                policy = copy.deepcopy(self.policy).merge_and_unload()  # a plain model, adapters folded in
+            else:
+                rank_zero_info("QLoRA: exporting the LoRA adapters only (load them on the base with peft)")
+        policy.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         rank_zero_info(f"policy exported in Hugging Face format to {directory}")
         return directory

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -13,6 +14,76 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY_MODELS = ("tiny:random", "tiny:arithmetic")
+Quantization = Literal["4bit", "8bit"]
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (peft) on the policy; the reference is then the base with adapters disabled.
+
+    Args:
+        r: adapter rank.
+        alpha: scaling numerator (the update is ``alpha / r * B A``).
+        dropout: dropout on the adapter input. 0 keeps the importance ratio exactly 1 before an update.
+        target_modules: module names to adapt, or ``all-linear`` (every linear layer but the LM head).
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+def as_lora(value: LoraSettings | dict | None) -> LoraSettings | None:
+    """LoRA settings arrive as the dataclass, or as a plain dict from saved hyperparameters."""
+    if value is None or isinstance(value, LoraSettings):
+        return value
+    return LoraSettings(**dict(value))
+
+
+def quantization_config(kind: Quantization | None, compute_dtype: torch.dtype) -> Any:
+    """A transformers ``BitsAndBytesConfig`` (NF4 with double quantization for 4-bit, LLM.int8 for 8-bit)."""
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization must be '4bit', '8bit' or None, got {kind!r}")
+
+
+def apply_lora(model: Any, settings: LoraSettings, quantized: bool, gradient_checkpointing: bool) -> Any:
+    """Wrap ``model`` in peft LoRA adapters (QLoRA when its weights are bitsandbytes-quantized)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=settings.target_modules, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def build_optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit / paged AdamW (optimizer state in 8 bits, or paged to CPU on OOM)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"`model.optimizer` must be one of {OPTIMIZERS}, got {name!r}")
+    import bitsandbytes as bnb
+
+    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+           "paged_adamw": bnb.optim.PagedAdamW}[name]
+    return cls(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -48,6 +119,7 @@ def load_policy(
     attn_implementation: str | None = None,
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
+    quantization: Quantization | None = None,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a hub id, a local HF folder, or ``tiny:random`` / ``tiny:arithmetic``.
 
@@ -57,6 +129,8 @@ def load_policy(
             trainer for mixed training instead).
         attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``; None = transformers' default.
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        quantization: load the weights in ``4bit`` (NF4) or ``8bit`` with bitsandbytes (frozen; train
+            them through LoRA adapters = QLoRA, or use it for the reference).
     """
     from transformers import AutoModelForCausalLM
 
@@ -69,13 +143,14 @@ def load_policy(
     try:
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+            path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+            quantization_config=quantization_config(quantization, DTYPES[dtype]),
         )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
         raise OSError(f"could not load model {name_or_path!r}{hint}: {err}") from err
-    if gradient_checkpointing:
+    if gradient_checkpointing and quantization is None:  # QLoRA enables it in prepare_model_for_kbit_training
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training forwards never need a cache; generation asks for one
     return model, tokenizer

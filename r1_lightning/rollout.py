@@ -68,6 +68,78 @@ class Rollout(NamedTuple):
     advantages: torch.Tensor  # [N] group-relative advantages
     reward_scores: dict[str, list[float | None]]  # per reward function, N raw scores (None = n/a)
     group_size: int  # G
+    micro_batches: list[MicroBatch] | None = None  # how forward/backward passes split it (None = one)
+
+
+class MicroBatch(NamedTuple):
+    """Rows of a rollout run through one forward pass, and the columns they need.
+
+    Sequences are left-padded prompts then right-padded completions; a micro-batch keeps only the
+    columns from its longest real prompt to its longest completion, so short rows grouped together
+    waste no compute on padding.
+    """
+
+    rows: torch.Tensor  # [m] row indices into the rollout
+    prompt_start: int  # first kept column (the prompt's left padding before it is dropped)
+    completion_length: int  # completion columns kept
+
+    def take(self, generation: Generation) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(input_ids, attention_mask, prompt_length)`` of these rows, padding trimmed."""
+        end = generation.prompt_length + self.completion_length
+        cols = slice(self.prompt_start, end)
+        rows = self.rows.to(generation.input_ids.device)
+        return (
+            generation.input_ids[rows, cols], generation.attention_mask[rows, cols],
+            generation.prompt_length - self.prompt_start,
+        )
+
+
+def plan_micro_batches(
+    generation: Generation, max_rows: int | None = None, max_tokens: int | None = None, min_count: int = 1
+) -> list[MicroBatch]:
+    """Split a rollout into micro-batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens.
+
+    Rows are sorted by length (longest first) and packed greedily, so each micro-batch holds rows of
+    similar length; a single row longer than ``max_tokens`` gets a micro-batch of its own. ``min_count``
+    splits the largest micro-batches further until there are that many: under FSDP/DDP every rank must
+    run the same number of forward/backward passes. With neither limit, one micro-batch of all rows.
+    """
+    n, prompt_length = generation.input_ids.shape[0], generation.prompt_length
+    prompt_lengths = generation.attention_mask[:, :prompt_length].sum(1).tolist()
+    completion_lengths = generation.completion_mask.sum(1).tolist()
+    order = sorted(range(n), key=lambda i: -(prompt_lengths[i] + completion_lengths[i]))
+    if max_rows is None and max_tokens is None:
+        order = list(range(n))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest_prompt = longest_completion = 0
+    for i in order:
+        p, c = max(longest_prompt, prompt_lengths[i]), max(longest_completion, completion_lengths[i])
+        too_many = max_rows is not None and len(current) + 1 > max_rows
+        too_big = max_tokens is not None and (len(current) + 1) * (p + c) > max_tokens
+        if current and (too_many or too_big):
+            groups.append(current)
+            current, p, c = [], prompt_lengths[i], completion_lengths[i]
+        current.append(i)
+        longest_prompt, longest_completion = p, c
+    groups.append(current)
+    while len(groups) < min(min_count, n):
+        largest = max(range(len(groups)), key=lambda g: len(groups[g]))
+        rows = groups.pop(largest)
+        groups[largest:largest] = [rows[: len(rows) // 2], rows[len(rows) // 2 :]]
+    plans = []
+    for rows in groups:
+        p = max(prompt_lengths[i] for i in rows)
+        c = max(max(completion_lengths[i] for i in rows), 1)
+        plans.append(MicroBatch(torch.tensor(rows, dtype=torch.long), prompt_length - p, c))
+    return plans
+
+
+def padding_fraction(generation: Generation, plans: list[MicroBatch]) -> float:
+    """Share of the tokens that the forward passes of ``plans`` spend on padding."""
+    real = float(generation.attention_mask.sum())
+    computed = sum(len(mb.rows) * (generation.prompt_length - mb.prompt_start + mb.completion_length) for mb in plans)
+    return 1.0 - real / max(computed, 1.0)
 
 
 def repeat_batch(batch: dict[str, list], times: int) -> tuple[list, dict[str, list]]:
@@ -204,16 +276,13 @@ def completion_logprobs(
 
 @torch.no_grad()
 def batched_logprobs(
-    model: Any, generation: Generation, temperature: float, micro_batch_size: int | None
+    model: Any, generation: Generation, temperature: float, plans: list[MicroBatch] | None = None
 ) -> torch.Tensor:
-    """No-grad log-probs of a whole rollout, in micro-batches (old policy, or frozen reference)."""
-    n = generation.input_ids.shape[0]
-    step = micro_batch_size or n
-    parts = [
-        completion_logprobs(
-            model, generation.input_ids[i : i + step], generation.attention_mask[i : i + step],
-            generation.prompt_length, temperature,
-        )[0]
-        for i in range(0, n, step)
-    ]
-    return torch.cat(parts)
+    """No-grad log-probs ``[N, L]`` of a whole rollout, one forward per micro-batch (0 past each end)."""
+    plans = plans or plan_micro_batches(generation)
+    out = torch.zeros(generation.completion_mask.shape, dtype=torch.float32, device=generation.input_ids.device)
+    for mb in plans:
+        input_ids, attention_mask, prompt_length = mb.take(generation)
+        logprobs = completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature)[0]
+        out[mb.rows.to(out.device), : mb.completion_length] = logprobs
+    return out

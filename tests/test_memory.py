@@ -1,0 +1,150 @@
+"""Memory savers on CPU: LoRA (reference = adapters disabled), bitsandbytes quantization and 8-bit
+optimizers, and micro-batches sized by token count."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from r1_lightning.grpo import GRPOModule
+from r1_lightning.models import build_optimizer
+from r1_lightning.rollout import (
+    Generation, HFGenerator, SamplingConfig, batched_logprobs, completion_logprobs, padding_fraction,
+    plan_micro_batches,
+)
+
+from test_cli import _fast  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
+from r1_lightning.cli import main
+
+
+def _generation(prompt_lengths, completion_lengths, prompt_width=5, completion_width=6):
+    """A fake rollout whose rows have the given real prompt and completion lengths."""
+    n = len(prompt_lengths)
+    attention = torch.zeros(n, prompt_width + completion_width, dtype=torch.long)
+    completion_mask = torch.zeros(n, completion_width, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_lengths, completion_lengths)):
+        attention[i, prompt_width - p : prompt_width + c] = 1
+        completion_mask[i, :c] = 1
+    ids = torch.arange(n * (prompt_width + completion_width)).view(n, -1) % 50
+    return Generation(ids, attention, completion_mask, prompt_width, torch.zeros(n, dtype=torch.bool), [""] * n, 0.0)
+
+
+def test_token_budget_groups_rows_by_length_and_trims_padding():
+    gen = _generation([5, 1, 2, 5], [6, 1, 1, 5])  # lengths 11, 2, 3, 10
+    plans = plan_micro_batches(gen, max_tokens=22)
+    # longest first: rows 0 and 3 fit together (2 x (5 + 6) = 22), then 2 and 1 (2 x (2 + 1) = 6)
+    assert [mb.rows.tolist() for mb in plans] == [[0, 3], [2, 1]]
+    assert (plans[1].prompt_start, plans[1].completion_length) == (3, 1)
+    input_ids, attention, prompt_length = plans[1].take(gen)
+    assert input_ids.shape == (2, 3) and prompt_length == 2
+    # padded tokens computed: 22 + 6 = 28, real ones 11 + 2 + 3 + 10 = 26
+    assert padding_fraction(gen, plans) == pytest.approx(1 - 26 / 28)
+    assert padding_fraction(gen, plan_micro_batches(gen)) == pytest.approx(1 - 26 / 44)
+
+
+def test_row_cap_oversized_rows_and_min_count():
+    gen = _generation([5, 1, 2, 5], [6, 1, 1, 5])
+    assert [len(mb.rows) for mb in plan_micro_batches(gen, max_rows=3)] == [3, 1]
+    assert [mb.rows.tolist() for mb in plan_micro_batches(gen, max_tokens=4)] == [[0], [3], [2], [1]]
+    assert len(plan_micro_batches(gen, min_count=3)) == 3
+    everything = sorted(i for mb in plan_micro_batches(gen, max_tokens=12, min_count=4) for i in mb.rows.tolist())
+    assert everything == [0, 1, 2, 3]
+
+
+def test_trimmed_micro_batches_give_the_same_logprobs(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    torch.manual_seed(0)
+    prompts = ["1 + 2", "a much longer prompt here: 12 + 7", "3", "what is 19 + 19?"]
+    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=10))
+    model.eval()
+    with torch.no_grad():
+        full = completion_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length)[0]
+    planned = batched_logprobs(model, gen, 1.0, plan_micro_batches(gen, max_tokens=30))
+    mask = gen.completion_mask.bool()
+    torch.testing.assert_close(planned[mask], full[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_lora_reference_is_the_base_with_adapters_disabled(tiny_model_and_tokenizer):
+    module = GRPOModule(model="tiny:random", beta=0.04, lora={"r": 4, "alpha": 8})
+    assert module.reference is None
+    trainable = [n for n, p in module.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    gen = module.generator.generate(module.policy, ["1 + 2", "3 + 4"], SamplingConfig(max_new_tokens=6))
+    before = module.reference_logprobs(gen, plan_micro_batches(gen))
+    # Move the adapters: the policy changes, the reference (adapters disabled) does not.
+    with torch.no_grad():
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    module.policy.eval()
+    policy_lp = batched_logprobs(module.policy, gen, 1.0)
+    after = module.reference_logprobs(gen, plan_micro_batches(gen))
+    torch.testing.assert_close(after, before)
+    assert not torch.allclose(policy_lp, after)
+
+
+def test_lora_options_that_do_not_apply_are_rejected():
+    with pytest.raises(ValueError, match="needs `lora`"):
+        GRPOModule(model="tiny:random", quantization="4bit")
+    with pytest.raises(ValueError, match="reference_quantization"):
+        GRPOModule(model="tiny:random", lora={"r": 4}, reference_quantization="8bit")
+    with pytest.raises(ValueError, match="optimizer"):
+        GRPOModule(model="tiny:random", optimizer="adam9000")
+
+
+def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
+    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
+                              "--model.init_args.lora", "{r: 4, alpha: 8}", "--model.init_args.lr", "0.05",
+                              "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}")])
+    module = cli.model
+    moved = [n for n, p in module.policy.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert moved  # lora_B starts at zero; after two steps it is not
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")  # a plain model, adapters merged
+    merged = module.policy.merge_and_unload() if hasattr(module.policy, "merge_and_unload") else module.policy
+    for p, q in zip(exported.parameters(), merged.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_8bit_reference_tracks_the_policy(tiny_model_and_tokenizer):
+    module = GRPOModule(model="tiny:random", beta=0.04, reference_quantization="8bit")
+    assert "8bit" in type(module.reference.model.layers[0].mlp.up_proj).__name__.lower() or any(
+        "Linear8bit" in type(m).__name__ for m in module.reference.modules()
+    )
+    gen = module.generator.generate(module.policy, ["1 + 2", "3 + 4"], SamplingConfig(max_new_tokens=6))
+    module.policy.eval()
+    ref = module.reference_logprobs(gen, plan_micro_batches(gen))
+    policy = batched_logprobs(module.policy, gen, 1.0)
+    mask = gen.completion_mask.bool()
+    # int8 weights with fp16 activations: close to the full-precision copy, not equal
+    assert (ref[mask] - policy[mask]).abs().mean() < 0.05
+
+
+def test_qlora_4bit_trains_on_cpu(tmp_path):
+    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "1", "--model.init_args.validate_at_start", "false",
+                              "--model.init_args.lora", "{r: 4, alpha: 8}", "--model.init_args.quantization", "4bit",
+                              "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}")])
+    assert cli.trainer.global_step == 1
+    assert any("Linear4bit" in type(m).__name__ for m in cli.model.policy.modules())
+    assert (Path(tmp_path) / "hf" / "adapter_config.json").exists()  # QLoRA exports the adapters
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw"])
+def test_optimizers_take_a_step(name):
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(64, 64))
+    optimizer = build_optimizer(name, [weight], lr=1e-2, weight_decay=0.0, betas=(0.9, 0.99))
+    before = weight.detach().clone()
+    (weight**2).sum().backward()
+    optimizer.step()
+    # every optimizer moves the weights against the gradient (2 w): |w| shrinks
+    assert weight.detach().norm() < before.norm()
+
+
+def test_8bit_optimizer_and_token_budget_in_a_run(tmp_path):
+    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "1", "--model.init_args.validate_at_start", "false",
+                              "--model.init_args.optimizer", "adamw_8bit", "--model.init_args.micro_batch_tokens", "600",
+                              "--model.init_args.gradient_checkpointing", "true")])
+    assert cli.trainer.global_step == 1
+    assert type(cli.trainer.optimizers[0]).__name__ == "AdamW8bit"
