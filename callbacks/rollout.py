@@ -28,7 +28,7 @@ class RolloutCallback(L.Callback):
         hp = pl_module.hparams
         group = hp.num_generations
         prompts, columns = repeat_batch(batch, group)
-        generation = pl_module.generate(prompts, pl_module.sampling)
+        generation = pl_module.generate(prompts, pl_module.sampling, group_size=group)
         totals, per_fn = score_completions(pl_module.rewards, generation.texts, {"prompts": prompts, **columns})
         device = generation.input_ids.device
         rewards = torch.tensor(totals, dtype=torch.float32, device=device)

@@ -47,7 +47,7 @@ from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
     Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, completion_logprobs,
-    plan_micro_batches, repeat_batch,
+    plan_micro_batches, repeat_batch, shared_prefix_logprobs,
 )
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class GRPOModule(L.LightningModule):
         num_iterations: optimizer steps per rollout batch (mu in the paper).
         micro_batch_size: completions per forward/backward; gradients are accumulated so the result
             equals the full-batch loss. None = the whole rollout at once.
+        share_prompt_prefix: run each group's prompt once (prefill, reference, training forward) and
+            share its key/value cache (and gradient) across the G completions: same loss, far fewer
+            tokens through the model when prompts are long. Off under gradient checkpointing.
         micro_batch_tokens: cap on padded tokens (rows x columns) per forward/backward; rows are
             grouped by length so little compute goes to padding. Combines with ``micro_batch_size``.
         ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never).
@@ -133,6 +136,7 @@ class GRPOModule(L.LightningModule):
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
         micro_batch_tokens: int | None = None,
+        share_prompt_prefix: bool = True,
         ref_model_sync_steps: int | None = None,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
@@ -249,9 +253,16 @@ class GRPOModule(L.LightningModule):
             with FSDP.summon_full_params(self.trainer.strategy.model, recurse=False, writeback=False):
                 yield
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> Generation:
+    def generate(self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
         with self.generation_context():
-            return self.generator.generate(self.policy, prompts, sampling)
+            return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
+
+    @property
+    def shared_group_size(self) -> int | None:
+        """G when forwards share each group's prompt; None when every row runs its own prompt."""
+        hp = self.hparams
+        # Gradient checkpointing in transformers refuses a key/value cache in training forwards.
+        return hp.num_generations if hp.share_prompt_prefix and not hp.gradient_checkpointing else None
 
     def plan_micro_batches(self, generation: Generation) -> list[MicroBatch]:
         """Micro-batches of a rollout; under DDP/FSDP the same count on every rank (collectives match)."""
@@ -268,7 +279,7 @@ class GRPOModule(L.LightningModule):
         if self.hparams.num_iterations == 1:
             return None
         with self.generation_context():
-            return batched_logprobs(self.policy, generation, self.sampling.temperature, plans)
+            return batched_logprobs(self.policy, generation, self.sampling.temperature, plans, self.shared_group_size)
 
     def reference_logprobs(self, generation: Generation, plans: list[MicroBatch]) -> torch.Tensor | None:
         """The frozen reference's log-probs (one no-grad forward per micro-batch); None when beta == 0."""
@@ -277,16 +288,24 @@ class GRPOModule(L.LightningModule):
         with self.generation_context():
             if self.lora is not None:
                 with self.policy.disable_adapter():
-                    return batched_logprobs(self.policy, generation, self.sampling.temperature, plans)
+                    return batched_logprobs(
+                        self.policy, generation, self.sampling.temperature, plans, self.shared_group_size
+                    )
             if self.reference is None:
                 return None
-            return batched_logprobs(self.reference, generation, self.sampling.temperature, plans)
+            return batched_logprobs(self.reference, generation, self.sampling.temperature, plans, self.shared_group_size)
 
     def completion_logprobs(
         self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
-        with_entropy: bool = False,
+        with_entropy: bool = False, rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Completion log-probs of a micro-batch; ``rows`` (rollout row ids) enable prompt sharing."""
         temperature = self.sampling.temperature
+        group = self.shared_group_size
+        if group and rows is not None:
+            return shared_prefix_logprobs(
+                model, input_ids, attention_mask, prompt_length, rows // group, temperature, with_entropy
+            )
         return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature, with_entropy)
 
     @override
@@ -327,7 +346,7 @@ class GRPOModule(L.LightningModule):
                 sync = contextlib.nullcontext() if last or block is None else block()
                 with sync:
                     logprobs, entropy = self.completion_logprobs(
-                        self.policy, input_ids, attention_mask, prompt_length, with_entropy=True
+                        self.policy, input_ids, attention_mask, prompt_length, with_entropy=True, rows=rows
                     )
                     old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
                     ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]
@@ -370,7 +389,7 @@ class GRPOModule(L.LightningModule):
         """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length."""
         k = self.hparams.val_num_samples
         prompts, columns = repeat_batch(batch, k)
-        generation = self.generate(prompts, self.val_sampling)
+        generation = self.generate(prompts, self.val_sampling, group_size=k)
         scores = self.val_reward_fn(completions=generation.texts, prompts=prompts, **columns)
         correct = [s is not None and s >= 1.0 for s in scores]
         answers = [extract_answer(t) for t in generation.texts]

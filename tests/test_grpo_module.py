@@ -22,7 +22,7 @@ def test_validation_pass_at_1_and_majority_vote_hand_computed(monkeypatch):
         "<think>a</think><answer>4</answer>", "<answer>5</answer>",  # prompt 1 (gold 4): 1 of 2, tie -> "4"
         "<answer>7</answer>", "<think>b</think><answer>7</answer>",  # prompt 2 (gold 8): 0 of 2
     ]
-    monkeypatch.setattr(module.generator, "generate", lambda model, prompts, sampling: _fake_generation(texts))
+    monkeypatch.setattr(module.generator, "generate", lambda model, prompts, sampling, **kw: _fake_generation(texts))
     module.evaluate_batch({"prompt": ["p1", "p2"], "answer": ["4", "8"]})
     metrics = module.compute_val_metrics()
     assert metrics["val/pass@1"] == pytest.approx(0.25)

@@ -148,3 +148,35 @@ def test_8bit_optimizer_and_token_budget_in_a_run(tmp_path):
                               "--model.init_args.gradient_checkpointing", "true")])
     assert cli.trainer.global_step == 1
     assert type(cli.trainer.optimizers[0]).__name__ == "AdamW8bit"
+
+
+def test_shared_prompt_prefix_matches_the_full_forward_with_gradients(tiny_model_and_tokenizer):
+    from r1_lightning.rollout import shared_prefix_logprobs
+
+    model, tokenizer = tiny_model_and_tokenizer
+    torch.manual_seed(0)
+    prompts = [p for p in ["1 + 2", "a much longer prompt here: 12 + 7", "3"] for _ in range(4)]
+    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=8), group_size=4)
+    assert gen.input_ids.shape[0] == 12
+    assert torch.equal(gen.input_ids[0, : gen.prompt_length], gen.input_ids[3, : gen.prompt_length])
+    model.train()
+    weights = torch.randn(gen.completion_mask.shape) * gen.completion_mask
+
+    def grads(fn):
+        model.zero_grad()
+        logprobs, entropy = fn()
+        ((logprobs * weights).sum() + (entropy * weights).sum()).backward()
+        return logprobs.detach(), [p.grad.clone() for p in model.parameters()]
+
+    full, full_grads = grads(lambda: completion_logprobs(
+        model, gen.input_ids, gen.attention_mask, gen.prompt_length, with_entropy=True))
+    groups = torch.arange(12) // 4
+    shared, shared_grads = grads(lambda: shared_prefix_logprobs(
+        model, gen.input_ids, gen.attention_mask, gen.prompt_length, groups, with_entropy=True))
+    mask = gen.completion_mask.bool()
+    torch.testing.assert_close(shared[mask], full[mask], atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # and through trimmed micro-batches that split groups
+    planned = batched_logprobs(model, gen, 1.0, plan_micro_batches(gen, max_tokens=40), group_size=4)
+    torch.testing.assert_close(planned[mask], full[mask], atol=1e-5, rtol=1e-5)
