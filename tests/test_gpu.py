@@ -1,4 +1,6 @@
-"""GPU-only paths; skipped cleanly without CUDA."""
+"""GPU-only paths (bf16, FSDP, bitsandbytes on CUDA); skipped cleanly without CUDA."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,13 +8,18 @@ import torch
 from r1_lightning.cli import main
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gpu_run(tmp_path, *extra):
+    from test_cli import _fast
+
+    return main(["fit", *_fast(tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+                               "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}", *extra)])
 
 
 def test_bf16_mixed_fast_dev_run_on_gpu(tmp_path):
-    from test_cli import _fast
-
-    cli = main(["fit", *_fast(tmp_path, "--trainer.fast_dev_run", "1", "--trainer.accelerator", "gpu",
-                              "--trainer.precision", "bf16-mixed")])
+    cli = _gpu_run(tmp_path, "--trainer.fast_dev_run", "1", "--trainer.precision", "bf16-mixed")
     assert cli.trainer.global_step == 1
     assert next(cli.model.policy.parameters()).is_cuda
 
@@ -23,5 +30,48 @@ def test_bf16_weights_generate_and_score(tmp_path):
 
     model, tokenizer = load_policy("tiny:random", dtype="bfloat16")
     model.cuda()
-    gen = HFGenerator(tokenizer).generate(model, ["1 + 1"] * 4, SamplingConfig(max_new_tokens=8))
+    gen = HFGenerator(tokenizer).generate(model, ["1 + 1"] * 4, SamplingConfig(max_new_tokens=8), group_size=4)
     assert gen.input_ids.is_cuda and len(gen.texts) == 4
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_fsdp_trains_and_evaluates_under_sharded_weights(tmp_path, beta):
+    cli = _gpu_run(tmp_path, "--config", str(ROOT / "configs" / "strategy" / "fsdp.yaml"), "--trainer.devices", "1",
+                   "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                   "--model.init_args.beta", str(beta), "--model.init_args.val_num_samples", "2",
+                   "--data.init_args.source.init_args.val_size", "4")
+    assert cli.trainer.global_step == 2
+    assert len(cli.model.eval_history) >= 2  # evaluation (sampling) ran before and after under FSDP
+    assert "FSDP" in type(cli.trainer.strategy).__name__
+
+
+def test_qlora_4bit_on_gpu(tmp_path):
+    cli = _gpu_run(tmp_path, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
+                   "--model.init_args.lora", "{r: 8, alpha: 16}", "--model.init_args.quantization", "4bit",
+                   "--model.init_args.dtype", "bfloat16", "--model.init_args.optimizer", "paged_adamw_8bit")
+    assert cli.trainer.global_step == 2
+    assert any("Linear4bit" in type(m).__name__ for m in cli.model.policy.modules())
+
+
+def test_8bit_reference_and_8bit_optimizer_on_gpu(tmp_path):
+    cli = _gpu_run(tmp_path, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
+                   "--model.init_args.reference_quantization", "8bit", "--model.init_args.optimizer", "adamw_8bit",
+                   "--trainer.precision", "bf16-mixed")
+    assert cli.trainer.global_step == 2
+    assert any("Linear8bitLt" in type(m).__name__ for m in cli.model.reference.modules())
+
+
+def test_shared_prefix_in_bf16_matches_the_full_forward():
+    from r1_lightning.models import load_policy
+    from r1_lightning.rollout import HFGenerator, SamplingConfig, completion_logprobs, shared_prefix_logprobs
+
+    model, tokenizer = load_policy("tiny:random", dtype="bfloat16")
+    model.cuda()
+    prompts = [p for p in ["1 + 2", "a longer prompt: 12 + 7"] for _ in range(4)]
+    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=8), group_size=4)
+    with torch.no_grad():
+        full = completion_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length)[0]
+        groups = torch.arange(8, device="cuda") // 4
+        shared = shared_prefix_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length, groups)[0]
+    mask = gen.completion_mask.bool()
+    assert (full[mask] - shared[mask]).abs().max() < 0.1  # bf16 rounding, different kernels
