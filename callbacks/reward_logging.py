@@ -30,15 +30,18 @@ class RewardLoggingCallback(L.Callback):
         self.table_every_n_steps, self.table_rows = table_every_n_steps, table_rows
         self.metrics: dict[str, MeanMetric] = {}
         self._step_started = 0.0
+        self._device = torch.device("cpu")
 
     def _update(self, name: str, value: float | torch.Tensor, weight: float = 1.0) -> None:
+        # Metrics live on the module's device: their cross-rank sync is a collective (NCCL wants CUDA).
         if name not in self.metrics:
-            self.metrics[name] = MeanMetric(nan_strategy="ignore")
-        self.metrics[name].update(torch.as_tensor(value, dtype=torch.float32), weight)
+            self.metrics[name] = MeanMetric(nan_strategy="ignore").to(self._device)
+        self.metrics[name].update(torch.as_tensor(value, dtype=torch.float32, device=self._device), weight)
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
+        self._device = pl_module.device
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -227,6 +227,22 @@ class GRPOModule(L.LightningModule):
     def on_fit_start(self) -> None:
         strategy = type(self.trainer.strategy).__name__
         self.generator.sync_ranks = "FSDP" in strategy or "DeepSpeed" in strategy
+        if self._is_fsdp() and self._fsdp_policy_unit() is None:
+            raise ValueError(
+                "FSDP: the policy model must be an FSDP unit of its own (manual optimisation runs backward "
+                "inside the root unit's forward, which FSDP refuses for parameters the root owns). Add the "
+                "model class next to its decoder layer in `trainer.strategy.init_args.auto_wrap_policy`, "
+                "e.g. transformers.models.qwen2.modeling_qwen2.Qwen2ForCausalLM (see configs/strategy/fsdp.yaml)"
+            )
+
+    def _fsdp_policy_unit(self) -> Any:
+        """The FSDP unit wrapping the policy's transformers model, or None."""
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from transformers import PreTrainedModel
+
+        return next(
+            (m for m in self.policy.modules() if isinstance(m, FSDP) and isinstance(m.module, PreTrainedModel)), None
+        )
 
     def _is_fsdp(self) -> bool:
         return self._trainer is not None and "FSDP" in type(self.trainer.strategy).__name__
@@ -455,14 +471,17 @@ class GRPOModule(L.LightningModule):
                 f"val/pass@1: {first['val/pass@1']:.3f} at step {first_step} -> {last['val/pass@1']:.3f} "
                 f"at step {last_step} ({100 * (last['val/pass@1'] - first['val/pass@1']):+.1f} points)"
             )
-        if self.trainer.is_global_zero:
-            target = self.hparams.export_dir or (Path(self.trainer.log_dir or ".") / "hf_model")
-            self.save_hf(target)
+        target = self.hparams.export_dir or (Path(self.trainer.log_dir or ".") / "hf_model")
+        self.save_hf(target)  # every rank calls it: under FSDP gathering the weights is a collective
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_hf(self, directory: str | Path) -> Path:
         """Write the policy and tokenizer as a ``save_pretrained`` folder ``AutoModelForCausalLM`` loads."""
         directory = Path(directory)
+        if self._is_fsdp():
+            return self._save_hf_fsdp(directory)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return directory
         directory.mkdir(parents=True, exist_ok=True)
         policy = self.policy
         if self.lora is not None:
@@ -473,6 +492,20 @@ class GRPOModule(L.LightningModule):
         policy.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         rank_zero_info(f"policy exported in Hugging Face format to {directory}")
+        return directory
+
+    def _save_hf_fsdp(self, directory: Path) -> Path:
+        """Gather the sharded policy (all ranks take part) and let rank 0 write it."""
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        unit = self._fsdp_policy_unit()
+        with FSDP.summon_full_params(unit, writeback=False, offload_to_cpu=True):
+            state = {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for n, p in unit.module.named_parameters()}
+            if self.trainer.is_global_zero:
+                directory.mkdir(parents=True, exist_ok=True)
+                unit.module.save_pretrained(directory, state_dict=state)
+                self.tokenizer.save_pretrained(directory)
+                rank_zero_info(f"policy exported in Hugging Face format to {directory}")
         return directory
 
     @override
