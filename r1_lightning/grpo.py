@@ -251,23 +251,15 @@ class GRPOModule(L.LightningModule):
     def generation_context(self) -> Iterator[None]:
         """Where sampling (and no-grad scoring) runs outside the strategy's forward.
 
-        Under FSDP the root unit's own parameters (embeddings, final norm, LM head when not wrapped
-        separately) are only gathered inside the wrapped forward; the rollout runs in a callback, so
-        we gather the root's parameters (``recurse=False``: the wrapped decoder layers gather
-        themselves, layer by layer, as usual).
+        Mixed precision (``bf16-mixed``) autocasts sampling as it does the training forward. Under FSDP
+        nothing needs gathering by hand: the policy model is an FSDP unit of its own (checked in
+        ``on_fit_start``), so calling it gathers its weights, layer by layer, on every rank.
         """
         if self._trainer is None:
             yield
             return
-        # Mixed precision (bf16-mixed) autocasts sampling too, as it does the training forward.
         with self.trainer.precision_plugin.forward_context():
-            if not self._is_fsdp():
-                yield
-                return
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            with FSDP.summon_full_params(self.trainer.strategy.model, recurse=False, writeback=False):
-                yield
+            yield
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
         with self.generation_context():
@@ -390,9 +382,18 @@ class GRPOModule(L.LightningModule):
 
     def _clip_gradients(self, max_norm: float) -> float:
         """Clip the global gradient norm; under FSDP the norm must be taken over every rank's shard."""
-        if self._is_fsdp():
-            return float(self.trainer.strategy.model.clip_grad_norm_(max_norm))
-        return float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
+        if not self._is_fsdp():
+            return float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
+        # FSDP's own clip_grad_norm_ must be called on the root outside its forward; we are inside it
+        # (manual optimisation). With use_orig_params each rank holds disjoint gradient shards
+        # (FULL_SHARD / SHARD_GRAD_OP), so the global norm is the all-reduced sum of local squares.
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None and p.grad.numel() > 0]
+        local = sum((g.detach().float().pow(2).sum() for g in grads), torch.zeros((), device=self.device))
+        total = self.trainer.strategy.reduce(local, reduce_op="sum").sqrt()
+        coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coefficient.to(g.dtype))
+        return float(total)
 
     def _maybe_sync_reference(self) -> None:
         every = self.hparams.ref_model_sync_steps

@@ -21,7 +21,7 @@ def _gpu_run(tmp_path, *extra):
 def test_bf16_mixed_fast_dev_run_on_gpu(tmp_path):
     cli = _gpu_run(tmp_path, "--trainer.fast_dev_run", "1", "--trainer.precision", "bf16-mixed")
     assert cli.trainer.global_step == 1
-    assert next(cli.model.policy.parameters()).is_cuda
+    assert cli.trainer.strategy.root_device.type == "cuda"  # (Lightning moves the model back to CPU at the end)
 
 
 def test_bf16_weights_generate_and_score(tmp_path):
