@@ -441,7 +441,7 @@ class GRPOModule(L.LightningModule):
                 metric.reset()
             return
         metrics = self.compute_val_metrics()
-        self.log_dict(metrics, sync_dist=False)
+        self.log_dict(metrics, sync_dist=False, batch_size=1)  # already aggregated over the whole set
         rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
 
     def run_evaluation(self) -> dict[str, float]:
@@ -457,8 +457,22 @@ class GRPOModule(L.LightningModule):
         rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         return metrics
 
+    def _fsdp_lazy_init(self) -> None:
+        """Let the root FSDP unit initialise before any unit's forward runs outside it.
+
+        Sampling for the first evaluation calls the policy's own FSDP unit before the root has ever
+        run; that unit would then take itself for the root. Entering (and leaving) the root's
+        ``summon_full_params`` outside any forward runs FSDP's lazy initialisation from the root.
+        """
+        if self._is_fsdp():
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.summon_full_params(self.trainer.strategy.model, recurse=False, writeback=False):
+                pass
+
     @override
     def on_train_start(self) -> None:
+        self._fsdp_lazy_init()
         if self.hparams.validate_at_start and self.global_step == 0:
             self.run_evaluation()
 
