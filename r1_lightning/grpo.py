@@ -514,7 +514,8 @@ class GRPOModule(L.LightningModule):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         unit = self._fsdp_policy_unit()
-        with FSDP.summon_full_params(unit, writeback=False, offload_to_cpu=True):
+        # (offloading is refused for NO_SHARD, which FSDP uses on a single rank)
+        with FSDP.summon_full_params(unit, writeback=False, offload_to_cpu=self.trainer.world_size > 1):
             state = {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for n, p in unit.module.named_parameters()}
             if self.trainer.is_global_zero:
                 directory.mkdir(parents=True, exist_ok=True)
