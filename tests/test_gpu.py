@@ -46,6 +46,7 @@ def test_fsdp_trains_and_evaluates_under_sharded_weights(tmp_path, beta):
     assert cli.trainer.global_step == 2
     assert len(cli.model.eval_history) >= 2  # evaluation (sampling) ran before and after under FSDP
     assert "FSDP" in type(cli.trainer.strategy).__name__
+    assert all(torch.isfinite(torch.tensor(list(m.values()))).all() for _, m in cli.model.eval_history)
 
 
 def test_qlora_4bit_on_gpu(tmp_path):
