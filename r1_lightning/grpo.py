@@ -516,16 +516,15 @@ class GRPOModule(L.LightningModule):
         their idle state (backward ran inside the root's forward, so the root's end-of-backward hook
         never fires) and it refuses to gather. The export is then skipped with a warning.
         """
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        unit = self._fsdp_policy_unit()
         try:
-            return self._gather_and_save(unit, directory, FSDP)
+            return self._gather_and_save(self._fsdp_policy_unit(), directory)
         except AssertionError as err:
             log.warning("FSDP: Hugging Face export skipped (%s); see README 'FSDP status'", err)
             return directory
 
-    def _gather_and_save(self, unit: Any, directory: Path, FSDP: Any) -> Path:  # noqa: N803
+    def _gather_and_save(self, unit: Any, directory: Path) -> Path:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
         # (offloading is refused for NO_SHARD, which FSDP uses on a single rank)
         with FSDP.summon_full_params(unit, writeback=False, offload_to_cpu=self.trainer.world_size > 1):
             state = {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for n, p in unit.module.named_parameters()}
