@@ -46,8 +46,8 @@ from r1_lightning.models import (
 from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
-    Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, completion_logprobs,
-    plan_micro_batches, repeat_batch, shared_prefix_logprobs,
+    Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, micro_batch_logprobs,
+    plan_micro_batches, repeat_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -293,28 +293,14 @@ class GRPOModule(L.LightningModule):
         """The frozen reference's log-probs (one no-grad forward per micro-batch); None when beta == 0."""
         if self.hparams.beta == 0:
             return None
-        with self.generation_context():
-            if self.lora is not None:
-                with self.policy.disable_adapter():
-                    return batched_logprobs(
-                        self.policy, generation, self.sampling.temperature, plans, self.shared_group_size
-                    )
-            if self.reference is None:
-                return None
-            return batched_logprobs(self.reference, generation, self.sampling.temperature, plans, self.shared_group_size)
-
-    def completion_logprobs(
-        self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
-        with_entropy: bool = False, rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Completion log-probs of a micro-batch; ``rows`` (rollout row ids) enable prompt sharing."""
-        temperature = self.sampling.temperature
-        group = self.shared_group_size
-        if group and rows is not None:
-            return shared_prefix_logprobs(
-                model, input_ids, attention_mask, prompt_length, rows // group, temperature, with_entropy
-            )
-        return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature, with_entropy)
+        if self.lora is not None:
+            model, reference_mode = self.policy, self.policy.disable_adapter()
+        elif self.reference is not None:
+            model, reference_mode = self.reference, contextlib.nullcontext()
+        else:
+            return None
+        with self.generation_context(), reference_mode:
+            return batched_logprobs(model, generation, self.sampling.temperature, plans, self.shared_group_size)
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, float]:
@@ -343,18 +329,16 @@ class GRPOModule(L.LightningModule):
         )
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
         started = time.perf_counter()
+        # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
+        block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
         for _ in range(mu):
             for index, mb in enumerate(plans):
                 rows, cols = mb.rows.to(mask.device), slice(0, mb.completion_length)
-                input_ids, attention_mask, prompt_length = mb.take(gen)
                 part_mask = mask[rows, cols]
-                # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
                 last = index == len(plans) - 1
-                block = getattr(self.trainer.strategy, "block_backward_sync", None)
-                sync = contextlib.nullcontext() if last or block is None else block()
-                with sync:
-                    logprobs, entropy = self.completion_logprobs(
-                        self.policy, input_ids, attention_mask, prompt_length, with_entropy=True, rows=rows
+                with contextlib.nullcontext() if last or block_sync is None else block_sync():
+                    logprobs, entropy = micro_batch_logprobs(
+                        self.policy, gen, mb, self.sampling.temperature, self.shared_group_size, with_entropy=True
                     )
                     old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
                     ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]

@@ -107,9 +107,10 @@ def plan_micro_batches(
     n, prompt_length = generation.input_ids.shape[0], generation.prompt_length
     prompt_lengths = generation.attention_mask[:, :prompt_length].sum(1).tolist()
     completion_lengths = generation.completion_mask.sum(1).tolist()
-    order = sorted(range(n), key=lambda i: -(prompt_lengths[i] + completion_lengths[i]))
     if max_rows is None and max_tokens is None:
         order = list(range(n))
+    else:
+        order = sorted(range(n), key=lambda i: -(prompt_lengths[i] + completion_lengths[i]))
     groups: list[list[int]] = []
     current: list[int] = []
     longest_prompt = longest_completion = 0
@@ -336,6 +337,21 @@ def shared_prefix_logprobs(
     return logprobs, entropy
 
 
+def micro_batch_logprobs(
+    model: Any, generation: Generation, mb: MicroBatch, temperature: float, group_size: int | None = None,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs ``[m, mb.completion_length]`` (and entropies) of one micro-batch's rows, padding trimmed.
+
+    With ``group_size``, rows of the same group share one run of their prompt (:func:`shared_prefix_logprobs`).
+    """
+    input_ids, attention_mask, prompt_length = mb.take(generation)
+    if group_size:
+        groups = mb.rows // group_size
+        return shared_prefix_logprobs(model, input_ids, attention_mask, prompt_length, groups, temperature, with_entropy)
+    return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature, with_entropy)
+
+
 @torch.no_grad()
 def batched_logprobs(
     model: Any, generation: Generation, temperature: float, plans: list[MicroBatch] | None = None,
@@ -348,12 +364,6 @@ def batched_logprobs(
     plans = plans or plan_micro_batches(generation)
     out = torch.zeros(generation.completion_mask.shape, dtype=torch.float32, device=generation.input_ids.device)
     for mb in plans:
-        input_ids, attention_mask, prompt_length = mb.take(generation)
-        if group_size:
-            logprobs = shared_prefix_logprobs(
-                model, input_ids, attention_mask, prompt_length, mb.rows // group_size, temperature
-            )[0]
-        else:
-            logprobs = completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature)[0]
+        logprobs = micro_batch_logprobs(model, generation, mb, temperature, group_size)[0]
         out[mb.rows.to(out.device), : mb.completion_length] = logprobs
     return out
