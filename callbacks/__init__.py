@@ -1,9 +1,10 @@
-"""Lightning callbacks of r1-lightning: rollout generation and reward logging.
+"""Lightning callbacks of r1-lightning: rollout generation, reward logging, stage schedules.
 
 This folder is installed as ``r1_lightning.callbacks``.
 """
 
 from r1_lightning.callbacks.reward_logging import RewardLoggingCallback
 from r1_lightning.callbacks.rollout import RolloutCallback
+from r1_lightning.callbacks.stage_schedule import StageScheduleCallback
 
-__all__ = ["RewardLoggingCallback", "RolloutCallback"]
+__all__ = ["RewardLoggingCallback", "RolloutCallback", "StageScheduleCallback"]

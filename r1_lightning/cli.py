@@ -6,10 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+import lightning as L
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from r1_lightning.data import PromptDataModule
 from r1_lightning.grpo import GRPOModule
 
 
@@ -33,9 +33,11 @@ def main(args: ArgsType = None) -> LightningCLI | None:
         return None
     # Tokenizers' thread pool and forked DataLoader workers do not mix; prompts are cheap to tokenize.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Any LightningModule / DataModule by class_path: GRPOModule, SFTModule, RewardModelModule with
+    # PromptDataModule, SFTDataModule, PreferenceDataModule.
     return LightningCLI(
-        GRPOModule,
-        PromptDataModule,
+        L.LightningModule,
+        L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},

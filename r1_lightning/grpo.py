@@ -41,7 +41,7 @@ from typing_extensions import override
 from r1_lightning.evaluation import majority_vote_correct
 from r1_lightning.losses import LOSS_TYPES, LossType, grpo_loss
 from r1_lightning.models import (
-    OPTIMIZERS, LoraSettings, Quantization, apply_lora, as_lora, build_optimizer, freeze, load_policy,
+    OPTIMIZERS, LoraSettings, Quantization, apply_lora, as_lora, build_optimizer, freeze, load_policy, save_policy,
 )
 from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
@@ -81,7 +81,10 @@ class GRPOModule(L.LightningModule):
         optimizer: ``adamw`` (torch), or bitsandbytes' ``adamw_8bit``, ``paged_adamw_8bit``,
             ``paged_adamw``.
         rewards: reward functions and their weights: built-in names (``accuracy_reward``,
-            ``format_reward``, ``tag_count_reward``, ``countdown_reward``) or dotted import paths.
+            ``format_reward``, ``tag_count_reward``, ``countdown_reward``,
+            ``language_consistency_reward``) or dotted import paths; or ``name: {weight, function,
+            <arguments>}`` to configure one, e.g. a reward model
+            (``{function: reward_model, model: path, scope: summary, weight: 0.5}``).
         num_generations: completions per prompt (the group size G).
         sampling: rollout sampling parameters (temperature, top_p, top_k, max_new_tokens, stop_strings).
         beta: KL coefficient; 0 loads no reference model at all.
@@ -124,7 +127,7 @@ class GRPOModule(L.LightningModule):
         quantization: Quantization | None = None,
         reference_quantization: Quantization | None = None,
         optimizer: str = "adamw",
-        rewards: dict[str, float] | None = None,
+        rewards: dict[str, float | dict[str, Any]] | None = None,
         num_generations: int = 8,
         sampling: SamplingConfig = SamplingConfig(),
         beta: float = 0.04,
@@ -198,6 +201,7 @@ class GRPOModule(L.LightningModule):
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
         self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self.reference_diverged = False
 
     # ----------------------------------------------------------------------------- optimization
     @override
@@ -382,8 +386,18 @@ class GRPOModule(L.LightningModule):
     def _maybe_sync_reference(self) -> None:
         every = self.hparams.ref_model_sync_steps
         if every and self.reference is not None and self.trainer.global_step % every == 0:
-            self.reference.load_state_dict(self.policy.state_dict())
-            rank_zero_info(f"reference model reset to the current policy at step {self.trainer.global_step}")
+            self.reset_reference()
+
+    def reset_reference(self) -> None:
+        """Copy the current policy into the frozen reference (R1 did so every 400 steps)."""
+        if self.reference is None:
+            raise ValueError(
+                "no reference model to reset: it exists only with `beta` > 0, without `lora` (whose "
+                "reference is the base itself) and without `reference_quantization`"
+            )
+        self.reference.load_state_dict(self.policy.state_dict())
+        self.reference_diverged = True  # from now on checkpoints must carry the reference
+        rank_zero_info(f"reference model reset to the current policy at step {self.global_step}")
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate_batch(self, batch: dict[str, list]) -> None:
@@ -481,15 +495,7 @@ class GRPOModule(L.LightningModule):
             return self._save_hf_fsdp(directory)
         if self._trainer is not None and not self.trainer.is_global_zero:
             return directory
-        directory.mkdir(parents=True, exist_ok=True)
-        policy = self.policy
-        if self.lora is not None:
-            if self.hparams.quantization is None:
-                policy = copy.deepcopy(self.policy).merge_and_unload()  # a plain model, adapters folded in
-            else:
-                rank_zero_info("QLoRA: exporting the LoRA adapters only (load them on the base with peft)")
-        policy.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        save_policy(self.policy, self.tokenizer, directory, self.lora is not None, self.hparams.quantization is not None)
         rank_zero_info(f"policy exported in Hugging Face format to {directory}")
         return directory
 
@@ -522,7 +528,7 @@ class GRPOModule(L.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The reference only needs saving once it has diverged from the initial weights.
-        if not self.hparams.ref_model_sync_steps:
+        if not (self.hparams.ref_model_sync_steps or self.reference_diverged):
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("reference.")]:
                 del state[key]

@@ -161,3 +161,22 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def save_policy(policy: Any, tokenizer: Any, directory: str | Path, lora: bool = False, quantized: bool = False) -> Path:
+    """Write a policy and its tokenizer as a ``save_pretrained`` folder ``AutoModelForCausalLM`` loads.
+
+    LoRA adapters are folded into a plain copy of the model (``merge_and_unload``); with a quantized
+    base (QLoRA) only the adapters are written (load them on the base with peft).
+    """
+    import copy
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if lora and not quantized:
+        policy = copy.deepcopy(policy).merge_and_unload()
+    elif lora:
+        log.info("QLoRA: exporting the LoRA adapters only (load them on the base with peft)")
+    policy.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import math
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ def builtin_rewards() -> dict[str, RewardFn]:
     from r1_lightning.rewards.accuracy import accuracy_reward
     from r1_lightning.rewards.countdown import countdown_reward
     from r1_lightning.rewards.format import format_reward, tag_count_reward
+    from r1_lightning.rewards.language import language_consistency_reward
+    from r1_lightning.rewards.reward_model import RewardModelReward
 
-    return {fn.__name__: fn for fn in (accuracy_reward, countdown_reward, format_reward, tag_count_reward)}
+    functions = (accuracy_reward, countdown_reward, format_reward, tag_count_reward, language_consistency_reward)
+    return {**{fn.__name__: fn for fn in functions}, "reward_model": RewardModelReward}
 
 
 def resolve_reward(name: str) -> RewardFn:
@@ -52,11 +56,42 @@ class WeightedReward:
     weight: float
 
 
-def build_rewards(spec: dict[str, float]) -> list[WeightedReward]:
+RewardSpec = dict[str, "float | dict[str, Any]"]
+
+
+def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
+    """One entry of ``rewards``: ``name: weight``, or ``name: {weight: w, function: f, <arguments>}``.
+
+    The long form configures a reward: ``function`` (default: ``name``) is a built-in or dotted path;
+    the other keys are keyword arguments, bound with ``functools.partial`` for a function, or passed to
+    the constructor when ``function`` names a class (``reward_model``: a reward model, built once).
+
+    >>> build_reward("format_reward", 0.5).weight
+    0.5
+    >>> r = build_reward("lang", {"weight": 0.2, "function": "language_consistency_reward", "default_language": "fr"})
+    >>> r.name, r.weight, r.fn(["<think>Nous ajoutons les deux nombres.</think>"])
+    ('lang', 0.2, [1.0])
+    """
+    if not isinstance(spec, dict):
+        return WeightedReward(name.rsplit(".", 1)[-1], resolve_reward(name), float(spec))
+    arguments = dict(spec)
+    weight = float(arguments.pop("weight", 1.0))
+    target = resolve_reward(str(arguments.pop("function", name)))
+    if isinstance(target, type):
+        try:
+            fn = target(**arguments)
+        except TypeError as err:
+            raise ValueError(f"reward {name!r}: bad arguments for {target.__name__}: {err}") from err
+    else:
+        fn = functools.partial(target, **arguments) if arguments else target
+    return WeightedReward(name, fn, weight)
+
+
+def build_rewards(spec: RewardSpec) -> list[WeightedReward]:
     """``{"accuracy_reward": 1.0, "format_reward": 0.5}`` -> resolved functions with their weights."""
     if not spec:
         raise ValueError("`rewards` is empty: name at least one reward function, e.g. {accuracy_reward: 1.0}")
-    return [WeightedReward(name.rsplit(".", 1)[-1], resolve_reward(name), float(w)) for name, w in spec.items()]
+    return [build_reward(name, value) for name, value in spec.items()]
 
 
 def _preview(completion: Any, limit: int = 300) -> str:

@@ -1,0 +1,129 @@
+"""SFTModule: supervised fine-tuning with a completion-only loss (R1's cold start, rejection-sampling SFT
+and distillation).
+
+The loss is the mean negative log-likelihood of the response tokens in a batch (prompt and padding
+tokens are masked with -100 by ``SFTDataModule``):
+
+    L = - (1 / |R|) * sum_{t in R} log pi_theta(y_t | x, y_<t)
+
+With packed rows (``segment_ids``) the model gets a block-diagonal causal mask, so no example attends
+to another and each example's log-likelihood is that of its unpacked forward (tested).
+With ``trainer.accumulate_grad_batches`` Lightning averages per-batch means (the usual SFT convention);
+GRPO, where the normaliser matters more, keeps its own token totals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from r1_lightning.models import LoraSettings, apply_lora, as_lora, build_optimizer, load_policy, save_policy
+
+
+def packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, T, T]`` boolean mask: causal, within one segment; padding (-1) attends only to itself.
+
+    >>> packed_attention_mask(torch.tensor([[0, 0, 1]]))[0, 0].int().tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    """
+    width = segment_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] >= 0)
+    eye = torch.eye(width, dtype=torch.bool, device=segment_ids.device)  # no all-masked rows (NaN)
+    return ((same & causal) | eye)[:, None]
+
+
+def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean NLL over response tokens, number of response tokens)``; labels are -100 elsewhere.
+
+    >>> logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens
+    >>> round(response_nll(logits, torch.tensor([[-100, 2, 1]]))[0].item(), 4)  # only token 1 -> 2 counts
+    1.3863
+    """
+    targets = labels[:, 1:]
+    count = (targets != -100).sum()
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return loss / count.clamp(min=1), count
+
+
+class SFTModule(L.LightningModule):
+    """Supervised fine-tuning of a causal LM on prompt/response records.
+
+    Args:
+        model: hub id, local HF folder (e.g. a previous stage's export), or ``tiny:*``.
+        dtype: parameter dtype.
+        attn_implementation: transformers attention backend (packing needs ``sdpa`` or ``eager``).
+        gradient_checkpointing: recompute activations in backward.
+        lora: train LoRA adapters instead of all weights (merged on export).
+        optimizer: ``adamw`` or a bitsandbytes 8-bit/paged variant.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps.
+        lr_scheduler: transformers scheduler name (``cosine`` / ``linear`` need ``trainer.max_steps``).
+        export_dir: where the final model is written as an HF folder (default ``<log dir>/hf_model``).
+    """
+
+    def __init__(self, model: str = "tiny:arithmetic", dtype: str = "float32", attn_implementation: str | None = None,
+                 gradient_checkpointing: bool = False, lora: LoraSettings | None = None, optimizer: str = "adamw",
+                 lr: float = 1e-5, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95),
+                 warmup_steps: int = 0, lr_scheduler: str = "constant_with_warmup",
+                 export_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.policy, self.tokenizer = load_policy(model, dtype, attn_implementation, gradient_checkpointing)
+        self.lora = as_lora(lora)
+        if self.lora is not None:
+            self.policy = apply_lora(self.policy, self.lora, False, gradient_checkpointing)
+
+    @override
+    def on_train_start(self) -> None:
+        self.policy.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
+
+    def forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        segments = batch["segment_ids"]
+        if bool((segments.max(dim=1).values > 0).any()):  # packed rows: keep examples apart
+            mask, positions = packed_attention_mask(segments), batch["position_ids"]
+        else:
+            mask, positions = (segments >= 0).long(), None
+        logits = self.policy(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions).logits
+        return response_nll(logits, batch["labels"])
+
+    @override
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, count = self.forward_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(count))
+        self.log("train/response_tokens", count.float(), reduce_fx="sum", batch_size=1)
+        return loss
+
+    @override
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, count = self.forward_loss(batch)
+        self.log("val/loss", loss, batch_size=int(count), prog_bar=True)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        from transformers import get_scheduler
+
+        hp = self.hparams
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = build_optimizer(hp.optimizer, params, hp.lr, hp.weight_decay, tuple(hp.betas))
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        if total is None and hp.lr_scheduler not in ("constant", "constant_with_warmup"):
+            raise ValueError(f"`model.lr_scheduler` {hp.lr_scheduler!r} needs `trainer.max_steps` to be set")
+        scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps,
+                                  num_training_steps=total or 1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
+    def on_train_end(self) -> None:
+        target = self.hparams.export_dir or (Path(self.trainer.log_dir or ".") / "hf_model")
+        if self.trainer.is_global_zero:
+            save_policy(self.policy, self.tokenizer, target, lora=self.lora is not None)
+            rank_zero_info(f"SFT model exported in Hugging Face format to {target}")
