@@ -1,4 +1,5 @@
-"""Command line: ``r1-lightning fit|validate|test --config ...`` (LightningCLI) and ``r1-lightning export``."""
+"""Command line: ``r1-lightning fit|validate|test --config ...`` (LightningCLI), ``r1-lightning pipeline
+--config ...`` (multi-stage runs, ``r1_lightning.pipeline``) and ``r1-lightning export``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def main(args: ArgsType = None) -> LightningCLI | None:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "export":
         export_main(argv[1:])
+        return None
+    if argv and argv[0] == "pipeline":
+        from r1_lightning.pipeline import pipeline_main
+
+        pipeline_main(argv[1:])
         return None
     # Tokenizers' thread pool and forked DataLoader workers do not mix; prompts are cheap to tokenize.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -74,16 +74,16 @@ class ConcatRecords(RecordSource):
 # The same reasoning in three languages: the cold-start data of the tiny pipeline mixes languages on
 # purpose (as traces collected from an R1-Zero-like model do), so the language reward has work to do.
 _COT_PHRASES = {
-    "en": "We add {a} and {b}. {a} + {b} = {s}.",
-    "es": "Sumamos {a} y {b}. {a} + {b} = {s}.",
-    "fr": "Nous ajoutons {a} et {b}. {a} + {b} = {s}.",
+    "en": "We add {a} and {b}. {a}+{b}={s}.",
+    "es": "Sumamos {a} y {b}. {a}+{b}={s}.",
+    "fr": "Nous ajoutons {a} et {b}. {a}+{b}={s}.",
 }
 
 
 class ArithmeticCoTTask(RecordSource):
     """Generated long-CoT-style SFT records for addition (the tiny pipeline's cold-start data).
 
-    Records: ``{"prompt": "12 + 7", "response": " <think>We add 12 and 7. 12 + 7 = 19.</think>
+    Records: ``{"prompt": "12 + 7", "response": " <think>We add 12 and 7. 12+7=19.</think>
     <answer>19</answer>", "answer": "19", "language": "en"}``. Problems held out by
     ``ArithmeticTask(val_fraction=...)`` (the same hash) are never generated, so evaluation stays clean.
 
@@ -96,7 +96,7 @@ class ArithmeticCoTTask(RecordSource):
         seed: generation seed.
 
     >>> ArithmeticCoTTask(num_records=1, other_language_fraction=0.0).records()[0]["response"]
-    ' <think>We add 3 and 13. 3 + 13 = 16.</think> <answer>16</answer>'
+    ' <think>We add 3 and 13. 3+13=16.</think> <answer>16</answer>'
     """
 
     def __init__(self, num_records: int = 512, min_value: int = 0, max_value: int = 19,

@@ -1,0 +1,255 @@
+"""``r1-lightning pipeline --config configs/pipeline/<name>.yaml``: R1's multi-stage recipe in one run.
+
+A pipeline is a list of stages. Each stage is one of
+
+- ``fit``: an ordinary LightningCLI fit config (``trainer`` / ``model`` / ``data``, inline or a YAML
+  path relative to the pipeline file): SFT, GRPO, reward-model training. It hands on the HF folder it
+  exports (``<stage>/hf_model``).
+- ``rejection_sampling``: ``RejectionSampler`` arguments; hands on ``<stage>/dataset``.
+- ``evaluate``: evaluates ``model`` (e.g. the base) without training; hands on the model.
+
+``inputs`` wires stages together: ``{dotted.config.key: earlier_stage_name}`` writes that stage's output
+path into this stage's config, e.g. ``model.init_args.model: cold_start`` or
+``data.init_args.source.init_args.path: rejection_sampling``.
+
+Every stage that produces a policy is evaluated on the held-out set (``evaluation``) and the report
+(``report.md`` / ``.csv`` / ``.png``) is rewritten after each stage.
+
+Resume: a finished stage leaves ``<stage>/stage.json`` and is skipped when the pipeline is run again;
+an interrupted ``fit`` stage restarts from ``<stage>/checkpoints/last.ckpt`` (written every
+``checkpoint_every`` steps); an interrupted rejection-sampling or evaluation stage is redone (they
+hold no optimizer state). ``--from_stage NAME`` redoes NAME and every later stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ArgumentParser
+
+from r1_lightning.rejection import RejectionSampler
+from r1_lightning.report import Evaluator, write_report
+
+log = logging.getLogger(__name__)
+
+STAGE_KINDS = ("fit", "rejection_sampling", "evaluate")
+STAGE_KEYS = ("name", "kind", "config", "inputs", "model", "evaluate", "checkpoint_every")
+REWARD_MODEL_CLASS = "r1_lightning.reward_model.RewardModelModule"
+
+
+TOP_KEYS = ("name", "output_dir", "evaluation", "stages")
+
+
+def pipeline_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="r1-lightning pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=str, required=True, help="pipeline YAML")
+    parser.add_argument("--output_dir", type=str | None, default=None, help="default: the YAML's, else runs/pipeline/<name>")
+    parser.add_argument("--from_stage", type=str | None, default=None, help="redo this stage and all after it")
+    return parser
+
+
+def build_evaluator(settings: dict[str, Any] | None) -> Evaluator:
+    """The ``evaluation`` section, typed by ``Evaluator``'s signature (errors name the bad key)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Evaluator, "evaluation")
+    return parser.instantiate_classes(parser.parse_object({"evaluation": settings or {}})).evaluation
+
+
+def load_pipeline(path: str | Path, output_dir: str | None = None) -> "Pipeline":
+    """Read and check a pipeline YAML; stage configs stay plain mappings until their stage runs."""
+    import difflib
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pipeline config {str(path)!r} does not exist (from --config)")
+    spec = yaml.safe_load(path.read_text()) or {}
+    for key in spec:
+        if key not in TOP_KEYS:
+            close = difflib.get_close_matches(key, TOP_KEYS, n=1)
+            raise ValueError(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                             + f" (keys: {TOP_KEYS})")
+    name = spec.get("name") or path.stem
+    return Pipeline(name, spec.get("stages") or [], build_evaluator(spec.get("evaluation")),
+                    output_dir or spec.get("output_dir"), str(path.parent))
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    """``set_dotted(c, "model.init_args.model", "x")`` sets ``c["model"]["init_args"]["model"] = "x"``.
+
+    >>> c = {"model": {"init_args": {}}}; set_dotted(c, "model.init_args.model", "x"); c
+    {'model': {'init_args': {'model': 'x'}}}
+    """
+    *parents, last = key.split(".")
+    node: Any = config
+    for part in parents:
+        if isinstance(node, list):  # "trainer.callbacks.0.init_args...": an index into a list
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"pipeline input key {key!r}: {part!r} is not an index of a {len(node)}-item list")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ValueError(f"pipeline input key {key!r}: {part!r} is not a mapping or list in the stage config")
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def validate_stages(stages: list[dict[str, Any]]) -> None:
+    """Names unique, kinds known, keys known, inputs refer to earlier stages: errors name the stage."""
+    import difflib
+
+    if not stages:
+        raise ValueError("the pipeline has no `stages`")
+    seen: list[str] = []
+    for index, stage in enumerate(stages):
+        name = stage.get("name")
+        if not name:
+            raise ValueError(f"stage #{index + 1} has no `name`")
+        unknown = set(stage) - set(STAGE_KEYS)
+        for key in unknown:
+            close = difflib.get_close_matches(key, STAGE_KEYS, n=1)
+            raise ValueError(f"stage {name!r}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                             + f" (keys: {STAGE_KEYS})")
+        if stage.get("kind", "fit") not in STAGE_KINDS:
+            raise ValueError(f"stage {name!r}: `kind` must be one of {STAGE_KINDS}, got {stage.get('kind')!r}")
+        if name in seen:
+            raise ValueError(f"two stages are named {name!r}")
+        for key, source in (stage.get("inputs") or {}).items():
+            if source not in seen:
+                raise ValueError(f"stage {name!r}: input {key!r} refers to {source!r}, which is not an earlier stage "
+                                 f"(earlier stages: {seen})")
+        if stage.get("kind") == "evaluate" and not stage.get("model") and not stage.get("inputs"):
+            raise ValueError(f"stage {name!r}: an `evaluate` stage needs `model` (or `inputs: {{model: stage}}`)")
+        if stage.get("kind", "fit") != "evaluate" and stage.get("config") is None:
+            raise ValueError(f"stage {name!r}: needs a `config` (inline mapping or YAML path)")
+        seen.append(name)
+
+
+class Pipeline:
+    """Runs the stages of a parsed pipeline config (see the module docstring)."""
+
+    def __init__(self, name: str, stages: list[dict[str, Any]], evaluation: Evaluator, output_dir: str | None = None,
+                 base_dir: str | None = None) -> None:
+        stages = copy.deepcopy(stages)
+        validate_stages(stages)
+        self.name, self.stages, self.evaluator = name, stages, evaluation
+        self.output_dir = Path(output_dir or Path("runs") / "pipeline" / name)
+        self.base_dir = Path(base_dir or ".")
+        self.outputs: dict[str, str] = {}
+        self.records: list[dict[str, Any]] = []
+
+    def stage_dir(self, stage: dict) -> Path:
+        return self.output_dir / stage["name"]
+
+    def load_config(self, stage: dict) -> dict:
+        config = stage.get("config") or {}
+        if isinstance(config, str):
+            path = Path(config) if Path(config).is_absolute() else self.base_dir / config
+            if not path.exists():
+                raise FileNotFoundError(f"stage {stage['name']!r}: config file {str(path)!r} does not exist")
+            config = yaml.safe_load(path.read_text())
+        config = copy.deepcopy(config)
+        for key, source in (stage.get("inputs") or {}).items():
+            set_dotted(config, key, self.outputs[source])
+        return config
+
+    def run(self, from_stage: str | None = None) -> list[dict[str, Any]]:
+        names = [s["name"] for s in self.stages]
+        if from_stage is not None and from_stage not in names:
+            raise ValueError(f"--from_stage {from_stage!r} is not a stage; stages: {names}")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        redo = False
+        for stage in self.stages:
+            redo = redo or stage["name"] == from_stage
+            marker = self.stage_dir(stage) / "stage.json"
+            if redo and self.stage_dir(stage).exists():
+                shutil.rmtree(self.stage_dir(stage))
+            if marker.exists():
+                record = json.loads(marker.read_text())
+                log.warning("pipeline %s: stage %r already finished, skipped (its output: %s)",
+                            self.name, stage["name"], record["output"])
+            else:
+                record = self.run_stage(stage)
+                marker.write_text(json.dumps(record, indent=2))
+            self.outputs[stage["name"]] = record["output"]
+            self.records.append(record)
+            write_report(self.output_dir, self.records, self.evaluator.k)
+        log.warning("pipeline %s finished; report: %s", self.name, self.output_dir / "report.md")
+        return self.records
+
+    def run_stage(self, stage: dict) -> dict[str, Any]:
+        kind, directory = stage.get("kind", "fit"), self.stage_dir(stage)
+        directory.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        log.warning("pipeline %s: stage %r (%s) starting", self.name, stage["name"], kind)
+        summary = None
+        evaluate = stage.get("evaluate", True)
+        if kind == "fit":
+            config = self.load_config(stage)
+            output = self.run_fit(stage, config, directory)
+            evaluate = evaluate and REWARD_MODEL_CLASS not in json.dumps(config.get("model", {}))
+        elif kind == "rejection_sampling":
+            output, summary = self.run_rejection_sampling(stage, directory)
+            evaluate = False
+        else:
+            output = self.outputs[stage["inputs"]["model"]] if stage.get("inputs") else stage["model"]
+        metrics = self.evaluator(output) if evaluate else None
+        return {"name": stage["name"], "kind": kind, "output": str(output), "metrics": metrics, "summary": summary,
+                "seconds": time.perf_counter() - started}
+
+    def run_fit(self, stage: dict, config: dict, directory: Path) -> str:
+        from r1_lightning.cli import main
+
+        export = directory / "hf_model"
+        set_dotted(config, "model.init_args.export_dir", str(export))
+        trainer = config.setdefault("trainer", {})
+        csv_logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                      "init_args": {"save_dir": str(directory), "name": "logs"}}
+        user_logger = trainer.get("logger")
+        trainer["logger"] = [csv_logger] + ([user_logger] if isinstance(user_logger, dict) else list(user_logger or []))
+        trainer["default_root_dir"] = str(directory)
+        trainer["enable_checkpointing"] = True
+        checkpoints = [cb for cb in trainer.get("callbacks") or [] if "ModelCheckpoint" not in cb.get("class_path", "")]
+        checkpoints.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+            "dirpath": str(directory / "checkpoints"), "save_last": True, "save_top_k": 0,
+            "every_n_train_steps": int(stage.get("checkpoint_every", 10))}})
+        trainer["callbacks"] = checkpoints
+        config_path = directory / "fit_config.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        args = ["fit", "--config", str(config_path)]
+        last = directory / "checkpoints" / "last.ckpt"
+        if last.exists():
+            log.warning("pipeline %s: stage %r resumes from %s", self.name, stage["name"], last)
+            args += ["--ckpt_path", str(last)]
+        main(args)
+        if not (export / "config.json").exists():
+            raise RuntimeError(f"stage {stage['name']!r} finished without exporting a model to {export}")
+        return str(export)
+
+    def run_rejection_sampling(self, stage: dict, directory: Path) -> tuple[str, str]:
+        config = self.load_config(stage)
+        config["output_dir"] = str(directory)
+        parser = ArgumentParser()
+        parser.add_class_arguments(RejectionSampler, "sampler")
+        sampler = parser.instantiate_classes(parser.parse_object({"sampler": config})).sampler
+        stats = sampler.run()
+        dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items() if v)
+        summary = (f"kept {stats['kept']} of {stats['samples']} samples ({stats['prompts_with_kept']} of "
+                   f"{stats['prompts']} prompts); dropped: {dropped or 'none'}; +{stats['non_reasoning']} non-reasoning")
+        return str(directory / "dataset"), summary
+
+
+def pipeline_main(args: list[str]) -> list[dict[str, Any]]:
+    """Entry point of ``r1-lightning pipeline``."""
+    cfg = pipeline_parser().parse_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return load_pipeline(cfg.config, cfg.output_dir).run(cfg.from_stage)
