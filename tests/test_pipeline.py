@@ -1,0 +1,112 @@
+"""The multi-stage pipeline: shipped pipelines parse; a killed run resumes without redoing finished stages."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonargparse import ArgumentParser
+
+from r1_lightning.cli import main
+from r1_lightning.pipeline import load_pipeline, set_dotted, validate_stages
+from r1_lightning.rejection import RejectionSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = sorted((ROOT / "configs" / "pipeline").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_shipped_pipelines_parse_stage_by_stage(path, tmp_path, capsys):
+    pipeline = load_pipeline(path, output_dir=str(tmp_path))
+    pipeline.outputs = {stage["name"]: "tiny:random" for stage in pipeline.stages}
+    for stage in pipeline.stages:
+        kind = stage.get("kind", "fit")
+        if kind == "fit":
+            config = pipeline.load_config(stage)
+            (tmp_path / "stage.yaml").write_text(yaml.safe_dump(config))
+            with pytest.raises(SystemExit) as exit_info:
+                main(["fit", "--config", str(tmp_path / "stage.yaml"), "--print_config"])
+            assert exit_info.value.code in (0, None), stage["name"]
+            assert "class_path: r1_lightning" in capsys.readouterr().out
+        elif kind == "rejection_sampling":
+            parser = ArgumentParser(exit_on_error=False)
+            parser.add_class_arguments(RejectionSampler, "sampler")
+            parser.parse_object({"sampler": pipeline.load_config(stage)})
+
+
+def test_stage_errors_name_the_stage_and_the_fix():
+    with pytest.raises(ValueError, match="unknown key 'input'; did you mean 'inputs'"):
+        validate_stages([{"name": "a", "config": {}, "input": {}}])
+    with pytest.raises(ValueError, match="refers to 'later', which is not an earlier stage"):
+        validate_stages([{"name": "a", "config": {}, "inputs": {"model.init_args.model": "later"}}, {"name": "later", "config": {}}])
+    with pytest.raises(ValueError, match="`kind` must be one of"):
+        validate_stages([{"name": "a", "kind": "train", "config": {}}])
+    c = {"trainer": {"callbacks": [{"init_args": {}}]}}
+    set_dotted(c, "trainer.callbacks.0.init_args.x", 1)
+    assert c["trainer"]["callbacks"][0]["init_args"]["x"] == 1
+
+
+def _tiny_pipeline(tmp_path: Path) -> Path:
+    trainer = {"accelerator": "cpu", "max_steps": 4, "limit_val_batches": 0, "log_every_n_steps": 1,
+               "enable_progress_bar": False, "enable_model_summary": False}
+    spec = {
+        "name": "resume_test",
+        "output_dir": str(tmp_path / "run"),
+        "evaluation": {"source": {"class_path": "r1_lightning.data.ArithmeticTask", "init_args": {"max_value": 9, "val_size": 4}},
+                       "num_samples": 2, "sampling": {"temperature": 0.6, "max_new_tokens": 8}},
+        "stages": [
+            {"name": "sft", "checkpoint_every": 2, "config": {
+                "seed_everything": 0, "trainer": trainer,
+                "model": {"class_path": "r1_lightning.sft.SFTModule", "init_args": {"model": "tiny:random", "lr": 0.001}},
+                "data": {"class_path": "r1_lightning.data.sft.SFTDataModule", "init_args": {
+                    "source": {"class_path": "r1_lightning.data.records.ArithmeticCoTTask", "init_args": {"num_records": 24}},
+                    "val_size": 4, "batch_size": 4}}}},
+            {"name": "rl", "checkpoint_every": 2, "inputs": {"model.init_args.model": "sft"}, "config": {
+                "seed_everything": 0,
+                "trainer": {**trainer, "callbacks": [{"class_path": "pipeline_probe.KillAtStep",
+                                                      "init_args": {"step": 3, "marker": str(tmp_path / "killed")}}]},
+                "model": {"class_path": "r1_lightning.grpo.GRPOModule", "init_args": {
+                    "num_generations": 2, "sampling": {"max_new_tokens": 6}, "validate_at_start": False}},
+                "data": {"class_path": "r1_lightning.data.PromptDataModule", "init_args": {"batch_size": 2}}}},
+        ],
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _run(path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "r1_lightning.cli", "pipeline", "--config", str(path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
+    path = _tiny_pipeline(tmp_path)
+    run = tmp_path / "run"
+    first = _run(path)
+    assert first.returncode == -9, first.stderr[-2000:]  # SIGKILL in the middle of stage "rl"
+    assert (run / "sft" / "stage.json").exists() and not (run / "rl" / "stage.json").exists()
+    assert (run / "rl" / "checkpoints" / "last.ckpt").exists()
+    sft_record = (run / "sft" / "stage.json").read_text()
+    sft_mtime = (run / "sft" / "hf_model" / "model.safetensors").stat().st_mtime
+
+    second = _run(path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "stage 'sft' already finished, skipped" in second.stderr
+    assert "stage 'rl' resumes from" in second.stderr
+    assert (run / "sft" / "stage.json").read_text() == sft_record
+    assert (run / "sft" / "hf_model" / "model.safetensors").stat().st_mtime == sft_mtime
+    record = json.loads((run / "rl" / "stage.json").read_text())
+    assert set(record["metrics"]) == {"pass@1", "maj@k", "format", "language", "length"}
+    # the resumed attempt logged only the steps after the checkpoint (step 2): nothing was redone
+    import pandas as pd
+
+    resumed = pd.read_csv(run / "rl" / "logs" / "version_1" / "metrics.csv")
+    assert resumed["step"].min() >= 3 and resumed["step"].max() == 4
+    report = (run / "report.md").read_text()
+    assert "| sft | fit |" in report and "| rl | fit |" in report
+    assert (run / "report.csv").exists() and (run / "report.png").stat().st_size > 0
