@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")
 # (W&B sweep files and pipelines are not LightningCLI configs: test_sweeps.py / test_pipeline.py check them.)
 ALL_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("sweeps", "pipeline"))
-# Complete run configs name a model; the rest (strategy/, logger/) are fragments to compose.
-FULL_CONFIGS = [p for p in ALL_CONFIGS if "model" in yaml.safe_load(p.read_text())]
-PARTIAL_CONFIGS = [p for p in ALL_CONFIGS if "model" not in yaml.safe_load(p.read_text())]
+# Complete run configs name a model class; the rest (strategy/, logger/, memory/) are fragments to compose.
+FULL_CONFIGS = [p for p in ALL_CONFIGS if "class_path" in (yaml.safe_load(p.read_text()).get("model") or {})]
+PARTIAL_CONFIGS = [p for p in ALL_CONFIGS if p not in FULL_CONFIGS]
 
 
 def varied_reward(completions, **kwargs):
