@@ -96,7 +96,7 @@ class ArithmeticCoTTask(RecordSource):
         seed: generation seed.
 
     >>> ArithmeticCoTTask(num_records=1, other_language_fraction=0.0).records()[0]["response"]
-    ' <think>We add 3 and 13. 3+13=16.</think> <answer>16</answer>'
+    ' <think>We add 17 and 14. 17+14=31.</think> <answer>31</answer>'
     """
 
     def __init__(self, num_records: int = 512, min_value: int = 0, max_value: int = 19,
