@@ -11,13 +11,28 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 
+def counters(trainer: L.Trainer) -> dict[str, float]:
+    """Running totals of things skipped or cut short, so none goes unnoticed: prompts over the length
+    limit, reward calls that timed out (per function), sandboxed code runs by outcome."""
+    from r1_lightning.rewards.code import CODE_RUNS
+    from r1_lightning.rewards.limits import TIMEOUTS
+
+    values = {f"train/reward_timeouts/{name}": float(n) for name, n in TIMEOUTS.items()}
+    values.update({f"train/code_runs/{outcome}": float(n) for outcome, n in CODE_RUNS.items()})
+    skipped = getattr(trainer.datamodule, "skipped_long_prompts", None) if trainer.datamodule else None
+    if skipped is not None:
+        values["train/skipped_long_prompts"] = float(skipped)
+    return values
+
+
 class RewardLoggingCallback(L.Callback):
     """Logs, every ``trainer.log_every_n_steps`` steps, means over the steps since the last log:
 
     ``train/reward`` (weighted total), ``train/reward/<fn>`` per reward function, ``train/reward_std``,
     ``train/kl``, ``train/clip_ratio``, ``train/entropy``, ``train/loss``, ``train/completion_length``,
     ``train/truncated_fraction``, ``train/zero_std_groups`` (groups whose rewards are all equal: no
-    signal), ``train/rollout_tokens_per_s``, ``train/step_seconds``, ``train/lr``. Means are torchmetrics
+    signal), ``train/skipped_long_prompts``, ``train/reward_timeouts/<fn>`` and ``train/code_runs/<outcome>``
+    (running totals), ``train/rollout_tokens_per_s``, ``train/step_seconds``, ``train/lr``. Means are torchmetrics
     ``MeanMetric`` s, so under DDP they are averaged over ranks too. With a W&B logger, a table of sample
     completions is logged every ``table_every_n_steps`` steps.
 
@@ -39,9 +54,25 @@ class RewardLoggingCallback(L.Callback):
         self.metrics[name].update(torch.as_tensor(value, dtype=torch.float32, device=self._device), weight)
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        # The running means of the current window, so a resumed run logs the same window means.
+        return {name: {"mean_value": m.mean_value.cpu(), "weight": m.weight.cpu()} for name, m in self.metrics.items()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.metrics = {}
+        for name, state in state_dict.items():
+            metric = MeanMetric(nan_strategy="ignore")
+            metric.mean_value, metric.weight = state["mean_value"].clone(), state["weight"].clone()
+            metric._update_count = 1  # so compute() does not warn that update() was never called
+            self.metrics[name] = metric
+
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
         self._device = pl_module.device
+        for name, metric in self.metrics.items():
+            self.metrics[name] = metric.to(self._device)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -65,6 +96,8 @@ class RewardLoggingCallback(L.Callback):
         for key, value in (outputs or {}).items():
             if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
                 self._update(f"train/{key}", value)
+        for name, count in counters(trainer).items():
+            self._update(name, count)
         step = trainer.global_step
         pl_module.log("reward", rollout.rewards.mean(), prog_bar=True, on_step=True, logger=False)
         if step % max(trainer.log_every_n_steps, 1) == 0 or step == 1:

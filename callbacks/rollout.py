@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from typing_extensions import override
 
 from r1_lightning.losses import group_advantages
 from r1_lightning.rewards import score_completions
 from r1_lightning.rollout import Rollout, repeat_batch
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """Every random generator sampling can touch: Python's, NumPy's, torch's CPU and CUDA ones."""
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class RolloutCallback(L.Callback):
@@ -21,10 +39,28 @@ class RolloutCallback(L.Callback):
     plan (rows grouped by length), the sampling policy's log-probs when ``num_iterations > 1`` and
     the reference's when ``beta > 0`` (one no-grad forward per micro-batch each). Groups are never
     split: each rank samples all G completions of its own prompts. The module reads ``batch["rollout"]``.
+
+    Checkpoints carry the random generators' states as they were after the saved step; a resumed run
+    puts them back just before its first rollout (after Lightning's own start-up, which draws from
+    them when it builds the data loader), so the resumed steps sample what the uninterrupted run did.
     """
+
+    def __init__(self) -> None:
+        self._pending_rng: dict[str, Any] | None = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": capture_rng_states()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_rng = state_dict.get("rng")
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: dict, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            restore_rng_states(self._pending_rng)
+            self._pending_rng = None
         hp = pl_module.hparams
         group = hp.num_generations
         prompts, columns = repeat_batch(batch, group)

@@ -46,8 +46,8 @@ from r1_lightning.models import (
 from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
-    Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, micro_batch_logprobs,
-    plan_micro_batches, repeat_batch,
+    Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, isolated_rng,
+    micro_batch_logprobs, plan_micro_batches, repeat_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class GRPOModule(L.LightningModule):
         optimizer: ``adamw`` (torch), or bitsandbytes' ``adamw_8bit``, ``paged_adamw_8bit``,
             ``paged_adamw``.
         rewards: reward functions and their weights: built-in names (``accuracy_reward``,
-            ``format_reward``, ``tag_count_reward``, ``countdown_reward``,
+            ``format_reward``, ``tag_count_reward``, ``countdown_reward``, ``code_reward`` (sandboxed),
             ``language_consistency_reward``) or dotted import paths; or ``name: {weight, function,
-            <arguments>}`` to configure one, e.g. a reward model
+            timeout, <arguments>}`` to configure one, e.g. a reward model
             (``{function: reward_model, model: path, scope: summary, weight: 0.5}``).
         num_generations: completions per prompt (the group size G).
         sampling: rollout sampling parameters (temperature, top_p, top_k, max_new_tokens, stop_strings).
@@ -400,11 +400,17 @@ class GRPOModule(L.LightningModule):
         rank_zero_info(f"reference model reset to the current policy at step {self.global_step}")
 
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate_batch(self, batch: dict[str, list]) -> None:
-        """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length."""
+    def evaluate_batch(self, batch: dict[str, list], batch_index: int = 0) -> None:
+        """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length.
+
+        Sampling draws from a generator seeded by (step, batch) and leaves the training one untouched,
+        so an evaluation is reproducible and a run's training steps do not depend on when it evaluated
+        (which exact resume needs: a resumed run does not repeat the evaluation of its restart step).
+        """
         k = self.hparams.val_num_samples
         prompts, columns = repeat_batch(batch, k)
-        generation = self.generate(prompts, self.val_sampling, group_size=k)
+        with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
+            generation = self.generate(prompts, self.val_sampling, group_size=k)
         scores = self.val_reward_fn(completions=generation.texts, prompts=prompts, **columns)
         correct = [s is not None and s >= 1.0 for s in scores]
         answers = [extract_answer(t) for t in generation.texts]
@@ -430,7 +436,7 @@ class GRPOModule(L.LightningModule):
 
     @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluate_batch(batch)
+        self.evaluate_batch(batch, batch_idx)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -447,8 +453,8 @@ class GRPOModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         if datamodule is None:
             return {}
-        for batch in datamodule.val_dataloader():
-            self.evaluate_batch(batch)
+        for index, batch in enumerate(datamodule.val_dataloader()):
+            self.evaluate_batch(batch, index)
         metrics = self.compute_val_metrics()
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
@@ -537,5 +543,7 @@ class GRPOModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.reference is not None:
             state = checkpoint["state_dict"]
-            if not any(k.startswith("reference.") for k in state):
+            if any(k.startswith("reference.") for k in state):
+                self.reference_diverged = True  # keep saving it after the resume
+            else:
                 state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})

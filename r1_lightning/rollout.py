@@ -10,7 +10,9 @@ top-p) and ``StopStringCriteria``.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -19,6 +21,15 @@ from transformers import LogitsProcessorList, StopStringCriteria
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from r1_lightning.losses import token_entropy, token_logprobs
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Sample from a generator seeded with ``seed`` and restore the global one afterwards."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass(frozen=True)

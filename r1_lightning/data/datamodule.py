@@ -37,23 +37,33 @@ def _shard() -> tuple[int, int]:
 
 
 class PromptStream(IterableDataset):
-    """Endless stream of rendered training records; reshuffled each pass over a finite source."""
+    """Endless stream of rendered training records; reshuffled each pass over a finite source.
+
+    The stream is a pure function of the source, ``seed`` and the shard, so resuming is exact: it replays
+    (without yielding) the records of the batches a restored checkpoint had already trained on.
+    """
 
     def __init__(self, datamodule: "PromptDataModule") -> None:
         self.dm = datamodule
 
     def __iter__(self) -> Iterator[dict]:
         index, count = _shard()
+        to_skip = self.dm.batches_consumed * self.dm.batch_size
         epoch, position = 0, 0
         while True:
             produced = False
             for record in self.dm.source.iter_train(self.dm.seed, epoch):
                 produced = True
                 position += 1
-                if (position - 1) % count == index:
-                    rendered = self.dm.render(record)
-                    if rendered is not None:
-                        yield rendered
+                if (position - 1) % count != index:
+                    continue
+                rendered = self.dm.render(record, count_skips=to_skip == 0)
+                if rendered is None:
+                    continue
+                if to_skip:
+                    to_skip -= 1
+                    continue
+                yield rendered
             if not produced:
                 raise ValueError("the training prompt source yielded no records; check the dataset and split")
             epoch += 1
@@ -91,12 +101,30 @@ class PromptDataModule(L.LightningDataModule):
         self.max_prompt_tokens, self.seed = max_prompt_tokens, seed
         self.tokenizer: Any = None
         self.skipped_long_prompts = 0
+        # Training batches handed to the model so far; saved in checkpoints so a resumed run continues
+        # the prompt stream where it stopped (no prompt repeated or skipped).
+        self.batches_consumed = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_consumed": self.batches_consumed, "skipped_long_prompts": self.skipped_long_prompts}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches_consumed = int(state_dict.get("batches_consumed", 0))
+        self.skipped_long_prompts = int(state_dict.get("skipped_long_prompts", 0))
+        if self.batches_consumed:
+            log.info("prompt stream resumes after %d consumed batches", self.batches_consumed)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called once per batch, when the loop takes it for a step (the loader may prefetch further).
+        if self.trainer is not None and self.trainer.training:
+            self.batches_consumed += 1
+        return batch
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None and self.trainer is not None:
             self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
 
-    def render(self, record: dict) -> dict | None:
+    def render(self, record: dict, count_skips: bool = True) -> dict | None:
         """Apply the template; returns None (and counts it) for prompts over ``max_prompt_tokens``."""
         if "prompt" not in record:
             raise ValueError(f"a prompt record has no 'prompt' field (fields: {sorted(record)})")
@@ -104,6 +132,8 @@ class PromptDataModule(L.LightningDataModule):
         if self.max_prompt_tokens is not None and self.tokenizer is not None:
             length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if length > self.max_prompt_tokens:
+                if not count_skips:  # replaying records a resumed run already went through
+                    return None
                 self.skipped_long_prompts += 1
                 log.warning(
                     "skipped a prompt of %d tokens > data.max_prompt_tokens=%d (%d skipped so far)",

@@ -9,13 +9,15 @@ from typing import Any
 from math_verify import parse, verify
 
 from r1_lightning.rewards._text import Completion, completion_text, extract_answer
+from r1_lightning.rewards.limits import call_with_deadline
 
-# math-verify's own timeouts use SIGALRM, which only works in the main thread.
-_TIMEOUT_SECONDS = 5
+#: seconds one answer comparison may take (in a child process, killed at the deadline); see limits.py.
+VERIFY_TIMEOUT_SECONDS = 2.0
 
 
 def _timeout() -> int | None:
-    return _TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+    # math-verify's own (signal-based) timeouts: a soft limit inside the main thread of a process.
+    return max(1, int(VERIFY_TIMEOUT_SECONDS)) if threading.current_thread() is threading.main_thread() else None
 
 
 def _parse(text: str) -> list:
@@ -45,17 +47,26 @@ def answers_match(predicted: str, gold: str) -> bool:
     """
     if _normalize(predicted) == _normalize(gold):
         return True
+    return _math_equal(predicted, gold)
+
+
+def _math_equal(predicted: str, gold: str) -> bool:
     gold_parsed, pred_parsed = _parse(gold), _parse(predicted)
     if not gold_parsed or not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
 
 
-def accuracy_reward(completions: list[Completion], answer: list[Any], **kwargs: Any) -> list[float | None]:
+def accuracy_reward(
+    completions: list[Completion], answer: list[Any], timeout_seconds: float | None = VERIFY_TIMEOUT_SECONDS,
+    **kwargs: Any,
+) -> list[float | None]:
     r"""1.0 when the final answer (``<answer>`` tag, else last ``\boxed{}``) equals ``answer``, else 0.0.
 
     Equivalence is math-verify's (``0.5`` = ``\frac{1}{2}``); plain strings compare normalised. A record
-    without a reference answer scores ``None`` (not applicable), as in TRL.
+    without a reference answer scores ``None`` (not applicable), as in TRL. Answers that are not equal
+    as strings are compared symbolically in child processes, each comparison bounded by
+    ``timeout_seconds`` (a timeout scores 0 and is counted); ``None`` compares in this process.
 
     >>> accuracy_reward(["<think>..</think><answer>\\frac{1}{2}</answer>", "<answer>3</answer>"],
     ...                 answer=["0.5", "4"])
@@ -63,11 +74,23 @@ def accuracy_reward(completions: list[Completion], answer: list[Any], **kwargs: 
     >>> accuracy_reward(["<answer>1</answer>"], answer=[None])
     [None]
     """
-    scores: list[float | None] = []
-    for completion, gold in zip(completions, answer, strict=True):
+    scores: list[float | None] = [None] * len(completions)
+    symbolic: list[tuple[int, str, str]] = []  # (index, predicted, gold) still to compare with math-verify
+    for i, (completion, gold) in enumerate(zip(completions, answer, strict=True)):
         if gold is None or str(gold).strip() == "":
-            scores.append(None)
             continue
         predicted = extract_answer(completion_text(completion))
-        scores.append(float(predicted is not None and answers_match(predicted, str(gold))))
+        if predicted is None:
+            scores[i] = 0.0
+        elif _normalize(predicted) == _normalize(str(gold)):
+            scores[i] = 1.0
+        else:
+            symbolic.append((i, predicted, str(gold)))
+    pairs = [(predicted, gold) for _, predicted, gold in symbolic]
+    if timeout_seconds is None:
+        equal = [_math_equal(*pair) for pair in pairs]
+    else:
+        equal = call_with_deadline("accuracy_reward", _math_equal, pairs, timeout_seconds) if pairs else []
+    for (i, _, _), same in zip(symbolic, equal, strict=True):
+        scores[i] = float(bool(same))  # a timeout (None) scores 0
     return scores

@@ -9,17 +9,22 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from r1_lightning.rewards.limits import TimeLimitedReward
+
 RewardFn = Callable[..., list]
 
 
 def builtin_rewards() -> dict[str, RewardFn]:
     from r1_lightning.rewards.accuracy import accuracy_reward
+    from r1_lightning.rewards.code import code_reward
     from r1_lightning.rewards.countdown import countdown_reward
     from r1_lightning.rewards.format import format_reward, tag_count_reward
     from r1_lightning.rewards.language import language_consistency_reward
     from r1_lightning.rewards.reward_model import RewardModelReward
 
-    functions = (accuracy_reward, countdown_reward, format_reward, tag_count_reward, language_consistency_reward)
+    functions = (
+        accuracy_reward, code_reward, countdown_reward, format_reward, tag_count_reward, language_consistency_reward,
+    )
     return {**{fn.__name__: fn for fn in functions}, "reward_model": RewardModelReward}
 
 
@@ -63,7 +68,8 @@ def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
     """One entry of ``rewards``: ``name: weight``, or ``name: {weight: w, function: f, <arguments>}``.
 
     The long form configures a reward: ``function`` (default: ``name``) is a built-in or dotted path;
-    the other keys are keyword arguments, bound with ``functools.partial`` for a function, or passed to
+    ``timeout`` (seconds) runs each call in a child process killed at that deadline (the batch then
+    scores 0 and the timeout is counted; see ``limits.py``); the other keys are keyword arguments, bound with ``functools.partial`` for a function, or passed to
     the constructor when ``function`` names a class (``reward_model``: a reward model, built once).
 
     >>> build_reward("format_reward", 0.5).weight
@@ -76,6 +82,7 @@ def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
         return WeightedReward(name.rsplit(".", 1)[-1], resolve_reward(name), float(spec))
     arguments = dict(spec)
     weight = float(arguments.pop("weight", 1.0))
+    timeout = arguments.pop("timeout", None)
     target = resolve_reward(str(arguments.pop("function", name)))
     if isinstance(target, type):
         try:
@@ -84,6 +91,10 @@ def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
             raise ValueError(f"reward {name!r}: bad arguments for {target.__name__}: {err}") from err
     else:
         fn = functools.partial(target, **arguments) if arguments else target
+    if timeout is not None:
+        if isinstance(target, type):
+            raise ValueError(f"reward {name!r}: `timeout` runs a function in a child process; {target.__name__} is a class")
+        fn = TimeLimitedReward(name, fn, float(timeout))
     return WeightedReward(name, fn, weight)
 
 

@@ -1,0 +1,187 @@
+"""Time limits for reward functions: calls run in child processes that are killed at their deadline.
+
+Why processes: answer verification (sympy, via math-verify) can spend hours inside one C call on an
+adversarial string (``9^{9^{9^{9}}}``, thousands of nested braces); a signal-based timeout (what
+math-verify offers) only fires between bytecodes and only in the main thread, so it neither stops that
+nor works in worker threads. A child process can always be killed. A call past its deadline scores 0,
+is counted in ``TIMEOUTS`` (logged as ``train/reward_timeouts/<fn>``) and never holds training up for
+longer than its deadline.
+
+The pool is per process (rebuilt after a fork, e.g. in DDP ranks or data-loader workers); its children
+are fresh interpreters (``r1_lightning.rewards._worker``), so they inherit no CUDA context or thread pool.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any, Callable
+
+from r1_lightning.rewards import _worker
+from r1_lightning.rewards._worker import read_message, write_message
+
+log = logging.getLogger(__name__)
+
+#: reward-function name -> calls that hit their deadline since the process started.
+TIMEOUTS: Counter[str] = Counter()
+
+
+class _Worker:
+    """One ``python .../_worker.py`` child and its pipes."""
+
+    def __init__(self) -> None:
+        # Run as a script (not -m): importing the package first would cost the start-up of torch.
+        # The parent's sys.path goes along so reward functions from the user's modules resolve.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.process = subprocess.Popen(
+            [sys.executable, _worker.__file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        )
+
+    def fileno(self) -> int:
+        return self.process.stdout.fileno()
+
+    def send(self, message: Any) -> None:
+        write_message(self.process.stdin, message)
+
+    def recv(self) -> Any:
+        return read_message(self.process.stdout)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+        for stream in (self.process.stdin, self.process.stdout):
+            stream.close()
+
+
+class TimeLimitedPool:
+    """A few child processes that run calls in parallel, each call bounded by a deadline.
+
+    Args:
+        workers: child processes (calls of one ``map`` run this many at a time).
+    """
+
+    def __init__(self, workers: int = 2) -> None:
+        self.size = max(1, workers)
+        self.workers: list[_Worker] = []
+        self.pid = os.getpid()
+
+    def _ensure(self) -> None:
+        if self.pid != os.getpid():  # forked: the children belong to the parent process
+            self.workers, self.pid = [], os.getpid()
+        self.workers = [w for w in self.workers if w.alive()]
+        while len(self.workers) < self.size:
+            self.workers.append(_Worker())
+
+    def map(self, fn: Callable, calls: list[tuple], timeout: float, kwargs: dict | None = None) -> list[tuple[str, Any]]:
+        """Run ``fn(*args, **kwargs)`` for each ``args`` in ``calls``; returns per call ``("ok", value)``,
+        ``("error", text)`` or ``("timeout", None)``. ``fn`` must be picklable (a module-level function)."""
+        self._ensure()
+        results: list[tuple[str, Any] | None] = [None] * len(calls)
+        pending = list(range(len(calls)))[::-1]
+        busy: dict[int, tuple[_Worker, float]] = {}  # call index -> (worker, deadline)
+        idle = list(self.workers)
+        while pending or busy:
+            while pending and idle:
+                index, worker = pending.pop(), idle.pop()
+                try:
+                    worker.send((fn, calls[index], kwargs or {}))
+                except (BrokenPipeError, OSError):  # it died while idle: replace it and send again
+                    worker = self._replace(worker)
+                    worker.send((fn, calls[index], kwargs or {}))
+                busy[index] = (worker, time.monotonic() + timeout)
+            next_deadline = min(deadline for _, deadline in busy.values())
+            ready = _readable([w for w, _ in busy.values()], max(0.0, next_deadline - time.monotonic()))
+            now = time.monotonic()
+            for index, (worker, deadline) in list(busy.items()):
+                if worker in ready:
+                    try:
+                        results[index] = worker.recv()
+                    except (EOFError, OSError):  # the child died (e.g. killed by the OOM killer)
+                        results[index] = ("error", "the worker process died")
+                        worker = self._replace(worker)
+                elif now >= deadline:
+                    results[index] = ("timeout", None)
+                    worker = self._replace(worker)
+                else:
+                    continue
+                del busy[index]
+                idle.append(worker)
+        return [r if r is not None else ("error", "no result") for r in results]
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.kill()
+        fresh = _Worker()
+        self.workers = [fresh if w is worker else w for w in self.workers]
+        return fresh
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            for worker in self.workers:
+                worker.kill()
+        self.workers = []
+
+
+def _readable(workers: list[_Worker], timeout: float) -> list[_Worker]:
+    with selectors.DefaultSelector() as selector:
+        for worker in workers:
+            selector.register(worker, selectors.EVENT_READ)
+        return [key.fileobj for key, _ in selector.select(timeout)]
+
+
+_POOL: TimeLimitedPool | None = None
+
+
+def shared_pool() -> TimeLimitedPool:
+    """The process-wide pool (created on first use, closed at exit)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = TimeLimitedPool(workers=min(4, os.cpu_count() or 1))
+        atexit.register(_POOL.close)
+    return _POOL
+
+
+def call_with_deadline(name: str, fn: Callable, calls: list[tuple], timeout: float,
+                       kwargs: dict | None = None) -> list[Any]:
+    """``fn(*args)`` for each call in the shared pool; a call past ``timeout`` seconds gives ``None``
+    and counts one timeout against ``name``. Errors raise, naming ``name`` and the arguments."""
+    values = []
+    for args, (status, value) in zip(calls, shared_pool().map(fn, calls, timeout, kwargs), strict=True):
+        if status == "timeout":
+            TIMEOUTS[name] += 1
+            log.warning("reward %r timed out after %.1fs (scored 0; %d so far): %.200r", name, timeout, TIMEOUTS[name], args)
+            values.append(None)
+        elif status == "error":
+            raise RuntimeError(f"reward {name!r} raised {value} on arguments {str(args)[:300]!r}")
+        else:
+            values.append(value)
+    return values
+
+
+class TimeLimitedReward:
+    """A reward function run in a child process with a deadline per call (``timeout`` in a reward spec).
+
+    On timeout, every completion of that call scores 0 and the timeout is counted. The function must be
+    picklable: a module-level function, optionally with ``functools.partial`` arguments.
+    """
+
+    def __init__(self, name: str, fn: Callable, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError(f"reward {name!r}: `timeout` must be > 0 seconds, got {timeout}")
+        self.name, self.fn, self.timeout = name, fn, timeout
+
+    def __call__(self, completions: list, **columns: Any) -> list:
+        (scores,) = call_with_deadline(self.name, _call_reward, [(self.fn, completions, columns)], self.timeout)
+        return [0.0] * len(completions) if scores is None else scores
+
+
+def _call_reward(fn: Callable, completions: list, columns: dict) -> list:
+    return list(fn(completions=completions, **columns))
