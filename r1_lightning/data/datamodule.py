@@ -148,8 +148,18 @@ class PromptDataModule(L.LightningDataModule):
             raise ValueError("the validation split is empty; set the source's `val_size` / `val_split`")
         return records
 
+    def _generator(self) -> torch.Generator:
+        # A loader without its own generator draws its base seed from the global RNG each time it is
+        # iterated, so a validation run would shift the training rollouts' random stream.
+        return torch.Generator().manual_seed(self.seed)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(PromptStream(self), batch_size=self.batch_size, collate_fn=collate_records)
+        return DataLoader(
+            PromptStream(self), batch_size=self.batch_size, collate_fn=collate_records, generator=self._generator()
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_records(), batch_size=self.val_batch_size, collate_fn=collate_records)
+        return DataLoader(
+            self.val_records(), batch_size=self.val_batch_size, collate_fn=collate_records,
+            generator=self._generator(),
+        )

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import re
-import threading
 from typing import Any
-
-from math_verify import parse, verify
 
 from r1_lightning.rewards._text import Completion, completion_text, extract_answer
 from r1_lightning.rewards.limits import call_with_deadline
+from r1_lightning.verify import math_equal
 
 #: seconds one answer comparison may take (in a child process, killed at the deadline); see limits.py.
 VERIFY_TIMEOUT_SECONDS = 2.0
-
-
-def _timeout() -> int | None:
-    # math-verify's own (signal-based) timeouts: a soft limit inside the main thread of a process.
-    return max(1, int(VERIFY_TIMEOUT_SECONDS)) if threading.current_thread() is threading.main_thread() else None
-
-
-def _parse(text: str) -> list:
-    """math-verify parse of a bare answer, read as LaTeX first (``$...$``) so ``1+x`` is not just ``1``."""
-    if "$" not in text and "\\boxed" not in text:
-        parsed = parse(f"${text}$", parsing_timeout=_timeout())
-        if parsed:
-            return parsed
-    return parse(text, parsing_timeout=_timeout())
 
 
 def _normalize(text: str) -> str:
@@ -47,14 +31,7 @@ def answers_match(predicted: str, gold: str) -> bool:
     """
     if _normalize(predicted) == _normalize(gold):
         return True
-    return _math_equal(predicted, gold)
-
-
-def _math_equal(predicted: str, gold: str) -> bool:
-    gold_parsed, pred_parsed = _parse(gold), _parse(predicted)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
+    return math_equal(predicted, gold)
 
 
 def accuracy_reward(
@@ -88,9 +65,9 @@ def accuracy_reward(
             symbolic.append((i, predicted, str(gold)))
     pairs = [(predicted, gold) for _, predicted, gold in symbolic]
     if timeout_seconds is None:
-        equal = [_math_equal(*pair) for pair in pairs]
+        equal = [math_equal(*pair) for pair in pairs]
     else:
-        equal = call_with_deadline("accuracy_reward", _math_equal, pairs, timeout_seconds) if pairs else []
+        equal = call_with_deadline("accuracy_reward", math_equal, pairs, timeout_seconds) if pairs else []
     for (i, _, _), same in zip(symbolic, equal, strict=True):
         scores[i] = float(bool(same))  # a timeout (None) scores 0
     return scores

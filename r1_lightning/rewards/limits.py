@@ -35,13 +35,23 @@ TIMEOUTS: Counter[str] = Counter()
 class _Worker:
     """One ``python .../_worker.py`` child and its pipes."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload: tuple[str, ...]) -> None:
         # Run as a script (not -m): importing the package first would cost the start-up of torch.
         # The parent's sys.path goes along so reward functions from the user's modules resolve.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.process = subprocess.Popen(
-            [sys.executable, _worker.__file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            [sys.executable, _worker.__file__, *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
         )
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the child has imported its modules (no deadline: start-up is not the call's time)."""
+        if not self.ready:
+            try:
+                status, _ = self.recv()
+            except EOFError as err:
+                raise RuntimeError("a reward worker process failed to start (see its error above)") from err
+            self.ready = status == "ready"
 
     def fileno(self) -> int:
         return self.process.stdout.fileno()
@@ -69,17 +79,27 @@ class TimeLimitedPool:
         workers: child processes (calls of one ``map`` run this many at a time).
     """
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, preload: tuple[str, ...] = ("r1_lightning.verify",)) -> None:
         self.size = max(1, workers)
+        self.preload = tuple(preload)
         self.workers: list[_Worker] = []
         self.pid = os.getpid()
+
+    def add_preload(self, module: str) -> None:
+        """Import ``module`` in every worker before its first call (running workers are restarted)."""
+        if module not in self.preload:
+            self.preload = (*self.preload, module)
+            self.close()
+            self.pid = os.getpid()
 
     def _ensure(self) -> None:
         if self.pid != os.getpid():  # forked: the children belong to the parent process
             self.workers, self.pid = [], os.getpid()
         self.workers = [w for w in self.workers if w.alive()]
         while len(self.workers) < self.size:
-            self.workers.append(_Worker())
+            self.workers.append(_Worker(self.preload))
+        for worker in self.workers:
+            worker.wait_ready()
 
     def map(self, fn: Callable, calls: list[tuple], timeout: float, kwargs: dict | None = None) -> list[tuple[str, Any]]:
         """Run ``fn(*args, **kwargs)`` for each ``args`` in ``calls``; returns per call ``("ok", value)``,
@@ -119,7 +139,8 @@ class TimeLimitedPool:
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()
-        fresh = _Worker()
+        fresh = _Worker(self.preload)
+        fresh.wait_ready()
         self.workers = [fresh if w is worker else w for w in self.workers]
         return fresh
 
@@ -177,6 +198,9 @@ class TimeLimitedReward:
         if timeout <= 0:
             raise ValueError(f"reward {name!r}: `timeout` must be > 0 seconds, got {timeout}")
         self.name, self.fn, self.timeout = name, fn, timeout
+        module = getattr(getattr(fn, "func", fn), "__module__", None)
+        if module and module != "__main__":
+            shared_pool().add_preload(module)
 
     def __call__(self, completions: list, **columns: Any) -> list:
         (scores,) = call_with_deadline(self.name, _call_reward, [(self.fn, completions, columns)], self.timeout)
