@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
 import lightning as L
-from jsonargparse import ArgumentParser
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from jsonargparse import ArgumentError, ArgumentParser
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from r1_lightning.grpo import GRPOModule
 
@@ -24,6 +28,50 @@ def export_main(args: list[str]) -> None:
         raise FileNotFoundError(f"checkpoint {cfg.ckpt_path!r} does not exist (from --ckpt_path)")
     module = GRPOModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
     module.save_hf(cfg.out_dir)
+
+
+def suggest_keys(message: str, known: list[str] = ()) -> list[str]:
+    """"Did you mean" hints for options jsonargparse refused: from the named class's parameters, or
+    from ``known`` (the parser's own keys, e.g. ``trainer.max_steps``).
+
+    >>> suggest_keys("Problem with given class_path 'r1_lightning.grpo.GRPOModule':\\n  Option 'lrr' is not accepted")
+    ["'lrr' is not a parameter of r1_lightning.grpo.GRPOModule; did you mean 'lr'?"]
+    """
+    hints = []
+    for class_path, option in re.findall(r"class_path '([\w.]+)'[^']*?Option '(\w+)' is not accepted", message, re.S):
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            target = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            continue
+        names = [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs")]
+        close = difflib.get_close_matches(option, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"its parameters are {names}"
+        hints.append(f"{option!r} is not a parameter of {class_path}; {hint}")
+    refused = re.findall(r"does not accept option '([\w.]+)'", message)
+    refused += re.findall(r"unrecognized arguments: --([\w.]+)", message)
+    for option in refused:
+        close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{option!r} is not a config key; did you mean {close[0]!r}?")
+    return hints
+
+
+class R1LightningCLI(LightningCLI):
+    """LightningCLI whose refusals of unknown config keys say which key was meant."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        parsers = [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]
+        for each in parsers:
+            each.exit_on_error = False
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            message = str(err)
+            known = sorted({a.dest for each in parsers for a in each._actions if "." in a.dest})
+            hints = suggest_keys(message, known)
+            parser.exit_on_error = True
+            parser.error("\n".join([*hints, message] if hints else [message]))
 
 
 def main(args: ArgsType = None) -> LightningCLI | None:
@@ -41,7 +89,7 @@ def main(args: ArgsType = None) -> LightningCLI | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Any LightningModule / DataModule by class_path: GRPOModule, SFTModule, RewardModelModule with
     # PromptDataModule, SFTDataModule, PreferenceDataModule.
-    return LightningCLI(
+    return R1LightningCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,

@@ -102,6 +102,7 @@ def language_consistency_reward(
     """R1's language-consistency reward: the fraction of chain-of-thought words in the target language.
 
     ``language`` is the per-record column of target languages (ISO 639-1), else ``default_language``.
+    An empty chain of thought scores 0; one without words (only numbers and symbols) scores 1.
 
     >>> language_consistency_reward(["<think>We add the two numbers.</think> <answer>4</answer>",
     ...                              "<think>Sumamos los dos números.</think> <answer>4</answer>"])
@@ -113,7 +114,9 @@ def language_consistency_reward(
             f"language_consistency_reward: the `language` column has {len(targets)} values "
             f"for {len(completions)} completions"
         )
+    thoughts = [chain_of_thought(completion_text(c)) for c in completions]
+    # No chain of thought at all earns nothing: otherwise an empty completion would score 1.0 here.
     return [
-        target_word_fraction(chain_of_thought(completion_text(c)), target or default_language, candidate_languages)
-        for c, target in zip(completions, targets)
+        target_word_fraction(thought, target or default_language, candidate_languages) if thought.strip() else 0.0
+        for thought, target in zip(thoughts, targets)
     ]
