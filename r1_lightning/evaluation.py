@@ -44,3 +44,21 @@ def majority_vote_correct(answers: list[str | None], correct: list[bool]) -> boo
     top = max(votes.values())
     winner = next(a for a in normalized if a is not None and votes[a] == top)
     return any(ok for a, ok in zip(normalized, correct) if a == winner)
+
+
+def group_scores(texts: list[str], scores: list[float | None], k: int) -> tuple[list[float], list[float]]:
+    """Per prompt (``k`` consecutive completions each): pass@1 averaged over the k, and maj@k (0/1).
+
+    A completion is correct when its score is >= 1.0 (``None``: not applicable, counted wrong).
+
+    >>> group_scores(["<answer>4</answer>", "<answer>5</answer>"] * 2, [1.0, 0.0, 0.0, None], 2)
+    ([0.5, 0.0], [1.0, 0.0])
+    """
+    from r1_lightning.rewards import extract_answer
+
+    correct = [s is not None and s >= 1.0 for s in scores]
+    answers = [extract_answer(t) for t in texts]
+    groups = [slice(i, i + k) for i in range(0, len(texts), k)]
+    pass1 = [sum(correct[g]) / k for g in groups]
+    majority = [float(majority_vote_correct(answers[g], correct[g])) for g in groups]
+    return pass1, majority

@@ -38,12 +38,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from r1_lightning.evaluation import majority_vote_correct
+from r1_lightning.evaluation import group_scores
 from r1_lightning.losses import LOSS_TYPES, LossType, grpo_loss
 from r1_lightning.models import (
-    OPTIMIZERS, LoraSettings, Quantization, apply_lora, as_lora, build_optimizer, freeze, load_policy, save_policy,
+    OPTIMIZERS, LoraSettings, Quantization, apply_lora, as_lora, freeze, load_policy, optimizer_and_scheduler,
+    save_policy,
 )
-from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
+from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
     Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, isolated_rng,
@@ -206,19 +207,7 @@ class GRPOModule(L.LightningModule):
     # ----------------------------------------------------------------------------- optimization
     @override
     def configure_optimizers(self) -> Any:
-        from transformers import get_scheduler
-
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        hp = self.hparams
-        optimizer = build_optimizer(hp.optimizer, params, hp.lr, hp.weight_decay, tuple(hp.betas))
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
-        if total is None and self.hparams.lr_scheduler not in ("constant", "constant_with_warmup"):
-            raise ValueError(f"lr_scheduler {self.hparams.lr_scheduler!r} needs `trainer.max_steps` to be set")
-        scheduler = get_scheduler(
-            self.hparams.lr_scheduler, optimizer, num_warmup_steps=self.hparams.warmup_steps,
-            num_training_steps=total or 1,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_and_scheduler(self, [p for p in self.policy.parameters() if p.requires_grad])
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
@@ -412,12 +401,11 @@ class GRPOModule(L.LightningModule):
         with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
             generation = self.generate(prompts, self.val_sampling, group_size=k)
         scores = self.val_reward_fn(completions=generation.texts, prompts=prompts, **columns)
-        correct = [s is not None and s >= 1.0 for s in scores]
-        answers = [extract_answer(t) for t in generation.texts]
-        for i in range(len(batch["prompt"])):
-            group = slice(i * k, (i + 1) * k)
-            self.val_pass1.update(sum(correct[group]) / k)
-            self.val_majk.update(float(majority_vote_correct(answers[group], correct[group])))
+        pass1, majority = group_scores(generation.texts, scores, k)
+        for value in pass1:
+            self.val_pass1.update(value)
+        for value in majority:
+            self.val_majk.update(value)
         self.val_format.update(sum(format_reward(generation.texts)) / len(prompts))
         self.val_length.update(generation.completion_mask.sum(1).float().mean())
 

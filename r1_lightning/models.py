@@ -180,3 +180,19 @@ def save_policy(policy: Any, tokenizer: Any, directory: str | Path, lora: bool =
     policy.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def optimizer_and_scheduler(module: Any, params: list) -> dict[str, Any]:
+    """``configure_optimizers`` of the policy modules (GRPO, SFT): the configured optimizer and a
+    transformers scheduler stepped every optimizer step, from ``module.hparams`` (``optimizer``, ``lr``,
+    ``weight_decay``, ``betas``, ``lr_scheduler``, ``warmup_steps``)."""
+    from transformers import get_scheduler
+
+    hp = module.hparams
+    optimizer = build_optimizer(hp.optimizer, params, hp.lr, hp.weight_decay, tuple(hp.betas))
+    max_steps = module.trainer.max_steps
+    total = max_steps if max_steps and max_steps > 0 else None
+    if total is None and hp.lr_scheduler not in ("constant", "constant_with_warmup"):
+        raise ValueError(f"`model.lr_scheduler` {hp.lr_scheduler!r} needs `trainer.max_steps` to be set")
+    scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=total or 1)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -15,6 +15,7 @@ the *first* reason that applies, in the order of ``DROP_REASONS``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -31,7 +32,7 @@ from r1_lightning.data.templates import render_prompt
 from r1_lightning.models import load_policy
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.language import DEFAULT_CANDIDATES, chain_of_thought, target_word_fraction
-from r1_lightning.rollout import HFGenerator, SamplingConfig, repeat_batch
+from r1_lightning.rollout import HFGenerator, SamplingConfig, sample_records
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +184,11 @@ class RejectionSampler:
         kept_rows: list[dict] = []
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "samples.jsonl", "w") as samples_file:
-            for start in range(0, len(records), self.batch_size):
-                chunk = records[start : start + self.batch_size]
-                batch = {key: [r.get(key) for r in chunk] for key in chunk[0]}
-                batch["raw_prompt"] = batch["prompt"]
-                batch["prompt"] = [render_prompt(p, self.template, tokenizer) for p in batch["prompt"]]
-                prompts, columns = repeat_batch(batch, self.k)
-                texts = generator.generate(policy, prompts, self.sampling, group_size=self.k).texts
+            render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
+            for chunk, prompts, columns, generation in sample_records(
+                generator, policy, records, render, self.k, self.sampling, self.batch_size
+            ):
+                texts = generation.texts
                 scores = self.verifier(completions=texts, prompts=prompts, **columns)
                 for i, record in enumerate(chunk):
                     kept_here: set[str] = set()

@@ -10,6 +10,7 @@ and ``report.png`` (each training stage's curves plus the evaluation metrics per
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import logging
 from pathlib import Path
@@ -19,11 +20,11 @@ import torch
 
 from r1_lightning.data.sources import PromptSource
 from r1_lightning.data.templates import render_prompt
-from r1_lightning.evaluation import majority_vote_correct
+from r1_lightning.evaluation import group_scores
 from r1_lightning.models import load_policy
-from r1_lightning.rewards import extract_answer, format_reward, resolve_reward
+from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.language import language_consistency_reward
-from r1_lightning.rollout import HFGenerator, SamplingConfig, repeat_batch
+from r1_lightning.rollout import HFGenerator, SamplingConfig, sample_records
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +65,17 @@ class Evaluator:
         if not records:
             raise ValueError(f"evaluation: {self.source!r} has no held-out records (set its val_size)")
         totals = dict.fromkeys(METRICS, 0.0)
+        render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            for start in range(0, len(records), self.batch_size):
-                chunk = records[start : start + self.batch_size]
-                batch = {key: [r.get(key) for r in chunk] for key in chunk[0]}
-                batch["prompt"] = [render_prompt(p, self.template, tokenizer) for p in batch["prompt"]]
-                prompts, columns = repeat_batch(batch, self.k)
-                generation = generator.generate(policy, prompts, self.sampling, group_size=self.k)
+            for _, prompts, columns, generation in sample_records(
+                generator, policy, records, render, self.k, self.sampling, self.batch_size
+            ):
                 texts = generation.texts
-                scores = self.reward(completions=texts, prompts=prompts, **columns)
-                correct = [s is not None and s >= 1.0 for s in scores]
-                answers = [extract_answer(t) for t in texts]
-                languages = columns.get("language") or [self.language] * len(texts)
-                for i in range(len(chunk)):
-                    group = slice(i * self.k, (i + 1) * self.k)
-                    totals["pass@1"] += sum(correct[group]) / self.k
-                    totals["maj@k"] += float(majority_vote_correct(answers[group], correct[group]))
+                pass1, majority = group_scores(texts, self.reward(completions=texts, prompts=prompts, **columns), self.k)
+                totals["pass@1"] += sum(pass1)
+                totals["maj@k"] += sum(majority)
+                languages = [lang or self.language for lang in columns.get("language", [None] * len(texts))]
                 totals["format"] += sum(format_reward(texts)) / self.k
                 totals["language"] += sum(language_consistency_reward(texts, language=languages)) / self.k
                 totals["length"] += float(generation.completion_mask.sum()) / self.k

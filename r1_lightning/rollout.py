@@ -164,6 +164,24 @@ def repeat_batch(batch: dict[str, list], times: int) -> tuple[list, dict[str, li
     return repeated.pop("prompt"), repeated
 
 
+def sample_records(
+    generator: "HFGenerator", policy: Any, records: list[dict], render: Any, k: int, sampling: SamplingConfig,
+    batch_size: int,
+) -> Iterator[tuple[list[dict], list[str], dict[str, list], Generation]]:
+    """Sample ``k`` completions for each record, ``batch_size`` records at a time, outside training.
+
+    Yields ``(records of the chunk, rendered prompts repeated k times, the other columns repeated
+    likewise (``raw_prompt`` included), generation)``. ``render`` maps a raw prompt to model input.
+    """
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        batch = {key: [record.get(key) for record in chunk] for key in chunk[0]}
+        batch["raw_prompt"] = batch["prompt"]
+        batch["prompt"] = [render(prompt) for prompt in batch["prompt"]]
+        prompts, columns = repeat_batch(batch, k)
+        yield chunk, prompts, columns, generator.generate(policy, prompts, sampling, group_size=k)
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every token that ends a completion: the tokenizer's EOS and the model's generation-config EOS."""
     ids = {tokenizer.eos_token_id}

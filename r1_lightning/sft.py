@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from r1_lightning.models import LoraSettings, apply_lora, as_lora, build_optimizer, load_policy, save_policy
+from r1_lightning.models import LoraSettings, apply_lora, as_lora, load_policy, optimizer_and_scheduler, save_policy
 
 
 def packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -109,17 +109,7 @@ class SFTModule(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        from transformers import get_scheduler
-
-        hp = self.hparams
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = build_optimizer(hp.optimizer, params, hp.lr, hp.weight_decay, tuple(hp.betas))
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
-        if total is None and hp.lr_scheduler not in ("constant", "constant_with_warmup"):
-            raise ValueError(f"`model.lr_scheduler` {hp.lr_scheduler!r} needs `trainer.max_steps` to be set")
-        scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps,
-                                  num_training_steps=total or 1)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_and_scheduler(self, [p for p in self.policy.parameters() if p.requires_grad])
 
     @override
     def on_train_end(self) -> None:

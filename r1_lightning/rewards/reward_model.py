@@ -73,8 +73,9 @@ class RewardModelReward:
         from r1_lightning.data.templates import render_prompt
 
         _, tokenizer, settings = self._model()
-        sources = raw_prompt if raw_prompt is not None else prompts
-        rendered = [render_prompt(p, settings.get("template", "plain"), tokenizer) for p in sources] if raw_prompt is not None else list(sources)
+        # The raw prompt goes into the reward model's own template; without it, the policy's rendering is used.
+        rendered = (list(prompts) if raw_prompt is None
+                    else [render_prompt(p, settings.get("template", "plain"), tokenizer) for p in raw_prompt])
         return [p + response_part(completion_text(c), self.scope) for p, c in zip(rendered, completions)]
 
     @torch.no_grad()
