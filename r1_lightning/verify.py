@@ -31,7 +31,10 @@ def math_equal(predicted: str, gold: str) -> bool:
     >>> math_equal("0.5", r"\frac{1}{2}"), math_equal("7", "8")
     (True, False)
     """
-    gold_parsed, pred_parsed = _parse(gold), _parse(predicted)
-    if not gold_parsed or not pred_parsed:
+    try:
+        gold_parsed, pred_parsed = _parse(gold), _parse(predicted)
+        if not gold_parsed or not pred_parsed:
+            return False
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
+    except (MemoryError, RecursionError):  # an answer built to exhaust the verifier is not a right one
         return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))

@@ -98,3 +98,11 @@ def test_pool_survives_a_worker_that_dies_and_is_rebuilt_after_fork():
         old.kill()
     finally:
         pool.close()
+
+
+def test_a_worker_that_dies_mid_call_scores_zero_and_is_counted():
+    from r1_lightning.rewards.limits import call_with_deadline
+
+    before = TIMEOUTS["dying"]
+    assert call_with_deadline("dying", os._exit, [(3,)], timeout=30) == [None]
+    assert TIMEOUTS["dying"] == before + 1

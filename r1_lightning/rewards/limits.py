@@ -103,7 +103,7 @@ class TimeLimitedPool:
 
     def map(self, fn: Callable, calls: list[tuple], timeout: float, kwargs: dict | None = None) -> list[tuple[str, Any]]:
         """Run ``fn(*args, **kwargs)`` for each ``args`` in ``calls``; returns per call ``("ok", value)``,
-        ``("error", text)`` or ``("timeout", None)``. ``fn`` must be picklable (a module-level function)."""
+        ``("error", text)`` (it raised), ``("timeout", None)`` or ``("died", None)`` (the child was killed). ``fn`` must be picklable (a module-level function)."""
         self._ensure()
         results: list[tuple[str, Any] | None] = [None] * len(calls)
         pending = list(range(len(calls)))[::-1]
@@ -126,7 +126,7 @@ class TimeLimitedPool:
                     try:
                         results[index] = worker.recv()
                     except (EOFError, OSError):  # the child died (e.g. killed by the OOM killer)
-                        results[index] = ("error", "the worker process died")
+                        results[index] = ("died", None)
                         worker = self._replace(worker)
                 elif now >= deadline:
                     results[index] = ("timeout", None)
@@ -172,13 +172,14 @@ def shared_pool() -> TimeLimitedPool:
 
 def call_with_deadline(name: str, fn: Callable, calls: list[tuple], timeout: float,
                        kwargs: dict | None = None) -> list[Any]:
-    """``fn(*args)`` for each call in the shared pool; a call past ``timeout`` seconds gives ``None``
-    and counts one timeout against ``name``. Errors raise, naming ``name`` and the arguments."""
+    """``fn(*args)`` for each call in the shared pool; a call past ``timeout`` seconds (or whose worker
+    died) gives ``None`` and counts one against ``name``. Errors raise, naming ``name`` and the arguments."""
     values = []
     for args, (status, value) in zip(calls, shared_pool().map(fn, calls, timeout, kwargs), strict=True):
-        if status == "timeout":
+        if status in ("timeout", "died"):  # past the deadline, or killed (e.g. out of memory) before it
             TIMEOUTS[name] += 1
-            log.warning("reward %r timed out after %.1fs (scored 0; %d so far): %.200r", name, timeout, TIMEOUTS[name], args)
+            what = f"timed out after {timeout:.1f}s" if status == "timeout" else "died in its worker process"
+            log.warning("reward %r %s (scored 0; %d so far): %.200r", name, what, TIMEOUTS[name], args)
             values.append(None)
         elif status == "error":
             raise RuntimeError(f"reward {name!r} raised {value} on arguments {str(args)[:300]!r}")
