@@ -121,4 +121,5 @@ def main():
     os._exit(0)
 
 
-main()
+if __name__ == "__main__":  # run by ``python -c``; importing it (e.g. doctest collection) does nothing
+    main()
