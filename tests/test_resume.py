@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DETERMINISTIC = ["train/reward", "train/loss", "train/policy_loss", "train/kl", "train/entropy",
-                 "train/completion_length", "train/grad_norm", "train/lr", "train/reward/accuracy_reward"]
+                 "train/completion_length", "train/grad_norm", "train/lr", "train/reward/varied_reward"]
 
 
 def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6) -> Path:
@@ -30,7 +30,9 @@ def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6
                                 "filename": "step-{step}"}}
     trainer["callbacks"] = [checkpoint, *callbacks]
     model = config["model"]["init_args"]
-    model.update(num_generations=4, val_num_samples=2, export_dir=str(tmp_path / name / "hf_model"))
+    # A random-init model (no one-off pretraining of the tiny base in CI) with a reward that varies.
+    model.update(model="tiny:random", num_generations=4, val_num_samples=2, export_dir=str(tmp_path / name / "hf_model"),
+                 rewards={"resume_probe.varied_reward": 1.0, "accuracy_reward": 1.0})
     model["sampling"]["max_new_tokens"] = 16
     data = config["data"]["init_args"]
     data.update(batch_size=4, val_batch_size=8)
