@@ -98,8 +98,9 @@ def test_hostile_programs_score_zero_and_nothing_escapes(secret_file, listener, 
     assert secret_file.read_text() == "the user's private data"
     assert CODE_RUNS["timeout"] >= 1
     # We are still alive (the "kill its parent" program targeted this process) and no child is left.
+    # (other children, e.g. the reward-deadline worker pool, are not sandboxes: only those are checked)
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == os.getpid()
-                and "r1-sandbox" not in _cmdline(p)]
+                and "-I\x00-S\x00-B" in _cmdline(p)]
 
 
 def _parent(proc: Path) -> int:
