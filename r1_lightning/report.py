@@ -24,7 +24,7 @@ from r1_lightning.evaluation import group_scores
 from r1_lightning.models import load_policy
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.language import language_consistency_reward
-from r1_lightning.rollout import HFGenerator, SamplingConfig, sample_records
+from r1_lightning.rollout import HFGenerator, SamplingConfig, isolated_rng, sample_records
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ class Evaluator:
             raise ValueError(f"evaluation: {self.source!r} has no held-out records (set its val_size)")
         totals = dict.fromkeys(METRICS, 0.0)
         render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with isolated_rng(policy.device, self.seed):
             for _, prompts, columns, generation in sample_records(
                 generator, policy, records, render, self.k, self.sampling, self.batch_size
             ):
