@@ -1,4 +1,4 @@
-"""Rollout engines head to head, without trainers: r1-lightning's HFGenerator vs transformers' generate.
+"""Rollout engines head to head, without trainers: r1-lightning's decode (lean and hf-forward steps) vs transformers' generate.
 
     python benchmarks/rollout_engines.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 \
         --prompts 8 --group_size 8 --max_new_tokens 256 --bandwidth_gb_s 3350
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         model.to(args.device).eval()
         prompts = [r["prompt"] for r in make_prompts(args.prompts) for _ in range(args.group_size)]
         sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens)
-        generator = HFGenerator(tokenizer)
+        generators = {engine: HFGenerator(tokenizer, engine=engine) for engine in ("lean", "hf")}
 
-        def ours(group_size: int):
-            gen = generator.generate(model, prompts, sampling, group_size=group_size)
+        def ours(group_size: int, engine: str = "lean"):
+            gen = generators[engine].generate(model, prompts, sampling, group_size=group_size)
             return int(gen.completion_mask.sum())
 
         def hf():
@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
             completion = out[:, encoded["input_ids"].shape[1]:]
             return int((completion != tokenizer.pad_token_id).sum())
 
-        engines = {"r1-lightning (shared prefill)": lambda: ours(args.group_size),
-                   "r1-lightning (per-row prefill)": lambda: ours(1), "transformers generate": hf}
+        engines = {"r1-lightning lean, shared prefill": lambda: ours(args.group_size),
+                   "r1-lightning lean, per-row prefill": lambda: ours(1),
+                   "r1-lightning hf-forward steps": lambda: ours(args.group_size, "hf"),
+                   "transformers generate": hf}
         rates = {}
         for name, fn in engines.items():
             fn()  # warm-up
@@ -73,20 +75,20 @@ def main(argv: list[str] | None = None) -> None:
                 sync()
                 seconds += time.perf_counter() - started
             rates[name] = tokens / seconds
-            print(f"{name:32s} {rates[name]:10.0f} completion tokens/s", flush=True)
+            print(f"{name:36s} {rates[name]:10.0f} completion tokens/s", flush=True)
         base = rates["transformers generate"]
         for name, rate in rates.items():
-            print(f"{name:32s} {rate / base:5.2f}x transformers generate")
+            print(f"{name:36s} {rate / base:5.2f}x transformers generate")
         if args.bandwidth_gb_s:
             s = Setting(args.group_size, args.max_new_tokens, args.prompts, 1, args.device, args.dtype)
             bound = bandwidth_bound(path, s, args.bandwidth_gb_s)
             for name, rate in rates.items():
-                print(f"{name:32s} {rate / bound:6.1%} of the decode roofline ({bound:.0f} tokens/s)")
+                print(f"{name:36s} {rate / bound:6.1%} of the decode roofline ({bound:.0f} tokens/s)")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
-            for name in ("r1-lightning (shared prefill)", "transformers generate"):
+            for name in ("r1-lightning lean, shared prefill", "transformers generate"):
                 with profile(activities=activities) as prof:
                     engines[name]()
                     sync()

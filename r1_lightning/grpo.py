@@ -87,6 +87,9 @@ class GRPOModule(L.LightningModule):
             timeout, <arguments>}`` to configure one, e.g. a reward model
             (``{function: reward_model, model: path, scope: summary, weight: 0.5}``).
         num_generations: completions per prompt (the group size G).
+        rollout_engine: how decode steps run: ``auto`` (the lean static-cache step for Llama-family
+            models with unsharded weights, else the transformers forward), ``lean`` (insist; error if
+            it cannot apply) or ``hf`` (always the transformers forward). Same tokens either way.
         sampling: rollout sampling parameters (temperature, top_p, top_k, max_new_tokens, stop_strings).
         beta: KL coefficient; 0 loads no reference model at all.
         epsilon_low: lower clip range of the ratio (1 - epsilon_low).
@@ -130,6 +133,7 @@ class GRPOModule(L.LightningModule):
         optimizer: str = "adamw",
         rewards: dict[str, float | dict[str, Any]] | None = None,
         num_generations: int = 8,
+        rollout_engine: str = "auto",
         sampling: SamplingConfig = SamplingConfig(),
         beta: float = 0.04,
         epsilon_low: float = 0.2,
@@ -198,7 +202,7 @@ class GRPOModule(L.LightningModule):
                 self.reference = freeze(load_policy(model, dtype, attn_implementation, quantization=reference_quantization)[0])
         if lora is not None:
             self.policy = apply_lora(self.policy, lora, quantization is not None, gradient_checkpointing)
-        self.generator = HFGenerator(self.tokenizer)
+        self.generator = HFGenerator(self.tokenizer, engine=rollout_engine)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
         self.eval_history: list[tuple[int, dict[str, float]]] = []

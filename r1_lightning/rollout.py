@@ -20,6 +20,7 @@ import torch
 from transformers import LogitsProcessorList, StopStringCriteria
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from r1_lightning.lean_decode import LeanDecoder, unsupported_reason
 from r1_lightning.losses import token_entropy, token_logprobs
 
 
@@ -190,12 +191,22 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+ROLLOUT_ENGINES = ("auto", "lean", "hf")
+
+
 @dataclass
 class HFGenerator:
-    """Batched sampling with transformers models and a KV cache (the default rollout engine)."""
+    """Batched sampling with transformers models and a KV cache (the default rollout engine).
+
+    ``engine`` picks how each decode step runs after the prompt prefill (a transformers forward):
+    ``lean`` through :class:`r1_lightning.lean_decode.LeanDecoder` (static cache, no per-step mask or
+    rotary rebuild; Llama-family models, unsharded weights), ``hf`` through the model's forward with a
+    ``DynamicCache``, ``auto`` lean where it applies and hf otherwise. Both compute the same logits.
+    """
 
     tokenizer: Any
     sync_ranks: bool = False  # all-reduce the "all done" flag: needed when weights are sharded
+    engine: str = "auto"
     _stop_criteria: dict = field(default_factory=dict, repr=False)
 
     def _stopper(self, stop_strings: tuple[str, ...]) -> StopStringCriteria | None:
@@ -204,6 +215,19 @@ class HFGenerator:
         if stop_strings not in self._stop_criteria:
             self._stop_criteria[stop_strings] = StopStringCriteria(self.tokenizer, list(stop_strings))
         return self._stop_criteria[stop_strings]
+
+    def __post_init__(self) -> None:
+        if self.engine not in ROLLOUT_ENGINES:
+            raise ValueError(f"rollout engine must be one of {ROLLOUT_ENGINES}, got {self.engine!r}")
+
+    def _lean_reason(self, model: Any, total_length: int) -> str | None:
+        """Why this rollout cannot use the lean decoder (None = it will)."""
+        if self.engine == "hf":
+            return "engine 'hf' asked for"
+        reason = "weights are sharded (FSDP/DeepSpeed)" if self.sync_ranks else unsupported_reason(model, total_length)
+        if reason is not None and self.engine == "lean":
+            raise ValueError(f"rollout_engine 'lean' cannot decode this model: {reason}; use 'auto' or 'hf'")
+        return reason
 
     def _all_done(self, finished: torch.Tensor) -> bool:
         done = finished.all()
@@ -251,10 +275,14 @@ class HFGenerator:
         )
         cache, logits = out.past_key_values, out.logits[:, -1, :].float()
         if group_size > 1:  # one prefill per distinct prompt, then the cache fans out to the group
-            cache.batch_repeat_interleave(group_size)
             logits, prompt_ids, attention, positions = (
                 t.repeat_interleave(group_size, dim=0) for t in (logits, prompt_ids, attention, positions)
             )
+        lean = None
+        if self._lean_reason(model, prompt_ids.shape[1] + sampling.max_new_tokens) is None:
+            lean = LeanDecoder(model, cache, attention, positions, sampling.max_new_tokens, repeats=group_size)
+        elif group_size > 1:
+            cache.batch_repeat_interleave(group_size)
         batch, prompt_length = prompt_ids.shape
         prompt_attention = attention
         sequences = prompt_ids
@@ -277,6 +305,9 @@ class HFGenerator:
             finished |= ends
             if self._all_done(finished):
                 break
+            if lean is not None:
+                logits = lean.step(token).float()
+                continue
             attention = torch.cat([attention, torch.ones_like(token[:, None])], dim=1)
             positions = positions[:, -1:] + 1
             out = model(

@@ -1,0 +1,118 @@
+"""The lean decode step computes what the transformers forward computes, and falls back where it cannot."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Qwen3Config
+
+from r1_lightning.lean_decode import LeanDecoder, unsupported_reason
+from r1_lightning.rollout import HFGenerator, SamplingConfig
+from r1_lightning.tiny import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = build_tokenizer()
+    tok.padding_side = "left"
+    return tok
+
+
+def _model(config_class, tokenizer, **extra):
+    config = config_class(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+ARCHITECTURES = {
+    "qwen2": (Qwen2Config, {}),  # q/k/v biases, grouped-query heads
+    "llama": (LlamaConfig, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),  # no biases, scaled RoPE
+    "qwen3": (Qwen3Config, {"head_dim": 16}),  # per-head q/k RMSNorm
+}
+PROMPTS = ["1 + 2 =", "a much longer prompt: 12 + 7 * 3 ="]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_step_logits_equal_the_transformers_forward(arch, tokenizer):
+    """Teacher-forced: prefill the (left-padded) prompts, step through fixed tokens, compare every step's
+    logits with one full forward over prompt + tokens, for rows that share a prefilled prompt (groups)."""
+    config_class, extra = ARCHITECTURES[arch]
+    model = _model(config_class, tokenizer, **extra)
+    group, steps = 2, 5
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    rows_mask, rows_pos = mask.repeat_interleave(group, 0), positions.repeat_interleave(group, 0)
+    decoder = LeanDecoder(model, out.past_key_values, rows_mask, rows_pos, max_new_tokens=steps, repeats=group)
+    torch.manual_seed(1)
+    tokens = torch.randint(5, len(tokenizer), (len(PROMPTS) * group, steps))
+    lean = torch.stack([decoder.step(tokens[:, t]) for t in range(steps)], dim=1)
+    full_ids = torch.cat([ids.repeat_interleave(group, 0), tokens], dim=1)
+    full_mask = torch.cat([rows_mask, torch.ones_like(tokens)], dim=1)
+    with torch.no_grad():
+        reference = model(
+            input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits[:, ids.shape[1]:]
+    torch.testing.assert_close(lean, reference, atol=2e-5, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="max_new_tokens"):
+        decoder.step(tokens[:, 0])
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_engines_sample_the_same_completions(arch, group_size, tokenizer):
+    """Same seed, same tokens: greedy and sampled (T=1, top-k, top-p), with and without a shared prefix."""
+    config_class, extra = ARCHITECTURES[arch]
+    model = _model(config_class, tokenizer, **extra)
+    prompts = [p for p in PROMPTS for _ in range(group_size)]
+    for sampling in (SamplingConfig(temperature=0, max_new_tokens=12),
+                     SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=12)):
+        results = {}
+        for engine in ("hf", "lean"):
+            torch.manual_seed(3)
+            results[engine] = HFGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size)
+        hf, lean = results["hf"], results["lean"]
+        assert torch.equal(hf.input_ids, lean.input_ids)
+        assert torch.equal(hf.completion_mask, lean.completion_mask) and hf.texts == lean.texts
+
+
+def test_lora_adapters_are_applied(tokenizer):
+    """A peft model decodes through its adapters (and without them when they are disabled)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model(Qwen2Config, tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"]))
+    with torch.no_grad():  # non-zero adapters, so that enabling them changes the logits
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    sampling = SamplingConfig(temperature=0, max_new_tokens=10)
+    outputs = []
+    for context in (torch.no_grad, model.disable_adapter):
+        with context():
+            hf = HFGenerator(tokenizer, engine="hf").generate(model, PROMPTS, sampling)
+            lean = HFGenerator(tokenizer, engine="lean").generate(model, PROMPTS, sampling)
+        assert torch.equal(hf.input_ids, lean.input_ids)
+        outputs.append(lean.input_ids)
+    assert not torch.equal(*outputs)  # the adapters did change what was decoded
+
+
+def test_unsupported_models_fall_back_or_fail_clearly(tokenizer):
+    gpt2 = AutoModelForCausalLM.from_config(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, eos_token_id=tokenizer.eos_token_id)
+    ).eval()
+    assert "model_type 'gpt2'" in unsupported_reason(gpt2, 16)
+    sampling = SamplingConfig(temperature=0, max_new_tokens=4)
+    auto = HFGenerator(tokenizer).generate(gpt2, PROMPTS, sampling)  # auto: falls back to the forward
+    assert auto.completion_mask.shape == (2, auto.input_ids.shape[1] - auto.prompt_length)
+    with pytest.raises(ValueError, match="rollout_engine 'lean' cannot decode this model: model_type 'gpt2'"):
+        HFGenerator(tokenizer, engine="lean").generate(gpt2, PROMPTS, sampling)
+    windowed = _model(Qwen2Config, tokenizer, use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    assert "sliding window 8 < sequence length 40" in unsupported_reason(windowed, 40)
+    assert unsupported_reason(windowed, 8) is None
+    with pytest.raises(ValueError, match="rollout engine must be one of"):
+        HFGenerator(tokenizer, engine="vllm-typo")
+    assert "sharded" in HFGenerator(tokenizer, sync_ranks=True)._lean_reason(_model(Qwen2Config, tokenizer), 8)
