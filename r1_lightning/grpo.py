@@ -39,6 +39,7 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from r1_lightning.evaluation import group_scores
+from r1_lightning.lean_decode import causal_lm
 from r1_lightning.losses import LOSS_TYPES, LossType, grpo_loss
 from r1_lightning.models import (
     OPTIMIZERS, LoraSettings, Quantization, apply_lora, as_lora, freeze, load_policy, optimizer_and_scheduler,
@@ -50,6 +51,7 @@ from r1_lightning.rollout import (
     Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, isolated_rng,
     micro_batch_logprobs, plan_micro_batches, repeat_batch,
 )
+from r1_lightning.strategies import full_state_dict, gathered, is_sharded, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -221,42 +223,52 @@ class GRPOModule(L.LightningModule):
         return [cb() for cb in (RolloutCallback, RewardLoggingCallback) if cb not in present]
 
     @override
+    def configure_model(self) -> None:
+        """Under :class:`r1_lightning.strategies.FSDP2Strategy`, shard policy and reference (FSDP2).
+
+        Runs before ``configure_optimizers``, so the optimizer is built on the sharded parameters.
+        """
+        if getattr(self, "_device_mesh", None) is None or is_sharded(self.policy):
+            return
+        hp = self.hparams
+        if self.lora is not None or hp.quantization is not None or hp.reference_quantization is not None:
+            raise ValueError(
+                "FSDP2: `lora`, `quantization` and `reference_quantization` are not supported with sharded weights; "
+                "use DDP with LoRA/QLoRA instead (configs/strategy/ddp.yaml + configs/memory/lora.yaml)"
+            )
+        mesh = self._device_mesh["data_parallel"]
+        for model in (self.policy, self.reference):
+            if model is not None:
+                shard_model(model, mesh)
+
+    @override
     def on_fit_start(self) -> None:
         strategy = type(self.trainer.strategy).__name__
-        self.generator.sync_ranks = "FSDP" in strategy or "DeepSpeed" in strategy
-        if self._is_fsdp() and self._fsdp_policy_unit() is None:
+        if strategy == "FSDPStrategy":
             raise ValueError(
-                "FSDP: the policy model must be an FSDP unit of its own (manual optimisation runs backward "
-                "inside the root unit's forward, which FSDP refuses for parameters the root owns). Add the "
-                "model class next to its decoder layer in `trainer.strategy.init_args.auto_wrap_policy`, "
-                "e.g. transformers.models.qwen2.modeling_qwen2.Qwen2ForCausalLM (see configs/strategy/fsdp.yaml)"
+                "GRPO does not run under Lightning's FSDPStrategy (FSDP1: backward inside its root forward breaks "
+                "gathering for export and evaluation). Use `r1_lightning.strategies.FSDP2Strategy` "
+                "(configs/strategy/fsdp.yaml)"
             )
+        self.generator.sync_ranks = self._is_sharded() or "DeepSpeed" in strategy
 
-    def _fsdp_policy_unit(self) -> Any:
-        """The FSDP unit wrapping the policy's transformers model, or None."""
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from transformers import PreTrainedModel
-
-        return next(
-            (m for m in self.policy.modules() if isinstance(m, FSDP) and isinstance(m.module, PreTrainedModel)), None
-        )
-
-    def _is_fsdp(self) -> bool:
-        return self._trainer is not None and "FSDP" in type(self.trainer.strategy).__name__
+    def _is_sharded(self) -> bool:
+        return is_sharded(self.policy)
 
     @contextlib.contextmanager
-    def generation_context(self) -> Iterator[None]:
+    def generation_context(self, model: Any = None) -> Iterator[None]:
         """Where sampling (and no-grad scoring) runs outside the strategy's forward.
 
-        Mixed precision (``bf16-mixed``) autocasts sampling as it does the training forward. Under FSDP
-        nothing needs gathering by hand: the policy model is an FSDP unit of its own (checked in
-        ``on_fit_start``), so calling it gathers its weights, layer by layer, on every rank.
+        Mixed precision (``bf16-mixed``) autocasts sampling as it does the training forward. Under FSDP2
+        the weights of ``model`` (default: the policy) are gathered once for the whole block on every
+        rank (:func:`r1_lightning.strategies.gathered`) rather than once per decode step.
         """
-        if self._trainer is None:
-            yield
-            return
-        with self.trainer.precision_plugin.forward_context():
-            yield
+        with gathered(model if model is not None else self.policy):
+            if self._trainer is None:
+                yield
+                return
+            with self.trainer.precision_plugin.forward_context():
+                yield
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
         with self.generation_context():
@@ -296,7 +308,7 @@ class GRPOModule(L.LightningModule):
             model, reference_mode = self.reference, contextlib.nullcontext()
         else:
             return None
-        with self.generation_context(), reference_mode:
+        with self.generation_context(model), reference_mode:
             return batched_logprobs(model, generation, self.sampling.temperature, plans, self.shared_group_size)
 
     @override
@@ -362,19 +374,9 @@ class GRPOModule(L.LightningModule):
         return {**stats, "loss": torch.tensor(stats["loss"])}  # Lightning wants the loss as a tensor
 
     def _clip_gradients(self, max_norm: float) -> float:
-        """Clip the global gradient norm; under FSDP the norm must be taken over every rank's shard."""
-        if not self._is_fsdp():
-            return float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
-        # FSDP's own clip_grad_norm_ must be called on the root outside its forward; we are inside it
-        # (manual optimisation). With use_orig_params each rank holds disjoint gradient shards
-        # (FULL_SHARD / SHARD_GRAD_OP), so the global norm is the all-reduced sum of local squares.
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None and p.grad.numel() > 0]
-        local = sum((g.detach().float().pow(2).sum() for g in grads), torch.zeros((), device=self.device))
-        total = self.trainer.strategy.reduce(local, reduce_op="sum").sqrt()
-        coefficient = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(coefficient.to(g.dtype))
-        return float(total)
+        """Clip the global gradient norm (under FSDP2 torch computes it over every rank's shard)."""
+        total = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
 
     def _maybe_sync_reference(self) -> None:
         every = self.hparams.ref_model_sync_steps
@@ -453,22 +455,8 @@ class GRPOModule(L.LightningModule):
         rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         return metrics
 
-    def _fsdp_lazy_init(self) -> None:
-        """Let the root FSDP unit initialise before any unit's forward runs outside it.
-
-        Sampling for the first evaluation calls the policy's own FSDP unit before the root has ever
-        run; that unit would then take itself for the root. Entering (and leaving) the root's
-        ``summon_full_params`` outside any forward runs FSDP's lazy initialisation from the root.
-        """
-        if self._is_fsdp():
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            with FSDP.summon_full_params(self.trainer.strategy.model, recurse=False, writeback=False):
-                pass
-
     @override
     def on_train_start(self) -> None:
-        self._fsdp_lazy_init()
         if self.hparams.validate_at_start and self.global_step == 0:
             self.run_evaluation()
 
@@ -487,53 +475,43 @@ class GRPOModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_hf(self, directory: str | Path) -> Path:
-        """Write the policy and tokenizer as a ``save_pretrained`` folder ``AutoModelForCausalLM`` loads."""
+        """Write the policy and tokenizer as a ``save_pretrained`` folder ``AutoModelForCausalLM`` loads.
+
+        Under FSDP2 every rank must call it: gathering the full weights is a collective.
+        """
         directory = Path(directory)
-        if self._is_fsdp():
-            return self._save_hf_fsdp(directory)
+        if self._is_sharded():
+            state = full_state_dict(self.policy)
+            lm = causal_lm(self.policy)
+            # a tied head is one parameter: write it once, as an unsharded save_pretrained does
+            tied = getattr(lm, "all_tied_weights_keys", None) or {}
+            for key, source in (tied.items() if isinstance(tied, dict) else ()):
+                if key in state and source in state and torch.equal(state[key], state[source]):
+                    del state[key]
+            if self.trainer.is_global_zero:
+                directory.mkdir(parents=True, exist_ok=True)
+                lm.save_pretrained(directory, state_dict=state)
+                self.tokenizer.save_pretrained(directory)
+                rank_zero_info(f"policy exported in Hugging Face format to {directory}")
+            return directory
         if self._trainer is not None and not self.trainer.is_global_zero:
             return directory
         save_policy(self.policy, self.tokenizer, directory, self.lora is not None, self.hparams.quantization is not None)
         rank_zero_info(f"policy exported in Hugging Face format to {directory}")
         return directory
 
-    def _save_hf_fsdp(self, directory: Path) -> Path:
-        """Gather the sharded policy (all ranks take part) and let rank 0 write it.
-
-        Known gap (measured on one H100): after manual-optimisation steps FSDP1's units are not back in
-        their idle state (backward ran inside the root's forward, so the root's end-of-backward hook
-        never fires) and it refuses to gather. The export is then skipped with a warning.
-        """
-        try:
-            return self._gather_and_save(self._fsdp_policy_unit(), directory)
-        except AssertionError as err:
-            log.warning("FSDP: Hugging Face export skipped (%s); see README 'FSDP status'", err)
-            return directory
-
-    def _gather_and_save(self, unit: Any, directory: Path) -> Path:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        # (offloading is refused for NO_SHARD, which FSDP uses on a single rank)
-        with FSDP.summon_full_params(unit, writeback=False, offload_to_cpu=self.trainer.world_size > 1):
-            state = {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for n, p in unit.module.named_parameters()}
-            if self.trainer.is_global_zero:
-                directory.mkdir(parents=True, exist_ok=True)
-                unit.module.save_pretrained(directory, state_dict=state)
-                self.tokenizer.save_pretrained(directory)
-                rank_zero_info(f"policy exported in Hugging Face format to {directory}")
-        return directory
-
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The reference only needs saving once it has diverged from the initial weights.
-        if not (self.hparams.ref_model_sync_steps or self.reference_diverged):
+        # The reference only needs saving once it has diverged from the initial weights. (Sharded
+        # checkpoints load into the whole module, reference included, so they keep it.)
+        if not (self.hparams.ref_model_sync_steps or self.reference_diverged or self._is_sharded()):
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("reference.")]:
                 del state[key]
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference is not None:
+        if self.reference is not None and "state_dict" in checkpoint:  # (absent: sharded, loaded by the strategy)
             state = checkpoint["state_dict"]
             if any(k.startswith("reference.") for k in state):
                 self.reference_diverged = True  # keep saving it after the resume

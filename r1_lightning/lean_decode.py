@@ -52,7 +52,7 @@ def unsupported_reason(model: Any, total_length: int) -> str | None:
     inner = getattr(lm, "model", None)
     if not all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return "the model does not have the embed_tokens/layers/norm/rotary_emb layout"
-    if any(type(m).__name__ in ("FullyShardedDataParallel", "FSDPModule") or hasattr(m, "_fsdp_wrapped_module")
+    if any(type(m).__name__ == "FullyShardedDataParallel" or type(m).__name__.startswith("FSDP")  # FSDP1 / FSDP2
            for m in lm.modules()):
         return "weights are sharded (FSDP); its forward hooks must gather them"
     windows = [getattr(layer.self_attn, "sliding_window", None) for layer in inner.layers]
