@@ -60,6 +60,7 @@ class Setting:
     dtype: str
     beta: float = 0.04
     lr: float = 1e-6
+    rollout_engine: str = "auto"
 
 
 @dataclass
@@ -141,7 +142,7 @@ def run_ours(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> R
 
     module = GRPOModule(
         model=str(model_path), dtype=s.dtype, rewards={"benchmarks.grpo_vs_trl.varied_reward": 1.0},
-        num_generations=s.group_size, beta=s.beta, lr=s.lr, loss_type="sequence",
+        num_generations=s.group_size, rollout_engine=s.rollout_engine, beta=s.beta, lr=s.lr, loss_type="sequence",
         sampling=SamplingConfig(temperature=1.0, max_new_tokens=s.max_new_tokens), validate_at_start=False,
         export_dir=str(work / "ours_hf"),
     )
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--bandwidth_gb_s", type=float, default=0.0,
                         help="GPU memory bandwidth for the decode roofline (e.g. 3350 for an H100 SXM)")
+    parser.add_argument("--rollout_engine", default="auto", choices=["auto", "lean", "hf"],
+                        help="r1-lightning's decode step (see GRPOModule.rollout_engine)")
     parser.add_argument("--out_dir", default="benchmarks/results")
     args = parser.parse_args(argv)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         model_path = build_model(args.shape, work / "model", args.dtype)
         for g in args.group_sizes:
             for length in args.lengths:
-                s = Setting(g, length, args.prompts_per_step, args.steps, args.device, args.dtype)
+                s = Setting(g, length, args.prompts_per_step, args.steps, args.device, args.dtype,
+                            rollout_engine=args.rollout_engine)
                 prompts = make_prompts(s.prompts_per_step * s.steps)
                 pair = {}
                 for framework in args.frameworks:

@@ -64,9 +64,28 @@ def unsupported_reason(model: Any, total_length: int) -> str | None:
     return None
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _fused_qkv(attn: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """One ``(weight, bias)`` for the query, key and value projections, so a layer runs one product.
+
+    Only for plain ``nn.Linear`` projections (LoRA or quantized layers are called as modules). Built per
+    rollout from the current weights; costs a copy of the q/k/v weights (about a sixth of a layer).
+    """
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if not all(type(p) is torch.nn.Linear for p in projections):
+        return None
+    biases = [p.bias for p in projections]
+    if any(b is None for b in biases) and not all(b is None for b in biases):
+        return None
+    weight = torch.cat([p.weight for p in projections])
+    return weight, (None if biases[0] is None else torch.cat(biases))
+
+
+def _rms_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for the Llama-family RMSNorm, in one fused op when the arithmetic is the same (float32)."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None or x.dtype != torch.float32 or norm.weight.dtype != torch.float32:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
 
 
 def _decode_attention(
@@ -118,13 +137,39 @@ class LeanDecoder:
         self.mask_bias = torch.zeros(rows, 1, 1, total, dtype=self.keys[0].dtype, device=device)
         self.mask_bias[:, 0, 0, :prompt_length].masked_fill_(prompt_mask == 0, float("-inf"))
         self.column = prompt_length  # where the next token's key/value goes
+        self.rows: torch.Tensor | None = None  # rows still decoded (None = all; see drop_finished)
         self.position = prompt_positions[:, -1] + 1  # [rows] position id of the next token
         # cos/sin for every position a completion can reach, from the model's own rotary module
         last = int(self.position.max()) + max_new_tokens
         table_positions = torch.arange(last, device=device)[None, :]
         probe = self.keys[0][:1, :1, :1, :1].reshape(1, 1)
         cos, sin = self.inner.rotary_emb(probe, table_positions)
-        self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
+        half = sin.shape[-1] // 2
+        self.cos = cos[0]  # [positions, head_dim]
+        self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # rotate_half's sign folded in
+        attn = self.inner.layers[0].self_attn
+        self.heads = lm.config.num_attention_heads
+        self.kv_heads = self.keys[0].shape[1]
+        self.fused_qkv = [_fused_qkv(layer.self_attn) for layer in self.inner.layers]
+
+    def drop_finished(self, finished: torch.Tensor, min_fraction: float = 0.125) -> None:
+        """Stop decoding rows whose ``finished`` flag is set, once they are ``min_fraction`` of the batch.
+
+        Completion lengths in GRPO vary widely; decoding the finished rows' padding would cost as much as
+        decoding real tokens. Compacting copies the caches, so it waits until enough rows are done.
+        ``rows`` then holds the indices (into the full batch) of the rows still decoded.
+        """
+        current = self.rows if self.rows is not None else torch.arange(len(finished), device=finished.device)
+        alive = ~finished[current]
+        dropped = len(current) - int(alive.sum())
+        if dropped == 0 or dropped < min_fraction * len(current) or dropped == len(current):
+            return
+        keep = alive.nonzero().squeeze(1)
+        self.rows = current[keep]
+        self.keys = [k.index_select(0, keep) for k in self.keys]
+        self.values = [v.index_select(0, keep) for v in self.values]
+        self.mask_bias = self.mask_bias.index_select(0, keep)
+        self.position = self.position.index_select(0, keep)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -134,26 +179,29 @@ class LeanDecoder:
             raise RuntimeError("LeanDecoder: more steps than the max_new_tokens it reserved")
         rows = tokens.shape[0]
         cos = self.cos[self.position][:, None, None, :]  # [N, 1, 1, D]
-        sin = self.sin[self.position][:, None, None, :]
+        sin = self.sin_signed[self.position][:, None, None, :]
         bias = self.mask_bias[..., : col + 1]
         hidden = self.inner.embed_tokens(tokens[:, None])  # [N, 1, H]
-        for layer, k_cache, v_cache in zip(self.inner.layers, self.keys, self.values):
+        for layer, fused, k_cache, v_cache in zip(self.inner.layers, self.fused_qkv, self.keys, self.values):
             attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            head_dim = attn.head_dim
-            q = attn.q_proj(x).view(rows, 1, -1, head_dim)
-            k = attn.k_proj(x).view(rows, 1, -1, head_dim)
-            v = attn.v_proj(x).view(rows, 1, -1, head_dim).transpose(1, 2)
+            heads, dim = self.heads, attn.head_dim
+            x = _rms_norm(layer.input_layernorm, hidden)
+            # With one token per row, [N, 1, heads * D] is laid out as [N, heads, 1, D]: a view, no transpose.
+            if fused is not None:
+                qkv = F.linear(x, *fused).view(rows, -1, 1, dim)
+                qk, v = qkv[:, : heads + self.kv_heads], qkv[:, heads + self.kv_heads :]
+            else:  # adapters or quantized layers: call each projection module
+                q, k = attn.q_proj(x).view(rows, -1, 1, dim), attn.k_proj(x).view(rows, -1, 1, dim)
+                qk, v = torch.cat([q, k], dim=1), attn.v_proj(x).view(rows, -1, 1, dim)
             if hasattr(attn, "q_norm"):  # Qwen3 normalises queries and keys per head before RoPE
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)  # [N, heads, 1, D]
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            k_cache[:, :, col] = k[:, :, 0]
+                qk = torch.cat([attn.q_norm(qk[:, :heads]), attn.k_norm(qk[:, heads:])], dim=1)
+            # RoPE on queries and keys at once: x cos + rotate_half(x) sin, rotate_half(x) sin = roll(x) (-sin1, sin2)
+            qk = torch.addcmul(qk * cos, torch.roll(qk, dim // 2, dims=-1), sin)
+            k_cache[:, :, col] = qk[:, heads:, 0]
             v_cache[:, :, col] = v[:, :, 0]
-            out = _decode_attention(q, k_cache[:, :, : col + 1], v_cache[:, :, : col + 1], bias, attn.scaling)
+            out = _decode_attention(qk[:, :heads], k_cache[:, :, : col + 1], v_cache[:, :, : col + 1], bias, attn.scaling)
             hidden = hidden + attn.o_proj(out)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
         self.column += 1
         self.position = self.position + 1
-        return self.lm_head(self.inner.norm(hidden))[:, -1, :]
+        return self.lm_head(_rms_norm(self.inner.norm, hidden))[:, -1, :]

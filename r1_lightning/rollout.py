@@ -306,7 +306,11 @@ class HFGenerator:
             if self._all_done(finished):
                 break
             if lean is not None:
-                logits = lean.step(token).float()
+                lean.drop_finished(finished)  # finished rows leave the batch (their logits go stale, unused)
+                if lean.rows is None:
+                    logits = lean.step(token).float()
+                else:
+                    logits[lean.rows] = lean.step(token[lean.rows]).float()
                 continue
             attention = torch.cat([attention, torch.ones_like(token[:, None])], dim=1)
             positions = positions[:, -1:] + 1

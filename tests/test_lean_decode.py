@@ -116,3 +116,38 @@ def test_unsupported_models_fall_back_or_fail_clearly(tokenizer):
     with pytest.raises(ValueError, match="rollout engine must be one of"):
         HFGenerator(tokenizer, engine="vllm-typo")
     assert "sharded" in HFGenerator(tokenizer, sync_ranks=True)._lean_reason(_model(Qwen2Config, tokenizer), 8)
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_completion(tokenizer):
+    """Rows that finish early are dropped from the lean decoder's batch; every completion is unchanged."""
+    model = _model(Qwen2Config, tokenizer)
+    prompts = [p for p in PROMPTS for _ in range(8)]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=24, stop_strings=("e",))  # a frequent stop
+    results = {}
+    for engine in ("hf", "lean"):
+        torch.manual_seed(5)
+        results[engine] = HFGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size=8)
+    lengths = results["lean"].completion_mask.sum(1)
+    assert lengths.min() < lengths.max() // 2 and (~results["lean"].truncated).sum() >= 4  # rows did finish early
+    assert torch.equal(results["hf"].input_ids, results["lean"].input_ids)
+    assert torch.equal(results["hf"].completion_mask, results["lean"].completion_mask)
+
+
+def test_drop_finished_compacts_caches_once_enough_rows_are_done(tokenizer):
+    model = _model(Qwen2Config, tokenizer)
+    encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    decoder = LeanDecoder(model, out.past_key_values, mask.repeat_interleave(4, 0), positions.repeat_interleave(4, 0),
+                          max_new_tokens=4, repeats=4)
+    finished = torch.zeros(8, dtype=torch.bool)
+    finished[3] = True
+    decoder.drop_finished(finished, min_fraction=0.25)  # 1 of 8 done: below the threshold, nothing moves
+    assert decoder.rows is None and decoder.keys[0].shape[0] == 8
+    finished[[0, 6]] = True
+    decoder.drop_finished(finished, min_fraction=0.25)
+    assert decoder.rows.tolist() == [1, 2, 4, 5, 7] and decoder.keys[0].shape[0] == 5
+    assert decoder.position.shape == (5,) and decoder.mask_bias.shape[0] == 5
+    assert decoder.step(torch.tensor([5, 6, 7, 8, 9])).shape == (5, len(tokenizer))
