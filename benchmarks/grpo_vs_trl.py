@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--bandwidth_gb_s", type=float, default=0.0,
                         help="GPU memory bandwidth for the decode roofline (e.g. 3350 for an H100 SXM)")
-    parser.add_argument("--rollout_engine", default="auto", choices=["auto", "lean", "hf"],
+    parser.add_argument("--rollout_engine", default="auto", choices=["auto", "lean", "hf", "vllm"],
                         help="r1-lightning's decode step (see GRPOModule.rollout_engine)")
     parser.add_argument("--out_dir", default="benchmarks/results")
     args = parser.parse_args(argv)

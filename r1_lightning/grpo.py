@@ -48,7 +48,7 @@ from r1_lightning.models import (
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
-    Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, isolated_rng,
+    ROLLOUT_ENGINES, Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, isolated_rng,
     micro_batch_logprobs, plan_micro_batches, repeat_batch,
 )
 from r1_lightning.strategies import full_state_dict, gathered, is_sharded, shard_model
@@ -92,6 +92,10 @@ class GRPOModule(L.LightningModule):
         rollout_engine: how decode steps run: ``auto`` (the lean static-cache step for Llama-family
             models with unsharded weights, else the transformers forward), ``lean`` (insist; error if
             it cannot apply) or ``hf`` (always the transformers forward). Same tokens either way.
+            ``vllm``: the optional colocated vLLM engine (GPU, ``pip install -e '.[vllm]'``; weights
+            synced before every rollout; :mod:`r1_lightning.vllm_engine`).
+        vllm: settings of the vLLM engine, e.g. ``{gpu_memory_utilization: 0.3, max_model_len: 2048,
+            enable_sleep_mode: false}`` (see :class:`r1_lightning.vllm_engine.VLLMGenerator`).
         sampling: rollout sampling parameters (temperature, top_p, top_k, max_new_tokens, stop_strings).
         beta: KL coefficient; 0 loads no reference model at all.
         epsilon_low: lower clip range of the ratio (1 - epsilon_low).
@@ -136,6 +140,7 @@ class GRPOModule(L.LightningModule):
         rewards: dict[str, float | dict[str, Any]] | None = None,
         num_generations: int = 8,
         rollout_engine: str = "auto",
+        vllm: dict[str, Any] | None = None,
         sampling: SamplingConfig = SamplingConfig(),
         beta: float = 0.04,
         epsilon_low: float = 0.2,
@@ -204,11 +209,25 @@ class GRPOModule(L.LightningModule):
                 self.reference = freeze(load_policy(model, dtype, attn_implementation, quantization=reference_quantization)[0])
         if lora is not None:
             self.policy = apply_lora(self.policy, lora, quantization is not None, gradient_checkpointing)
-        self.generator = HFGenerator(self.tokenizer, engine=rollout_engine)
+        self.generator = self._rollout_engine(rollout_engine, vllm or {}, quantization)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self.reference_diverged = False
+
+    def _rollout_engine(self, engine: str, vllm: dict[str, Any], quantization: Any) -> Any:
+        if engine not in (*ROLLOUT_ENGINES, "vllm"):
+            raise ValueError(f"`model.rollout_engine` must be one of {(*ROLLOUT_ENGINES, 'vllm')}, got {engine!r}")
+        if engine != "vllm":
+            if vllm:
+                raise ValueError("`model.vllm` settings apply only with `model.rollout_engine: vllm`")
+            return HFGenerator(self.tokenizer, engine=engine)
+        from r1_lightning import vllm_engine
+
+        vllm_engine.require_vllm()
+        if quantization is not None:
+            raise ValueError("`model.rollout_engine: vllm` does not take a bitsandbytes-quantized policy (QLoRA)")
+        return vllm_engine.VLLMGenerator(self.tokenizer, **vllm)
 
     # ----------------------------------------------------------------------------- optimization
     @override

@@ -1,0 +1,214 @@
+"""Optional vLLM rollout engine, colocated with training: ``model.rollout_engine: vllm``.
+
+Same interface as :class:`r1_lightning.rollout.HFGenerator` (``generate(model, prompts, sampling,
+group_size) -> Generation``), so GRPO, evaluation and rejection sampling use it unchanged.
+
+Design decisions:
+
+- **Colocated, in-process.** Each training rank owns one vLLM engine on its own GPU, built with
+  ``distributed_executor_backend="external_launcher"`` so the model runner lives in this process and
+  weights move GPU to GPU without serialisation. ``gpu_memory_utilization`` (default 0.3) is the share
+  of the GPU the engine may take for weights and KV cache; training uses the rest.
+- **Weights synced before every rollout** from the policy (so always the weights after the latest
+  optimizer step): each parameter is handed to the engine model's ``load_weights`` under its
+  Hugging Face name; LoRA layers are sent as ``W + delta`` (the policy itself is not touched); under
+  FSDP2 the full state dict is gathered first (every rank takes part). Then the prefix cache is reset, since cached
+  keys/values belong to the old weights. A copy of a 0.5B model is about a millisecond of GPU time.
+- **One request per distinct prompt with ``n = G``**, so vLLM shares the prompt's prefill across the
+  group, as the HF engine's shared prefix does. Prompts are tokenized by our tokenizer and sent as
+  token ids, so both engines see identical prompts.
+- **Seeded from torch's RNG**: each request's seed is drawn from ``torch.randint``, so ``seed_everything``
+  and the isolated evaluation generator control vLLM's sampling too.
+- **Stops as the HF engine stops**: EOS ids and stop strings; the completion keeps every token through
+  the EOS or the token that completed the stop string; ``finish_reason == "length"`` marks truncation.
+- Log-probs for the loss are still computed by the training model (at mu = 1 the "old" log-probs are
+  the detached current ones), so the small numeric mismatch between vLLM's kernels and the training
+  forward does not enter the ratio.
+
+Not run in this repository's CI (needs CUDA and vllm); the conversion and synchronisation logic is
+tested on CPU against a stand-in engine (tests/test_vllm_engine.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from r1_lightning.lean_decode import causal_lm
+from r1_lightning.rollout import Generation, SamplingConfig, eos_token_ids
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require_vllm() -> None:
+    """Raise a clear error when the vLLM engine cannot run here."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "model.rollout_engine 'vllm' needs the vllm package: pip install -e '.[vllm]' "
+            "(or use rollout_engine: auto)"
+        )
+    if not torch.cuda.is_available():
+        raise ValueError("model.rollout_engine 'vllm' needs a CUDA GPU; use rollout_engine: auto on CPU")
+
+
+def hf_named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the policy under the names of its Hugging Face checkpoint.
+
+    For a peft model each LoRA layer's weight is ``W + delta`` computed into a new tensor (merging into
+    the model and unmerging after would leave rounding drift in the base weights at every rollout);
+    wrapper prefixes, ``base_layer`` indirections and adapter tensors are dropped. An FSDP2 model
+    yields its gathered full weights (a collective: every rank must iterate).
+    """
+    from r1_lightning.strategies import full_state_dict, is_sharded
+
+    if is_sharded(model):
+        yield from full_state_dict(model).items()
+        return
+    if not hasattr(model, "peft_config"):
+        yield from causal_lm(model).state_dict().items()
+        return
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            adapters = [a for a in module.active_adapters if a in module.lora_A]
+            weight = module.get_base_layer().weight.detach()
+            merged[f"{name}.base_layer.weight"] = weight + sum(module.get_delta_weight(a) for a in adapters)
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        clean = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        yield clean, merged.get(name, tensor)
+
+
+def generation_from_ids(
+    tokenizer: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]], truncated: list[bool],
+    device: torch.device, seconds: float,
+) -> Generation:
+    """A :class:`Generation` from token-id lists: prompts left-padded, completions right-padded."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_length = max(len(p) for p in prompt_ids)
+    completion_length = max(1, max(len(c) for c in completion_ids))
+    rows = len(prompt_ids)
+    input_ids = torch.full((rows, prompt_length + completion_length), pad, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    completion_mask = torch.zeros(rows, completion_length, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        input_ids[i, prompt_length - len(p) : prompt_length] = torch.tensor(p, dtype=torch.long)
+        input_ids[i, prompt_length : prompt_length + len(c)] = torch.tensor(c, dtype=torch.long)
+        attention[i, prompt_length - len(p) : prompt_length + len(c)] = 1
+        completion_mask[i, : len(c)] = 1
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Generation(
+        input_ids.to(device), attention.to(device), completion_mask.to(device), prompt_length,
+        torch.tensor(truncated, dtype=torch.bool, device=device), texts, seconds,
+    )
+
+
+@dataclass
+class VLLMGenerator:
+    """Colocated vLLM sampling with the :class:`~r1_lightning.rollout.HFGenerator` interface.
+
+    Args:
+        tokenizer: the policy's tokenizer (prompts are tokenized here and sent as ids).
+        gpu_memory_utilization: share of the GPU vLLM may take (weights + KV cache).
+        max_model_len: longest prompt + completion the engine must hold (None: the model's limit).
+        enable_sleep_mode: free vLLM's KV cache and weights between rollouts (more memory for training,
+            a re-allocation per rollout).
+        dtype: vLLM weight dtype (``auto`` = the checkpoint's).
+        engine_kwargs: anything else for ``vllm.LLM``.
+    """
+
+    tokenizer: Any
+    gpu_memory_utilization: float = 0.3
+    max_model_len: int | None = None
+    enable_sleep_mode: bool = False
+    dtype: str = "auto"
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    sync_ranks: bool = False  # (interface parity with HFGenerator; vLLM ranks decode independently)
+    llm: Any = field(default=None, repr=False)
+    syncs: int = 0  # weight synchronisations so far
+
+    def _engine(self, model: Any) -> Any:
+        if self.llm is not None:
+            return self.llm
+        from vllm import LLM
+
+        # external_launcher: the engine runs in this process (one per training rank) and joins the
+        # job's rendezvous variables; a single-process run gets a one-rank world of its own.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        os.environ.setdefault("RANK", str(torch.distributed.get_rank() if distributed else 0))
+        os.environ.setdefault("WORLD_SIZE", str(torch.distributed.get_world_size() if distributed else 1))
+        os.environ.setdefault("LOCAL_RANK", str(torch.cuda.current_device() if torch.cuda.is_available() else 0))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        self.llm = LLM(
+            model=causal_lm(model).name_or_path, dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len, enable_sleep_mode=self.enable_sleep_mode,
+            distributed_executor_backend="external_launcher", seed=0, **self.engine_kwargs,
+        )
+        return self.llm
+
+    def sync_weights(self, model: Any) -> None:
+        """Copy the policy's current weights into the engine (all ranks call it under FSDP2)."""
+        llm = self._engine(model)
+        if self.enable_sleep_mode:
+            llm.wake_up(tags=["weights"])
+        weights = list(hf_named_weights(model))
+        llm.apply_model(lambda engine_model: engine_model.load_weights(weights))
+        llm.reset_prefix_cache()
+        self.syncs += 1
+
+    @torch.no_grad()
+    def generate(self, model: Any, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
+        """Sample one completion per prompt (runs of ``group_size`` identical prompts share a request)."""
+        from vllm import SamplingParams
+
+        started = time.perf_counter()
+        self.sync_weights(model)
+        llm = self.llm
+        if group_size < 1 or len(prompts) % group_size or any(
+            prompts[i] != prompts[i - i % group_size] for i in range(len(prompts))
+        ):
+            group_size = 1
+        distinct = prompts[::group_size]
+        prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in distinct]
+        eos = eos_token_ids(model, self.tokenizer)
+        params = [
+            SamplingParams(
+                n=group_size, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                max_tokens=sampling.max_new_tokens, stop=list(sampling.stop_strings) or None,
+                stop_token_ids=eos, include_stop_str_in_output=True, skip_special_tokens=True,
+                seed=int(torch.randint(0, 2**31 - 1, ())),
+            )
+            for _ in distinct
+        ]
+        if self.enable_sleep_mode:
+            llm.wake_up(tags=["kv_cache"])
+        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        if self.enable_sleep_mode:
+            llm.sleep(level=2)
+        rows_prompt, rows_completion, truncated = [], [], []
+        for ids, request in zip(prompt_ids, outputs):
+            for completion in sorted(request.outputs, key=lambda c: c.index):
+                rows_prompt.append(ids)
+                rows_completion.append(list(completion.token_ids))
+                truncated.append(completion.finish_reason == "length")
+        device = next(model.parameters()).device
+        return generation_from_ids(
+            self.tokenizer, rows_prompt, rows_completion, truncated, device, time.perf_counter() - started
+        )
