@@ -82,3 +82,16 @@ def test_missing_model_path_is_clear():
         load_policy("./no/such/model")
     with pytest.raises(ValueError, match="unknown tiny model"):
         load_policy("tiny:huge")
+
+
+def test_sample_categorical_follows_the_distribution_and_skips_impossible_tokens():
+    from r1_lightning.rollout import sample_categorical
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
+    scores = probs.log().expand(20000, -1)  # log 0 = -inf: impossible tokens
+    counts = torch.bincount(sample_categorical(scores), minlength=5).float() / 20000
+    assert counts[1] == 0 and counts[4] == 0
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)  # 3+ standard errors at n = 20000
+    # a row whose mass is all on one token always returns it; the first token is reachable
+    assert sample_categorical(torch.tensor([[float("-inf"), 0.0], [0.0, float("-inf")]])).tolist() == [1, 0]
