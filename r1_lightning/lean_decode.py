@@ -19,9 +19,10 @@ Per layer, with ``x`` the hidden state of the new token at position ``p`` (Llama
     out = h + down_proj(silu(gate_proj(norm2(h))) * up_proj(norm2(h)))
 
 It applies to ``model_type`` in :data:`SUPPORTED_MODEL_TYPES` (Qwen3's q/k norms included) when no
-sliding window is narrower than the sequence and the weights are not sharded (FSDP/DeepSpeed gather
-weights in their own forward hooks, which calling submodules would bypass); :func:`lean_decoder`
-says why not otherwise, and generation falls back to plain forward calls. Logits equal the
+sliding window is narrower than the sequence and the weights are whole: FSDP2 weights gathered for the
+rollout (``strategies.gathered``, which GRPO does) are fine; FSDP1 or ungathered shards are not, since
+their forward hooks, which calling submodules would bypass, gather them. :func:`unsupported_reason` says
+why not otherwise, and generation falls back to plain forward calls. Logits equal the
 transformers forward to float tolerance (tests/test_lean_decode.py).
 """
 
@@ -52,9 +53,13 @@ def unsupported_reason(model: Any, total_length: int) -> str | None:
     inner = getattr(lm, "model", None)
     if not all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return "the model does not have the embed_tokens/layers/norm/rotary_emb layout"
-    if any(type(m).__name__ == "FullyShardedDataParallel" or type(m).__name__.startswith("FSDP")  # FSDP1 / FSDP2
-           for m in lm.modules()):
-        return "weights are sharded (FSDP); its forward hooks must gather them"
+    if any(type(m).__name__ == "FullyShardedDataParallel" for m in lm.modules()):
+        return "weights are wrapped by FSDP1; its forward hooks must gather them"
+    for p in lm.parameters():
+        if type(p).__name__ == "DTensor":  # FSDP2 shards, not gathered
+            return "weights are sharded (FSDP2) and not gathered; sample under strategies.gathered"
+        if hasattr(p, "ds_id"):
+            return "weights are partitioned by DeepSpeed ZeRO-3; its forward hooks must gather them"
     windows = [getattr(layer.self_attn, "sliding_window", None) for layer in inner.layers]
     if model_type == "mistral":
         windows.append(getattr(config, "sliding_window", None))

@@ -239,7 +239,7 @@ class HFGenerator:
         """Why this rollout cannot use the lean decoder (None = it will)."""
         if self.engine == "hf":
             return "engine 'hf' asked for"
-        reason = "weights are sharded (FSDP/DeepSpeed)" if self.sync_ranks else unsupported_reason(model, total_length)
+        reason = unsupported_reason(model, total_length)
         if reason is not None and self.engine == "lean":
             raise ValueError(f"rollout_engine 'lean' cannot decode this model: {reason}; use 'auto' or 'hf'")
         return reason

@@ -6,6 +6,14 @@ from pathlib import Path
 
 import lightning as L
 
+from r1_lightning.lean_decode import unsupported_reason
+from r1_lightning.strategies import gathered
+
+
+def _reason_gathered(model):
+    with gathered(model):
+        return unsupported_reason(model, 8)
+
 
 class ShardProbe(L.Callback):
     """Writes ``rank<R>.json``: per step the decode steps run, the rank's share of the policy's
@@ -26,6 +34,9 @@ class ShardProbe(L.Callback):
             "local_numel": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params),
             "full_numel": sum(p.numel() for p in params),
             "optimizer_sharded": all(isinstance(p, DTensor) for p in optimizer_params),
+            # the lean decode step applies while the weights are gathered for sampling, not outside
+            "lean_outside": unsupported_reason(pl_module.policy, 8),
+            "lean_gathered": _reason_gathered(pl_module.policy),
             "grad_norm": float(outputs["grad_norm"]) if math.isfinite(float(outputs["grad_norm"])) else "inf",
         })
 

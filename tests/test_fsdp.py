@@ -53,6 +53,7 @@ def test_fsdp2_trains_like_ddp_with_sharded_weights_and_resumes(tmp_path):
             # each rank holds about half of every parameter, and the optimizer was built on the shards
             assert step["local_numel"] < 0.6 * step["full_numel"]
             assert step["optimizer_sharded"] and 0 < step["grad_norm"] < float("inf")  # and it trained
+            assert "sharded (FSDP2)" in step["lean_outside"] and step["lean_gathered"] is None
         # evaluation ran under sharded weights before and after training, with finite results
         assert len(rank["evaluations"]) == 2
         assert all(value == value for metrics in rank["evaluations"] for value in metrics.values())

@@ -115,7 +115,9 @@ def test_unsupported_models_fall_back_or_fail_clearly(tokenizer):
     assert unsupported_reason(windowed, 8) is None
     with pytest.raises(ValueError, match="rollout engine must be one of"):
         HFGenerator(tokenizer, engine="vllm-typo")
-    assert "sharded" in HFGenerator(tokenizer, sync_ranks=True)._lean_reason(_model(Qwen2Config, tokenizer), 8)
+    partitioned = _model(Qwen2Config, tokenizer)
+    partitioned.model.norm.weight.ds_id = 0  # how DeepSpeed ZeRO-3 marks its partitioned parameters
+    assert "DeepSpeed ZeRO-3" in unsupported_reason(partitioned, 8)  # (FSDP2: tests/test_fsdp.py)
 
 
 def test_finished_rows_leave_the_batch_without_changing_any_completion(tokenizer):
