@@ -28,7 +28,9 @@ def _run(workdir: Path, strategy: str, max_steps: int, *extra: str) -> Path:
         "--trainer.callbacks.every_n_train_steps", "1",  # the ModelCheckpoint: a checkpoint every step
         "--model.init_args.model", "tiny:random", "--model.init_args.export_dir", str(export),
         "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}", "--model.init_args.lr", "1e-3",
-        "--model.init_args.val_num_samples", "2", "--data.init_args.batch_size", "2", *extra,
+        "--model.init_args.val_num_samples", "2", "--data.init_args.batch_size", "2",
+        "--model.init_args.ref_model_sync_steps", "2",  # a reference reset (a sharded copy) before step 3
+        *extra,
     ]
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
