@@ -74,8 +74,14 @@ class R1LightningCLI(LightningCLI):
             parser.error("\n".join([*hints, message] if hints else [message]))
 
 
+def console_main() -> None:
+    """The ``r1-lightning`` console script. Returns None so that the script exits 0 after a run:
+    its wrapper calls ``sys.exit(console_main())``, and ``sys.exit(<an object>)`` exits 1."""
+    main()
+
+
 def main(args: ArgsType = None) -> LightningCLI | None:
-    """Entry point of the ``r1-lightning`` console script; tests call ``main([...])`` directly."""
+    """Run a subcommand and return the CLI (tests call ``main([...])`` and inspect the result)."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "export":
         export_main(argv[1:])

@@ -104,3 +104,18 @@ def test_reference_reset_schedule(tmp_path):
     module = cli.model
     for p, r in zip(module.policy.parameters(), module.reference.parameters()):
         torch.testing.assert_close(p, r)
+
+
+def test_console_script_exits_zero_after_a_run(tmp_path):
+    """The installed script runs ``sys.exit(<entry point>())``: a successful run must exit 0."""
+    import subprocess
+    import sys
+
+    tomllib = pytest.importorskip("tomllib")  # (Python >= 3.11)
+
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["r1-lightning"]
+    module, function = target.split(":")
+    args = ["fit", *_fast(tmp_path, "--trainer.fast_dev_run", "1", "--model.init_args.validate_at_start", "false")]
+    code = f"import sys; from {module} import {function} as entry; sys.argv = ['r1-lightning', *{args!r}]; sys.exit(entry())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
