@@ -152,7 +152,6 @@ class LeanDecoder:
         half = sin.shape[-1] // 2
         self.cos = cos[0]  # [positions, head_dim]
         self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # rotate_half's sign folded in
-        attn = self.inner.layers[0].self_attn
         self.heads = lm.config.num_attention_heads
         self.kv_heads = self.keys[0].shape[1]
         self.fused_qkv = [_fused_qkv(layer.self_attn) for layer in self.inner.layers]
