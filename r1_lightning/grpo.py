@@ -290,6 +290,8 @@ class GRPOModule(L.LightningModule):
                 yield
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
+        if not isinstance(self.generator, HFGenerator):  # vLLM samples from its own copy of the weights
+            return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
         with self.generation_context():
             return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
 
