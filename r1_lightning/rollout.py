@@ -183,6 +183,20 @@ def sample_records(
         yield chunk, prompts, columns, generator.generate(policy, prompts, sampling, group_size=k)
 
 
+def prompt_groups(prompts: list[str], group_size: int) -> tuple[list[str], int]:
+    """``(distinct prompts, G)`` when ``prompts`` come in runs of ``group_size`` identical copies (GRPO
+    groups, each then prefilled once); ``(prompts, 1)`` otherwise.
+
+    >>> prompt_groups(["a", "a", "b", "b"], 2), prompt_groups(["a", "b", "b", "b"], 2)
+    ((['a', 'b'], 2), (['a', 'b', 'b', 'b'], 1))
+    """
+    if group_size > 1 and len(prompts) % group_size == 0 and all(
+        prompts[i] == prompts[i - i % group_size] for i in range(len(prompts))
+    ):
+        return prompts[::group_size], group_size
+    return prompts, 1
+
+
 def sample_categorical(scores: torch.Tensor) -> torch.Tensor:
     """One token per row from ``softmax(scores)``, by inverting the CDF at a uniform draw.
 
@@ -215,7 +229,7 @@ class HFGenerator:
 
     ``engine`` picks how each decode step runs after the prompt prefill (a transformers forward):
     ``lean`` through :class:`r1_lightning.lean_decode.LeanDecoder` (static cache, no per-step mask or
-    rotary rebuild; Llama-family models, unsharded weights), ``hf`` through the model's forward with a
+    rotary rebuild; Llama-family models, whole or FSDP2-gathered weights), ``hf`` through the model's forward with a
     ``DynamicCache``, ``auto`` lean where it applies and hf otherwise. Both compute the same logits.
     """
 
@@ -263,12 +277,7 @@ class HFGenerator:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        if group_size > 1 and len(prompts) % group_size == 0 and all(
-            prompts[i] == prompts[i - i % group_size] for i in range(len(prompts))
-        ):
-            distinct = prompts[::group_size]
-        else:
-            distinct, group_size = prompts, 1
+        distinct, group_size = prompt_groups(prompts, group_size)
         encoded = tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_ids = encoded["input_ids"].to(device)
         attention = encoded["attention_mask"].to(device)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from r1_lightning.lean_decode import causal_lm
-from r1_lightning.rollout import Generation, SamplingConfig, eos_token_ids
+from r1_lightning.rollout import Generation, SamplingConfig, eos_token_ids, prompt_groups
 
 
 def _free_port() -> int:
@@ -181,11 +181,7 @@ class VLLMGenerator:
         started = time.perf_counter()
         self.sync_weights(model)
         llm = self.llm
-        if group_size < 1 or len(prompts) % group_size or any(
-            prompts[i] != prompts[i - i % group_size] for i in range(len(prompts))
-        ):
-            group_size = 1
-        distinct = prompts[::group_size]
+        distinct, group_size = prompt_groups(prompts, group_size)
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in distinct]
         eos = eos_token_ids(model, self.tokenizer)
         params = [
