@@ -90,7 +90,7 @@ class GRPOModule(L.LightningModule):
             (``{function: reward_model, model: path, scope: summary, weight: 0.5}``).
         num_generations: completions per prompt (the group size G).
         rollout_engine: how decode steps run: ``auto`` (the lean static-cache step for Llama-family
-            models with unsharded weights, else the transformers forward), ``lean`` (insist; error if
+            models whose weights are whole or FSDP2-gathered, else the transformers forward), ``lean`` (insist; error if
             it cannot apply) or ``hf`` (always the transformers forward). Same tokens either way.
             ``vllm``: the optional colocated vLLM engine (GPU, ``pip install -e '.[vllm]'``; weights
             synced before every rollout; :mod:`r1_lightning.vllm_engine`).
