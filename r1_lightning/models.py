@@ -58,6 +58,29 @@ def quantization_config(kind: Quantization | None, compute_dtype: torch.dtype) -
     raise ValueError(f"quantization must be '4bit', '8bit' or None, got {kind!r}")
 
 
+def unpackable_4bit_layers(model: Any) -> list[str]:
+    """Keep 4-bit layers that bitsandbytes' AVX-512 CPU kernel cannot take on its portable path.
+
+    On a CPU with AVX-512 BF16, bitsandbytes repacks each ``Linear4bit`` weight for its fused CPU
+    kernel the first time the layer runs in eval mode without gradients (our rollouts). The repacking
+    needs ``out_features`` divisible by 32 and ``in_features`` divisible by the quantization block
+    (64): a narrower layer fails deep inside bitsandbytes (``shape '[32, 0]' is invalid``), while an
+    AVX2 CPU, which never repacks, runs it fine. Such layers are switched to the portable path that
+    every CPU takes, so the same model works on both. Returns the names of the layers switched.
+    """
+    switched = []
+    for name, module in model.named_modules():
+        if type(module).__name__ not in ("Linear4bit", "LinearNF4", "LinearFP4"):
+            continue
+        blocksize = getattr(getattr(module.weight, "quant_state", None), "blocksize", None) or 64
+        if module.out_features % 32 or module.in_features % blocksize:
+            module.support_avx512bf16_for_cpu = False
+            switched.append(name)
+    if switched:
+        log.debug("4-bit layers kept off the AVX-512 packed CPU kernel (too narrow to pack): %s", switched)
+    return switched
+
+
 def apply_lora(model: Any, settings: LoraSettings, quantized: bool, gradient_checkpointing: bool) -> Any:
     """Wrap ``model`` in peft LoRA adapters (QLoRA when its weights are bitsandbytes-quantized)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -150,6 +173,8 @@ def load_policy(
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: only cached models load)" if offline else ""
         raise OSError(f"could not load model {name_or_path!r}{hint}: {err}") from err
+    if quantization == "4bit":
+        unpackable_4bit_layers(model)
     if gradient_checkpointing and quantization is None:  # QLoRA enables it in prepare_model_for_kbit_training
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training forwards never need a cache; generation asks for one

@@ -20,11 +20,16 @@ import json
 import logging
 import os
 import random
-import tempfile
+import shutil
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
+
+from r1_lightning.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +155,7 @@ def noisy_completion(a: int, b: int, recipe: BaseRecipe, rng: random.Random) -> 
     return f" The answer is {rng.choice((right, slip))}."
 
 
+@torch.enable_grad()
 def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
     """Causal-LM pretraining on the noisy corpus (loss on completions only); saves HF format.
 
@@ -167,6 +173,7 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
     model.train()
+    progress = Progress(recipe.steps, "building the tiny base (one-off): pretraining")
     for step in range(recipe.steps):
         rows, prompt_lengths = [], []
         for _ in range(recipe.batch_size):
@@ -194,33 +201,84 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 200 == 0 or step == recipe.steps - 1:
-            log.info("tiny base pretraining step %d/%d loss %.4f", step + 1, recipe.steps, loss.item())
+        progress.update(1, loss=loss.item())
+    progress.close()
     tokenizer.padding_side = "left"
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
 
-def _build_once(target: Path, build) -> Path:
-    """Run ``build(folder)`` into a temporary folder renamed to ``target``, unless ``target`` exists.
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's live process
+        return True
+    return True
 
-    The rename makes an interrupted build leave nothing half-written behind, and a concurrent build
-    (another rank) harmless. ``fork_rng``: building must not shift the caller's random stream, or a run
-    that builds a model would sample differently from one that finds it cached.
+
+def remove_stale_builds(folder: Path, max_legacy_age_s: float = 24 * 3600) -> list[Path]:
+    """Delete the half-built folders that killed builds left in the cache.
+
+    Builds write into ``.build-<target>-<pid>``: one whose process is dead is stale. Folders named
+    ``tmp*`` come from older versions (which named them with ``tempfile``) and cannot be traced to a
+    process; they go once they are a day old.
+    """
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        stale = False
+        if path.is_dir() and path.name.startswith(".build-"):
+            pid = path.name.rsplit("-", 1)[-1]
+            stale = pid.isdigit() and not _pid_alive(int(pid))
+        elif path.is_dir() and path.name.startswith("tmp"):
+            stale = time.time() - path.stat().st_mtime > max_legacy_age_s
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.warning("removed %d half-built folder(s) left by killed builds in %s", len(removed), folder)
+    return removed
+
+
+def _build_once(target: Path, build) -> Path:
+    """Run ``build(folder)`` into a private folder renamed to ``target``, unless ``target`` exists.
+
+    One build at a time per target: a file lock (``<target>.lock``) makes concurrent runs wait and then
+    reuse the finished model instead of each building it. The rename makes an interrupted build leave
+    nothing half-written under the target's name, and the next build removes what it left behind.
+    ``fork_rng``: building must not shift the caller's random stream, or a run that builds a model would
+    sample differently from one that finds it cached. ``enable_grad``: the caller may be inside
+    ``torch.no_grad()`` (an evaluation that first needs the model), and pretraining needs gradients.
     """
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, torch.random.fork_rng():
-        build(Path(tmp))
+    lock = FileLock(str(target) + ".lock")
+    try:
+        lock.acquire(timeout=0.5)
+    except Timeout:
+        print(f"waiting for another process that is building {target.name} (lock {lock.lock_file})",
+              file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        if (target / "config.json").exists():  # built by the process we waited for
+            return target
+        remove_stale_builds(target.parent)
+        work = target.parent / f".build-{target.name}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
         try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").exists():
-                raise
-        else:
-            os.makedirs(tmp)  # TemporaryDirectory wants to remove it
+            with torch.random.fork_rng(), torch.enable_grad():
+                build(work)
+            os.replace(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        lock.release()
     return target
 
 
@@ -230,7 +288,10 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
     key = hashlib.sha256(json.dumps({**asdict(recipe), "v": _VERSION}, sort_keys=True).encode()).hexdigest()[:12]
     target = cache_dir() / f"tiny-arithmetic-{key}"
     if not (target / "config.json").exists():
-        log.warning("building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into %s", target)
+        # print, not log: the CLI has not configured logging when this runs, and silence for minutes
+        # looks like a hang.
+        print(f"building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into {target}",
+              file=sys.stderr, flush=True)
     return _build_once(target, lambda folder: pretrain(recipe, folder))
 
 

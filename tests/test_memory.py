@@ -180,3 +180,36 @@ def test_shared_prompt_prefix_matches_the_full_forward_with_gradients(tiny_model
     # and through trimmed micro-batches that split groups
     planned = batched_logprobs(model, gen, 1.0, plan_micro_batches(gen, max_tokens=40), group_size=4)
     torch.testing.assert_close(planned[mask], full[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_4bit_layers_too_narrow_for_the_avx512_cpu_packing_take_the_portable_path(tmp_path):
+    """bitsandbytes repacks 4-bit weights for its AVX-512 CPU kernel; narrow layers cannot be repacked
+    (the CI failure on AVX-512 machines). The repacking is plain torch code, so it is checked here on
+    any CPU: every layer left on the AVX-512 path repacks, and every layer switched off it would fail."""
+    import copy
+
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1_lightning.models import load_policy
+    from r1_lightning.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)  # 96-wide MLP input: down_proj cannot be repacked
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = load_policy(str(tmp_path), quantization="4bit")
+    layers = {n: m for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"}
+    switched = {n for n, m in layers.items() if m.support_avx512bf16_for_cpu is False}
+    assert switched == {"model.layers.0.mlp.down_proj"}
+    for name, layer in layers.items():
+        state = copy.deepcopy(layer.weight.quant_state)
+        if name in switched:
+            with pytest.raises(RuntimeError):
+                _convert_weight_packed_for_cpu(layer.weight.data.clone(), state)
+        else:
+            _convert_weight_packed_for_cpu(layer.weight.data.clone(), state)
+    tiny, _ = load_policy("tiny:random", quantization="4bit")  # 32 wide: nothing can be repacked
+    assert all(m.support_avx512bf16_for_cpu is False for m in tiny.modules() if type(m).__name__ == "Linear4bit")

@@ -1,0 +1,57 @@
+"""Building the tiny offline base: independent of the caller's grad mode, one build at a time, progress
+that shows, and no half-built folders left behind."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from r1_lightning.tiny import BaseRecipe, remove_stale_builds, tiny_base_path
+
+SMALL = BaseRecipe(steps=6, batch_size=4, hidden_size=32, layers=1)
+
+
+def test_the_base_builds_inside_no_grad(tmp_path, monkeypatch, capsys):
+    # The pipeline's first stage evaluates the base under torch.no_grad() and builds it there.
+    monkeypatch.setenv("R1_LIGHTNING_CACHE", str(tmp_path))
+    with torch.no_grad():
+        path = tiny_base_path(SMALL)
+    assert (path / "config.json").exists() and (path / "recipe.json").exists()
+    err = capsys.readouterr().err
+    assert "building the tiny offline base model" in err
+    assert "pretraining: 6/6 (100%)" in err and "ETA" in err  # plain progress lines when not a terminal
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".build-")] == []
+
+
+def test_concurrent_runs_build_the_base_once(tmp_path):
+    script = (
+        "from r1_lightning.tiny import BaseRecipe, tiny_base_path;"
+        "print(tiny_base_path(BaseRecipe(steps=60, batch_size=4, hidden_size=32, layers=1)))"
+    )
+    env = {**os.environ, "R1_LIGHTNING_CACHE": str(tmp_path)}
+    runs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert outputs[0][0] == outputs[1][0]  # the same folder
+    errs = [err for _, err in outputs]
+    assert sum("pretraining: 60/60" in err for err in errs) == 1  # built once
+    # the other one either waited on the lock or came after: it reused the folder either way
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".build-")] == []
+
+
+def test_killed_builds_are_cleaned_up(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".build-tiny-arithmetic-abc-{dead.pid}").mkdir()  # its builder is gone
+    (tmp_path / f".build-tiny-arithmetic-def-{os.getpid()}").mkdir()  # a live build: kept
+    legacy_old, legacy_new = tmp_path / "tmpold", tmp_path / "tmpnew"
+    legacy_old.mkdir(), legacy_new.mkdir()
+    os.utime(legacy_old, (time.time() - 3 * 86400,) * 2)
+    removed = remove_stale_builds(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".build-tiny-arithmetic-abc-{dead.pid}", "tmpold"])
+    assert sorted(p.name for p in Path(tmp_path).iterdir()) == sorted(
+        [f".build-tiny-arithmetic-def-{os.getpid()}", "tmpnew"])
