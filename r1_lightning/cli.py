@@ -1,110 +1,131 @@
-"""Command line: ``r1-lightning fit|validate|test --config ...`` (LightningCLI), ``r1-lightning pipeline
---config ...`` (multi-stage runs, ``r1_lightning.pipeline``) and ``r1-lightning export``."""
+"""Command line: ``r1-lightning fit|validate|test|predict`` (LightningCLI), ``r1-lightning pipeline``
+(multi-stage runs) and ``r1-lightning export`` (checkpoint -> Hugging Face folder).
+
+This module imports nothing heavy at the top: ``r1-lightning --help`` answers at once, and each
+subcommand imports what it needs (Lightning, torch, transformers take seconds to import).
+"""
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
 import os
-import re
 import sys
-from pathlib import Path
+from typing import Any
 
-import lightning as L
-from jsonargparse import ArgumentError, ArgumentParser
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+SUBCOMMANDS = {
+    "fit": "train a model from a config: GRPO (R1-Zero / reasoning RL), SFT, reward model",
+    "validate": "evaluate a model on its validation set (held-out pass@1, maj@k, format)",
+    "test": "run a model's test loop",
+    "predict": "run a model's predict loop",
+    "pipeline": "run a multi-stage R1 recipe from one YAML (cold start, RL, rejection sampling, SFT, ...)",
+    "export": "write a fit checkpoint (GRPO, SFT or reward model) as a Hugging Face folder",
+}
 
-from r1_lightning.grpo import GRPOModule
+USAGE = """usage: r1-lightning {fit,validate,test,predict,pipeline,export} [options]
+
+DeepSeek-R1's reinforcement-learning recipe (GRPO, rule rewards, R1-Zero) on PyTorch Lightning.
+
+subcommands:
+%s
+
+Examples:
+  r1-lightning fit --config configs/r1_zero_tiny.yaml          the embedded default (offline, CPU)
+  r1-lightning fit --config configs/r1_zero_tiny.yaml --ckpt_path last    resume it
+  r1-lightning pipeline --config configs/pipeline/r1_tiny.yaml the whole R1 pipeline
+  r1-lightning fit --help                                      trainer and config options
+  r1-lightning fit --model GRPOModule --help                   every GRPO option (or SFTModule,
+                                                               RewardModelModule; --data PromptDataModule)
+  r1-lightning pipeline --help / r1-lightning export --help
+"""
+
+
+def top_level_help() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    return USAGE % "\n".join(f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items())
+
+
+def class_help_args(argv: list[str]) -> list[str]:
+    """``fit --model GRPOModule --help`` -> ``fit --model.help GRPOModule`` (jsonargparse's spelling),
+    so the options of a model or data class are one documented command away.
+
+    >>> class_help_args(["fit", "--model", "GRPOModule", "--help"])
+    ['fit', '--model.help', 'GRPOModule']
+    >>> class_help_args(["fit", "--help"])
+    ['fit', '--help']
+    """
+    if not any(a in ("-h", "--help") for a in argv):
+        return argv
+    for key in ("--model", "--data"):
+        if key in argv[:-1]:
+            target = argv[argv.index(key) + 1]
+            if not target.startswith("-"):
+                return [argv[0], f"{key}.help", target]
+    return argv
 
 
 def export_main(args: list[str]) -> None:
-    """``r1-lightning export --ckpt_path run.ckpt --out_dir folder``: a Lightning checkpoint -> HF folder."""
+    """``r1-lightning export --ckpt_path run.ckpt --out_dir folder``: a checkpoint of any module that
+    trains a policy or a reward model (GRPO, SFT, reward model) -> a Hugging Face folder."""
+    from jsonargparse import ArgumentParser
+
+    from r1_lightning.checkpoints import load_module_from_checkpoint
+
     parser = ArgumentParser(prog="r1-lightning export", description=export_main.__doc__)
     parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning checkpoint written by fit")
     parser.add_argument("--out_dir", type=str, required=True, help="folder for save_pretrained output")
     cfg = parser.parse_args(args)
-    if not Path(cfg.ckpt_path).exists():
-        raise FileNotFoundError(f"checkpoint {cfg.ckpt_path!r} does not exist (from --ckpt_path)")
-    module = GRPOModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
+    module = load_module_from_checkpoint(cfg.ckpt_path)
     module.save_hf(cfg.out_dir)
+    print(f"{type(module).__name__} from {cfg.ckpt_path} exported to {cfg.out_dir}")
 
 
-def suggest_keys(message: str, known: list[str] = ()) -> list[str]:
-    """"Did you mean" hints for options jsonargparse refused: from the named class's parameters, or
-    from ``known`` (the parser's own keys, e.g. ``trainer.max_steps``).
-
-    >>> suggest_keys("Problem with given class_path 'r1_lightning.grpo.GRPOModule':\\n  Option 'lrr' is not accepted")
-    ["'lrr' is not a parameter of r1_lightning.grpo.GRPOModule; did you mean 'lr'?"]
-    """
-    hints = []
-    for class_path, option in re.findall(r"class_path '([\w.]+)'[^']*?Option '(\w+)' is not accepted", message, re.S):
-        module_name, _, name = class_path.rpartition(".")
-        try:
-            target = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError):
-            continue
-        names = [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs")]
-        close = difflib.get_close_matches(option, names, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else f"its parameters are {names}"
-        hints.append(f"{option!r} is not a parameter of {class_path}; {hint}")
-    refused = re.findall(r"does not accept option '([\w.]+)'", message)
-    refused += re.findall(r"unrecognized arguments: --([\w.]+)", message)
-    for option in refused:
-        close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
-        if close:
-            hints.append(f"{option!r} is not a config key; did you mean {close[0]!r}?")
-    return hints
-
-
-class R1LightningCLI(LightningCLI):
-    """LightningCLI whose refusals of unknown config keys say which key was meant."""
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        parsers = [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]
-        for each in parsers:
-            each.exit_on_error = False
-        try:
-            super().parse_arguments(parser, args)
-        except ArgumentError as err:
-            message = str(err)
-            known = sorted({a.dest for each in parsers for a in each._actions if "." in a.dest})
-            hints = suggest_keys(message, known)
-            parser.exit_on_error = True
-            parser.error("\n".join([*hints, message] if hints else [message]))
-
-
-def console_main() -> None:
-    """The ``r1-lightning`` console script. Returns None so that the script exits 0 after a run:
-    its wrapper calls ``sys.exit(console_main())``, and ``sys.exit(<an object>)`` exits 1."""
-    main()
-
-
-def main(args: ArgsType = None) -> LightningCLI | None:
-    """Run a subcommand and return the CLI (tests call ``main([...])`` and inspect the result)."""
+def main(args: list[str] | None = None) -> Any:
+    """Run a subcommand; returns the LightningCLI for fit/validate/test/predict (tests inspect it)."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "export":
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help())
+        return None
+    # Heavy imports from here on (the reason they are not at the top: instant --help).
+    from r1_lightning.console import quiet_console
+
+    quiet_console()
+    if argv[0] == "export":
         export_main(argv[1:])
         return None
-    if argv and argv[0] == "pipeline":
+    if argv[0] == "pipeline":
         from r1_lightning.pipeline import pipeline_main
 
         pipeline_main(argv[1:])
         return None
-    # Tokenizers' thread pool and forked DataLoader workers do not mix; prompts are cheap to tokenize.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Any LightningModule / DataModule by class_path: GRPOModule, SFTModule, RewardModelModule with
-    # PromptDataModule, SFTDataModule, PreferenceDataModule.
-    return R1LightningCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], list(SUBCOMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        from r1_lightning.errors import ConfigError
+
+        raise ConfigError(f"unknown subcommand {argv[0]!r}{hint} (subcommands: {', '.join(SUBCOMMANDS)})")
+    from r1_lightning.errors import check_yaml_file, config_files
+    from r1_lightning.lightning_cli import run_lightning_cli
+
+    for path in config_files(argv):
+        check_yaml_file(path)
+    return run_lightning_cli(class_help_args(argv))
+
+
+def console_main() -> int:
+    """The ``r1-lightning`` console script: exit 0 after a run, 2 with a one-paragraph message on a
+    configuration error (``R1_LIGHTNING_TRACEBACK=1`` shows its traceback)."""
+    from r1_lightning.errors import ConfigError
+
+    try:
+        main()
+    except ConfigError as err:
+        if os.environ.get("R1_LIGHTNING_TRACEBACK") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(console_main())

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser
 
+from r1_lightning.lightning_cli import run_lightning_cli
 from r1_lightning.rejection import RejectionSampler
 from r1_lightning.report import Evaluator, write_report
 
@@ -207,8 +208,6 @@ class Pipeline:
                 "seconds": time.perf_counter() - started}
 
     def run_fit(self, stage: dict, config: dict, directory: Path) -> str:
-        from r1_lightning.cli import main
-
         export = directory / "hf_model"
         set_dotted(config, "model.init_args.export_dir", str(export))
         trainer = config.setdefault("trainer", {})
@@ -230,7 +229,7 @@ class Pipeline:
         if last.exists():
             log.warning("pipeline %s: stage %r resumes from %s", self.name, stage["name"], last)
             args += ["--ckpt_path", str(last)]
-        main(args)
+        run_lightning_cli(args)
         if not (export / "config.json").exists():
             raise RuntimeError(f"stage {stage['name']!r} finished without exporting a model to {export}")
         return str(export)

@@ -113,7 +113,13 @@ class SFTModule(L.LightningModule):
 
     @override
     def on_train_end(self) -> None:
-        target = self.hparams.export_dir or (Path(self.trainer.log_dir or ".") / "hf_model")
-        if self.trainer.is_global_zero:
-            save_policy(self.policy, self.tokenizer, target, lora=self.lora is not None)
-            rank_zero_info(f"SFT model exported in Hugging Face format to {target}")
+        self.save_hf(self.hparams.export_dir or (Path(self.trainer.log_dir or ".") / "hf_model"))
+
+    def save_hf(self, directory: str | Path) -> Path:
+        """Write the model (LoRA merged) and tokenizer as a ``save_pretrained`` folder (rank 0 writes)."""
+        directory = Path(directory)
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return directory
+        save_policy(self.policy, self.tokenizer, directory, lora=self.lora is not None)
+        rank_zero_info(f"SFT model exported in Hugging Face format to {directory}")
+        return directory

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1_lightning.cli import main, suggest_keys
+from r1_lightning.cli import main
+from r1_lightning.lightning_cli import suggest_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")

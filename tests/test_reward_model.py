@@ -1,5 +1,7 @@
 """Reward models: Bradley-Terry training on a tiny model, and routing (summary vs whole response)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -28,7 +30,7 @@ def harmlessness_rm(tmp_path_factory):
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "max_steps": 40, "val_check_interval": 40, "log_every_n_steps": 5, "check_val_every_n_epoch": None,
-                    "enable_checkpointing": False, "enable_progress_bar": False,
+                    "default_root_dir": str(out), "enable_progress_bar": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}}},
         "model": {"class_path": "r1_lightning.reward_model.RewardModelModule",
                   "init_args": {"model": "tiny:random", "lr": 0.003, "template": "plain", "export_dir": str(out / "rm")}},
@@ -75,6 +77,19 @@ def test_helpfulness_sees_the_summary_and_harmlessness_the_whole_response(harmle
     assert s_clean == pytest.approx(s_rude)
     assert w_clean > w_rude
     assert all(0.0 < v < 1.0 for v in (s_clean, w_clean, w_rude))  # squashed by a sigmoid
+
+
+def test_export_takes_a_reward_model_checkpoint(harmlessness_rm, tmp_path):
+    from r1_lightning.reward_model import load_reward_model, score_texts
+
+    cli, out = harmlessness_rm
+    (checkpoint,) = Path(cli.trainer.log_dir, "checkpoints").glob("*.ckpt")
+    main(["export", "--ckpt_path", str(checkpoint), "--out_dir", str(tmp_path / "exported")])
+    exported, tokenizer, _ = load_reward_model(str(tmp_path / "exported"))
+    texts = ["2 + 2 = 4", "you idiot, 2 + 2 = 4"]
+    cli.model.model.eval()
+    torch.testing.assert_close(score_texts(exported, tokenizer, texts),
+                               score_texts(cli.model.model, cli.model.tokenizer, texts))
 
 
 def test_reward_model_in_the_reward_spec(harmlessness_rm):

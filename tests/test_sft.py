@@ -89,7 +89,7 @@ def test_cold_start_data_never_contains_held_out_problems():
 def test_sft_cli_run_lowers_the_loss_and_exports(tmp_path):
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "max_steps": 12, "logger": False, "enable_checkpointing": False,
+        "trainer": {"accelerator": "cpu", "max_steps": 12, "logger": False, "default_root_dir": str(tmp_path),
                     "enable_progress_bar": False, "val_check_interval": 12, "check_val_every_n_epoch": None},
         "model": {"class_path": "r1_lightning.sft.SFTModule",
                   "init_args": {"model": "tiny:random", "lr": 0.003, "export_dir": str(tmp_path / "hf")}},
@@ -106,3 +106,11 @@ def test_sft_cli_run_lowers_the_loss_and_exports(tmp_path):
     trained = cli.model.forward_loss(dm.collate(dm.val_rows))[0].item()
     assert trained < first - 0.5
     assert (tmp_path / "hf" / "config.json").exists()
+    # `r1-lightning export` takes an SFT checkpoint as well as a GRPO one
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    main(["export", "--ckpt_path", str(checkpoint), "--out_dir", str(tmp_path / "exported")])
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    for p, q in zip(exported.parameters(), cli.model.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

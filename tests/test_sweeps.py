@@ -3,6 +3,8 @@
 
 from pathlib import Path
 
+import shutil
+
 import pytest
 import yaml
 
@@ -56,20 +58,23 @@ def test_every_sweep_parameter_is_a_flag_of_its_config(path, capsys, monkeypatch
 
 
 def test_agent_command_line_runs_offline(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+    # As a user runs it: from a checkout (configs/ relative), W&B offline, nothing else set.
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     sweep = yaml.safe_load((ROOT / "configs" / "sweeps" / "grpo_tiny.yaml").read_text())
     values = {name: first_value(spec) for name, spec in sweep["parameters"].items()}
     argv = agent_command(sweep, values)
     assert argv[:3] == ["/usr/bin/env", "r1-lightning", "fit"]
-    cli = main(argv[2:] + [
-        "--trainer.fast_dev_run=1", "--model.init_args.model=tiny:random",
-        f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--model.init_args.export_dir={tmp_path / 'hf'}",
-    ])
+    extra = ["--trainer.max_steps=1", "--model.init_args.model=tiny:random", "--model.init_args.validate_at_start=false"]
+    for _ in range(2):
+        cli = main(argv[2:] + extra)
     assert cli.trainer.global_step == 1
     assert cli.model.hparams.lr == pytest.approx(values["model.init_args.lr"])
     assert cli.model.hparams.num_generations == values["model.init_args.num_generations"]
-    # fast_dev_run swaps loggers for a dummy; the configured one is the W&B logger
-    assert cli.config["fit"]["trainer"]["logger"]["class_path"].endswith("WandbLogger")
+    assert type(cli.trainer.loggers[1]).__name__ == "WandbLogger"
+    # A local, versioned copy of every W&B run: the second run does not overwrite the first.
+    for version in ("version_0", "version_1"):
+        run = tmp_path / "runs" / "wandb" / version
+        assert (run / "config.yaml").exists() and (run / "hf_model" / "config.json").exists(), version
+        assert "train/reward" in (run / "metrics.csv").read_text().splitlines()[0]

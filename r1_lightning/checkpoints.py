@@ -1,0 +1,124 @@
+"""Checkpoints a user can trust: checked before loading (a bad file is named with what is wrong with
+it), ``last`` resolved to the newest intact one, and any module's checkpoint loadable for export.
+
+A Lightning checkpoint written by ``torch.save`` is a zip archive: an empty file, a file cut short by
+a full disk or a kill, and a file that is not a checkpoint at all are told apart without unpickling.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from r1_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The modules that train a policy or a reward model.
+MODULE_CLASSES = ("r1_lightning.grpo.GRPOModule", "r1_lightning.sft.SFTModule", "r1_lightning.reward_model.RewardModelModule")
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What is wrong with the checkpoint at ``path`` (None when it looks intact).
+
+    Reads the whole archive once to verify its checksums; never unpickles it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():  # a sharded (FSDP2 / distributed checkpoint) folder
+        return None if (path / ".metadata").exists() else "is a folder without a distributed checkpoint's .metadata"
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes): its write was interrupted (full disk or a kill)"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head[:2] == b"PK":
+            return f"is truncated ({size} bytes; the write did not finish)"
+        return f"is not a PyTorch checkpoint ({size} bytes that torch.save did not write)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"is corrupt ({err})"
+    if bad is not None:
+        return f"is corrupt (record {bad!r} fails its checksum)"
+    return None
+
+
+def check_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> None:
+    """Raise a :class:`ConfigError` naming ``path`` and the problem, if it has one."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ConfigError(f"checkpoint {str(path)!r} (from {setting}) {problem}; pass another checkpoint, or "
+                          "`--ckpt_path last` to take the newest intact one")
+
+
+def newest_intact_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint in ``folder`` that is intact, warning about each newer broken one.
+
+    Ordered by the training step recorded in the name (``step=N`` / ``step-N``), ``last.ckpt`` first
+    among equals, then by modification time.
+    """
+    import re
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.iterdir() if p.suffix == ".ckpt" and not p.name.startswith(".")]
+
+    def order(path: Path) -> tuple[int, int, float]:
+        match = re.search(r"step[=-](\d+)", path.name)
+        step = int(match.group(1)) if match else -1
+        return (step, 1 if path.name.startswith("last") else 0, path.stat().st_mtime)
+
+    if any(p.name.startswith("last") for p in candidates):
+        # last.ckpt carries no step in its name: it is at least as new as any step file
+        top = max((order(p)[0] for p in candidates), default=-1)
+        candidates.sort(key=lambda p: (top if p.name.startswith("last") else order(p)[0],) + order(p)[1:],
+                        reverse=True)
+    else:
+        candidates.sort(key=order, reverse=True)
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint %s %s; trying an older one", path, problem)
+    return None
+
+
+def module_class_path(checkpoint: dict[str, Any]) -> str:
+    """The class path of the module a loaded checkpoint belongs to."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if hparams.get("_class_path"):  # recorded by LightningCLI
+        return hparams["_class_path"]
+    # Written without LightningCLI: told apart by what only each one has.
+    if "num_generations" in hparams:
+        return "r1_lightning.grpo.GRPOModule"
+    if any(key.startswith("model.") for key in checkpoint.get("state_dict", {})):
+        return "r1_lightning.reward_model.RewardModelModule"
+    return "r1_lightning.sft.SFTModule"
+
+
+def load_module_from_checkpoint(path: str | Path) -> Any:
+    """Any of this project's modules from its Lightning checkpoint (GRPO, SFT, reward model)."""
+    import importlib
+
+    import torch
+
+    check_checkpoint(path)
+    # Our own checkpoints hold plain Python types (hyperparameters, RNG states), loaded with weights_only.
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
+        raise ConfigError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict); "
+                          "export takes what `r1-lightning fit` writes")
+    class_path = module_class_path(checkpoint)
+    if class_path not in MODULE_CLASSES:
+        raise ConfigError(f"checkpoint {str(path)!r} belongs to {class_path}, which export does not know; it exports "
+                          f"{', '.join(MODULE_CLASSES)}")
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls.load_from_checkpoint(path, map_location="cpu")

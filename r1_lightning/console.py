@@ -1,0 +1,68 @@
+"""A clean console: silence what the libraries print that a user of this project cannot act on.
+
+Each filter below names a message and why it does not apply here. Everything else (Lightning's own
+warnings about a user's config, our warnings) still shows. ``R1_LIGHTNING_VERBOSE=1`` turns the
+filtering off, for debugging a library.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# (message regex, why it is noise for this project)
+IGNORED_WARNINGS = (
+    # Lightning's own pytree helper calls a torch API deprecated in torch 2.13; nothing for a user to change.
+    (r".*isinstance\(treespec, LeafSpec\).*", "internal to Lightning"),
+    # GRPO's frozen reference (and a LoRA base) is in eval mode on purpose: it is never trained.
+    (r"Found \d+ module\(s\) in eval mode at the start of training.*", "the frozen reference is meant to be"),
+    # Our modules step the optimizer inside training_step; a step checkpoint holds the weights after the
+    # step and the step counter after it, which is exactly what an exact resume needs.
+    (r"Using ModelCheckpoint with manual optimization and every_n_train_steps.*", "post-step state is intended"),
+    # Checkpoints live in one folder per run (so --ckpt_path last finds them); a resumed run writes there.
+    (r"Checkpoint directory .* exists and is not empty.*", "expected when a run resumes"),
+    # The CLI always hands LightningCLI its arguments (after translating `--model X --help`).
+    (r"LightningCLI's args parameter is intended to run from within Python.*", "intended"),
+    # DataLoader worker advice for a CPU prompt stream that tokenizes in the main process on purpose.
+    (r".*does not have many workers which may be a bottleneck.*", "prompts are cheap; workers are off on purpose"),
+)
+
+# (logger name, substring) of log records that advertise other products or report optional kernels.
+IGNORED_LOG_RECORDS = (
+    ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),
+    ("lightning.pytorch.utilities.rank_zero", "litmodels"),
+    # bitsandbytes on an AVX-512 BF16 CPU tries to download an optional kernel from a hub at import time;
+    # without it, it uses its built-in CPU kernel (the same results).
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+)
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, needle: str) -> None:
+        super().__init__()
+        self.needle = needle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.needle not in record.getMessage()
+
+
+def quiet_console() -> None:
+    """Install the filters (idempotent). Called by the CLI before it imports the libraries."""
+    if os.environ.get("R1_LIGHTNING_VERBOSE") == "1":
+        return
+    for pattern, _why in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name, needle in IGNORED_LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) and f.needle == needle for f in logger.filters):
+            logger.addFilter(_DropMatching(needle))
+    # transformers' per-file progress bars ("Loading weights", "Writing model shards") for a model
+    # that loads in a fraction of a second; load times of big models still show in the run's log.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass

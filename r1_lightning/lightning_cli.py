@@ -1,0 +1,104 @@
+"""The LightningCLI behind ``r1-lightning fit|validate|test|predict`` (imports Lightning and the
+modules; ``r1_lightning.cli`` stays light so that ``--help`` is instant)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+
+import lightning as L
+from jsonargparse import ArgumentError
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+# Imported so that short class names (``--model GRPOModule``) and checkpoints' class paths resolve.
+import r1_lightning.data  # noqa: F401
+import r1_lightning.data.sft  # noqa: F401
+import r1_lightning.grpo  # noqa: F401
+import r1_lightning.reward_model  # noqa: F401
+import r1_lightning.sft  # noqa: F401
+from r1_lightning.errors import ConfigError, config_files, instantiation_message
+
+
+def suggest_keys(message: str, known: list[str] = ()) -> list[str]:
+    """"Did you mean" hints for options jsonargparse refused: from the named class's parameters, or
+    from ``known`` (the parser's own keys, e.g. ``trainer.max_steps``).
+
+    >>> suggest_keys("Problem with given class_path 'r1_lightning.grpo.GRPOModule':\\n  Option 'lrr' is not accepted")
+    ["'lrr' is not a parameter of r1_lightning.grpo.GRPOModule; did you mean 'lr'?"]
+    """
+    import re
+
+    hints = []
+    for class_path, option in re.findall(r"class_path '([\w.]+)'[^']*?Option '(\w+)' is not accepted", message, re.S):
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            target = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            continue
+        names = [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs")]
+        close = difflib.get_close_matches(option, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"its parameters are {names}"
+        hints.append(f"{option!r} is not a parameter of {class_path}; {hint}")
+    refused = re.findall(r"does not accept option '([\w.]+)'", message)
+    refused += re.findall(r"unrecognized arguments: --([\w.]+)", message)
+    for option in refused:
+        close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{option!r} is not a config key; did you mean {close[0]!r}?")
+    return hints
+
+
+class R1LightningCLI(LightningCLI):
+    """LightningCLI whose refusals of unknown config keys say which key was meant, and whose
+    instantiation errors (a module refusing its settings) come as one :class:`ConfigError` line."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        parsers = [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]
+        for each in parsers:
+            each.exit_on_error = False
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            message = str(err)
+            known = sorted({a.dest for each in parsers for a in each._actions if "." in a.dest})
+            hints = suggest_keys(message, known)
+            parser.exit_on_error = True
+            parser.error("\n".join([*hints, message] if hints else [message]))
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+            files = config_files(self._argv)
+            source = f" (config: {', '.join(files)})" if files else ""
+            raise ConfigError(f"{instantiation_message(err)}{source}") from err
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        epilog = ("The options of a model or data class: r1-lightning fit --model GRPOModule --help "
+                  "(or SFTModule, RewardModelModule; --data PromptDataModule --help).")
+        subparsers = getattr(getattr(self.parser, "_subcommands_action", None), "_name_parser_map", {})
+        for parser in [self.parser, *subparsers.values()]:
+            parser.epilog = epilog
+
+
+def run_lightning_cli(args: list[str]) -> LightningCLI:
+    """``fit``/``validate``/``test``/``predict`` through :class:`R1LightningCLI`."""
+    # Tokenizers' thread pool and forked DataLoader workers do not mix; prompts are cheap to tokenize.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    R1LightningCLI._argv = list(args)
+    # Any LightningModule / DataModule by class_path: GRPOModule, SFTModule, RewardModelModule with
+    # PromptDataModule, SFTDataModule, PreferenceDataModule.
+    return R1LightningCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
