@@ -22,6 +22,9 @@ def counters(trainer: L.Trainer) -> dict[str, float]:
     skipped = getattr(trainer.datamodule, "skipped_long_prompts", None) if trainer.datamodule else None
     if skipped is not None:
         values["train/skipped_long_prompts"] = float(skipped)
+    per_reason = getattr(trainer.datamodule, "skipped_rows", None) if trainer.datamodule else None
+    if callable(per_reason):
+        values.update({f"train/skipped_rows/{reason}": float(n) for reason, n in per_reason().items()})
     return values
 
 
@@ -31,7 +34,7 @@ class RewardLoggingCallback(L.Callback):
     ``train/reward`` (weighted total), ``train/reward/<fn>`` per reward function, ``train/reward_std``,
     ``train/kl``, ``train/clip_ratio``, ``train/entropy``, ``train/loss``, ``train/completion_length``,
     ``train/truncated_fraction``, ``train/zero_std_groups`` (groups whose rewards are all equal: no
-    signal), ``train/skipped_long_prompts``, ``train/reward_timeouts/<fn>`` and ``train/code_runs/<outcome>``
+    signal), ``train/skipped_long_prompts``, ``train/skipped_rows/<reason>``, ``train/reward_timeouts/<fn>`` and ``train/code_runs/<outcome>``
     (running totals), ``train/rollout_tokens_per_s``, ``train/step_seconds``, ``train/lr``. Means are torchmetrics
     ``MeanMetric`` s, so under DDP they are averaged over ranks too. With a W&B logger, a table of sample
     completions is logged every ``table_every_n_steps`` steps.

@@ -7,10 +7,15 @@ a full disk or a kill, and a file that is not a checkpoint at all are told apart
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from r1_lightning.errors import ConfigError
 
@@ -18,6 +23,53 @@ log = logging.getLogger(__name__)
 
 # The modules that train a policy or a reward model.
 MODULE_CLASSES = ("r1_lightning.grpo.GRPOModule", "r1_lightning.sft.SFTModule", "r1_lightning.reward_model.RewardModelModule")
+
+
+WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the file and the reason."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that never leave a partial file under a checkpoint's name.
+
+    Lightning's writer stages the file through ``tempfile`` (usually ``/tmp``, often another, smaller
+    file system) and moves it into place: across file systems the move is a copy, and a full disk
+    during that copy leaves a truncated checkpoint under its final name. Here the file is written
+    next to its target (``.<name>.tmp-<pid>``, ignored by ``--ckpt_path last``), flushed to disk and
+    renamed over the target, which is atomic on one file system. On failure the partial file is
+    removed, earlier checkpoints are untouched, and :class:`CheckpointWriteError` names the path and
+    the reason (disk full, quota, permissions). Remote paths (``s3://``) keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        text = str(path)
+        if "://" in text and not text.startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(text.removeprefix("file://"))
+        partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, target)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            reason = WRITE_FAILURES.get(err.errno, str(err))
+            raise CheckpointWriteError(
+                err.errno, f"could not write checkpoint {target}: {reason}. The earlier checkpoints in "
+                f"{target.parent} are intact; make room (or fix the permissions) and resume with --ckpt_path last"
+            ) from err
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
@@ -106,8 +158,6 @@ def module_class_path(checkpoint: dict[str, Any]) -> str:
 def load_module_from_checkpoint(path: str | Path) -> Any:
     """Any of this project's modules from its Lightning checkpoint (GRPO, SFT, reward model)."""
     import importlib
-
-    import torch
 
     check_checkpoint(path)
     # Our own checkpoints hold plain Python types (hyperparameters, RNG states), loaded with weights_only.

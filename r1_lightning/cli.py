@@ -112,9 +112,37 @@ def main(args: list[str] | None = None) -> Any:
     return run_lightning_cli(class_help_args(argv))
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that continues an interrupted run: the same one, with ``--ckpt_path last`` for a
+    ``fit`` (a pipeline resumes its unfinished stage by itself).
+
+    >>> resume_command(["fit", "--config", "a.yaml", "--ckpt_path", "x.ckpt"])
+    'r1-lightning fit --config a.yaml --ckpt_path last'
+    >>> resume_command(["pipeline", "--config", "p.yaml"])
+    'r1-lightning pipeline --config p.yaml'
+    """
+    import shlex
+
+    args, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if arg.startswith("--ckpt_path="):
+            continue
+        args.append(arg)
+    if args and args[0] == "fit":
+        args += ["--ckpt_path", "last"]
+    return shlex.join(["r1-lightning", *args])
+
+
 def console_main() -> int:
-    """The ``r1-lightning`` console script: exit 0 after a run, 2 with a one-paragraph message on a
-    configuration error (``R1_LIGHTNING_TRACEBACK=1`` shows its traceback)."""
+    """The ``r1-lightning`` console script: exit 0 after a run; 2 with a one-paragraph message on a
+    configuration error (``R1_LIGHTNING_TRACEBACK=1`` shows its traceback); 128 + the signal (143 for
+    SIGTERM, 130 for Ctrl-C) when a signal stopped the run after a checkpoint, with the resume command."""
     from r1_lightning.errors import ConfigError
 
     try:
@@ -124,6 +152,15 @@ def console_main() -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # (these classes live with Lightning's imports, which this module does not make)
+        if type(err).__name__ == "CheckpointWriteError":
+            print(f"error: {err.strerror}", file=sys.stderr, flush=True)
+            return 1
+        if type(err).__name__ != "Preempted":
+            raise
+        print(f"{err}\nresume with: {resume_command(sys.argv[1:])}", file=sys.stderr, flush=True)
+        return 128 + err.signum
     return 0
 
 

@@ -67,6 +67,17 @@ def as_sampling(value: SamplingConfig | dict) -> SamplingConfig:
     return SamplingConfig(**values)
 
 
+def validation_due(trainer: L.Trainer) -> bool:
+    """Whether the step-interval validation (``val_check_interval: N`` with
+    ``check_val_every_n_epoch: null``) falls on the trainer's current global step."""
+    interval = getattr(trainer, "val_check_batch", None)
+    if trainer.check_val_every_n_epoch is not None or not isinstance(interval, int) or interval <= 0:
+        return False
+    if not trainer.enable_validation or trainer.limit_val_batches == 0:
+        return False
+    return trainer.global_step % interval == 0
+
+
 class GRPOModule(L.LightningModule):
     """Policy + frozen reference trained with GRPO and rule-based rewards.
 
@@ -463,16 +474,18 @@ class GRPOModule(L.LightningModule):
         self.log_dict(metrics, sync_dist=False, batch_size=1)  # already aggregated over the whole set
         rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
 
-    def run_evaluation(self) -> dict[str, float]:
-        """Evaluate outside Lightning's validation loop (start and end of fit) and log the result."""
+    def run_evaluation(self, log_step: int | None = None, epoch: int | None = None) -> dict[str, float]:
+        """Evaluate outside Lightning's validation loop (start and end of fit, and the validation a
+        resumed checkpoint preceded) and log the result at ``log_step`` (default: the global step)."""
         datamodule = self.trainer.datamodule
         if datamodule is None:
             return {}
         for index, batch in enumerate(datamodule.val_dataloader()):
             self.evaluate_batch(batch, index)
         metrics = self.compute_val_metrics()
+        logged = metrics if epoch is None else {"epoch": epoch, **metrics}
         for logger in self.trainer.loggers:
-            logger.log_metrics(metrics, step=self.global_step)
+            logger.log_metrics(logged, step=self.global_step if log_step is None else log_step)
         rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         return metrics
 
@@ -480,6 +493,12 @@ class GRPOModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self.hparams.validate_at_start and self.global_step == 0:
             self.run_evaluation()
+        elif self.global_step > 0 and validation_due(self.trainer):
+            # Resumed from a checkpoint written at the end of its step, which is before that step's
+            # scheduled validation (Lightning validates after on_train_batch_end), and Lightning does
+            # not redo it on restore. Run it now, logged as Lightning logs it (at step - 1, with the
+            # epoch), so that the resumed run's metrics equal an uninterrupted run's.
+            self.run_evaluation(log_step=self.global_step - 1, epoch=self.current_epoch)
 
     @override
     def on_train_end(self) -> None:

@@ -7,6 +7,7 @@ import difflib
 import importlib
 import inspect
 import os
+from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentError
@@ -18,7 +19,14 @@ import r1_lightning.data.sft  # noqa: F401
 import r1_lightning.grpo  # noqa: F401
 import r1_lightning.reward_model  # noqa: F401
 import r1_lightning.sft  # noqa: F401
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from r1_lightning.callbacks.preemption import PreemptionCallback
+from r1_lightning.checkpoints import AtomicCheckpointIO
 from r1_lightning.errors import ConfigError, config_files, instantiation_message
+from r1_lightning.resume import get_key, set_key, attach_to_resumed_run, resolve_resume
+
+CSV_FLUSH_DEFAULT = 100  # Lightning's CSVLogger default: rows reached the disk every 100 steps
 
 
 def suggest_keys(message: str, known: list[str] = ()) -> list[str]:
@@ -66,6 +74,35 @@ class R1LightningCLI(LightningCLI):
             hints = suggest_keys(message, known)
             parser.exit_on_error = True
             parser.error("\n".join([*hints, message] if hints else [message]))
+
+    _resume: dict | None = None
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        # Metrics on disk at every logging step (`tail -f metrics.csv`, nothing lost to a kill), unless
+        # the config sets another interval.
+        trainer = get_key(config, "trainer")
+        loggers = get_key(trainer, "logger")
+        for node in loggers if isinstance(loggers, list) else [loggers]:
+            args = get_key(node, "init_args")
+            if get_key(node, "class_path", "").endswith("CSVLogger") and args is not None:
+                if get_key(args, "flush_logs_every_n_steps") in (None, CSV_FLUSH_DEFAULT):
+                    set_key(args, "flush_logs_every_n_steps", 1)
+        self._resume = resolve_resume(config) if self.subcommand in ("fit", None) else None
+        if self.subcommand in ("validate", "test", "predict"):
+            resolve_resume(config)  # checks an explicit checkpoint; `last` as for fit
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # (not a user's own plugin)
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.subcommand in ("fit", None) and not any(isinstance(c, PreemptionCallback) for c in trainer.callbacks):
+            trainer.callbacks.append(PreemptionCallback())
+        return trainer
+
+    def before_fit(self) -> None:
+        if self._resume is not None:
+            attach_to_resumed_run(self.trainer, self._resume["step"])
 
     def instantiate_classes(self) -> None:
         try:

@@ -34,6 +34,9 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser
 
+from r1_lightning.callbacks.preemption import Preempted
+from r1_lightning.checkpoints import newest_intact_checkpoint
+from r1_lightning.errors import ConfigError
 from r1_lightning.lightning_cli import run_lightning_cli
 from r1_lightning.rejection import RejectionSampler
 from r1_lightning.report import Evaluator, write_report
@@ -168,6 +171,10 @@ class Pipeline:
         if from_stage is not None and from_stage not in names:
             raise ValueError(f"--from_stage {from_stage!r} is not a stage; stages: {names}")
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        with OutputDirLock(self.output_dir):
+            return self._run_stages(from_stage)
+
+    def _run_stages(self, from_stage: str | None) -> list[dict[str, Any]]:
         redo = False
         for stage in self.stages:
             redo = redo or stage["name"] == from_stage
@@ -179,7 +186,17 @@ class Pipeline:
                 log.warning("pipeline %s: stage %r already finished, skipped (its output: %s)",
                             self.name, stage["name"], record["output"])
             else:
-                record = self.run_stage(stage)
+                interrupted = self.stage_dir(stage) / "interrupted.json"
+                try:
+                    record = self.run_stage(stage)
+                except Preempted as stop:
+                    # Unfinished: no stage.json; the next `pipeline` call resumes this stage from its checkpoint.
+                    interrupted.write_text(json.dumps({"status": "interrupted", "step": stop.step,
+                                                       "checkpoint": stop.checkpoint}, indent=2))
+                    log.warning("pipeline %s: stage %r interrupted at step %d; run the same command to resume it",
+                                self.name, stage["name"], stop.step)
+                    raise
+                interrupted.unlink(missing_ok=True)
                 marker.write_text(json.dumps(record, indent=2))
             self.outputs[stage["name"]] = record["output"]
             self.records.append(record)
@@ -211,8 +228,10 @@ class Pipeline:
         export = directory / "hf_model"
         set_dotted(config, "model.init_args.export_dir", str(export))
         trainer = config.setdefault("trainer", {})
+        # One log folder per stage (version 0): a resumed stage continues its metrics.csv.
         csv_logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                      "init_args": {"save_dir": str(directory), "name": "logs"}}
+                      "init_args": {"save_dir": str(directory), "name": "logs", "version": 0,
+                                    "flush_logs_every_n_steps": 1}}
         user_logger = trainer.get("logger")
         trainer["logger"] = [csv_logger] + ([user_logger] if isinstance(user_logger, dict) else list(user_logger or []))
         trainer["default_root_dir"] = str(directory)
@@ -225,10 +244,10 @@ class Pipeline:
         config_path = directory / "fit_config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         args = ["fit", "--config", str(config_path)]
-        last = directory / "checkpoints" / "last.ckpt"
-        if last.exists():
+        last = newest_intact_checkpoint(directory / "checkpoints")  # (a truncated one is skipped, with a warning)
+        if last is not None:  # `last` (not the path): the CLI then continues the stage's metrics.csv too
             log.warning("pipeline %s: stage %r resumes from %s", self.name, stage["name"], last)
-            args += ["--ckpt_path", str(last)]
+            args += ["--ckpt_path", "last"]
         run_lightning_cli(args)
         if not (export / "config.json").exists():
             raise RuntimeError(f"stage {stage['name']!r} finished without exporting a model to {export}")
@@ -245,6 +264,43 @@ class Pipeline:
         summary = (f"kept {stats['kept']} of {stats['samples']} samples ({stats['prompts_with_kept']} of "
                    f"{stats['prompts']} prompts); dropped: {dropped or 'none'}; +{stats['non_reasoning']} non-reasoning")
         return str(directory / "dataset"), summary
+
+
+class OutputDirLock:
+    """One pipeline per ``output_dir``: a second run on the same folder is refused, naming the PID of
+    the run that holds it. The lock is an ``flock`` on ``<output_dir>/pipeline.lock``, which the kernel
+    releases when its process dies, so a killed run's lock is taken over by the next one. (Where
+    ``fcntl`` is missing, i.e. on Windows, runs are not locked.)"""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / "pipeline.lock"
+        self.handle = None
+
+    def __enter__(self) -> "OutputDirLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        import os
+
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise ConfigError(f"another pipeline (PID {holder}) is running in {self.path.parent}; wait for it to "
+                              "finish, or pass --output_dir for a separate run") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing releases the flock
 
 
 def pipeline_main(args: list[str]) -> list[dict[str, Any]]:

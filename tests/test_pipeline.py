@@ -102,11 +102,14 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     assert (run / "sft" / "hf_model" / "model.safetensors").stat().st_mtime == sft_mtime
     record = json.loads((run / "rl" / "stage.json").read_text())
     assert set(record["metrics"]) == {"pass@1", "maj@k", "format", "language", "length"}
-    # the resumed attempt logged only the steps after the checkpoint (step 2): nothing was redone
+    # the resumed attempt continued the stage's metrics.csv after the checkpoint (step 2): every step
+    # is logged once, nothing was redone, no second log folder
     import pandas as pd
 
-    resumed = pd.read_csv(run / "rl" / "logs" / "version_1" / "metrics.csv")
-    assert resumed["step"].min() >= 3 and resumed["step"].max() == 4
+    metrics = pd.read_csv(run / "rl" / "logs" / "version_0" / "metrics.csv")
+    train_steps = list(metrics.dropna(subset=["train/reward"])["step"])
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 4 and train_steps[0] <= 2, train_steps
+    assert not (run / "rl" / "logs" / "version_1").exists()
     report = (run / "report.md").read_text()
     assert "| sft | fit |" in report and "| rl | fit |" in report
     assert (run / "report.csv").exists() and (run / "report.png").stat().st_size > 0

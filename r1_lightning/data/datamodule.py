@@ -9,7 +9,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from r1_lightning.data.sources import PromptSource
+from r1_lightning.data.sources import DatasetSource, PromptSource
+from r1_lightning.errors import ConfigError
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
 
@@ -80,7 +81,10 @@ class PromptDataModule(L.LightningDataModule):
         system_prompt: system message for the chat template (prepended line for text templates).
         batch_size: prompts per training step (each gets ``num_generations`` completions).
         val_batch_size: prompts per validation batch.
-        max_prompt_tokens: prompts longer than this many tokens are skipped (counted and logged).
+        max_prompt_tokens: prompts longer than this many tokens after the template are skipped
+            (counted as ``train/skipped_rows/prompt_too_long`` and logged); ``null`` for no limit.
+            The default, 2048, keeps a stray huge row (a pasted document) out of the model while
+            leaving room for long math and code problems.
         seed: seeds shuffling and procedural generation.
     """
 
@@ -91,7 +95,7 @@ class PromptDataModule(L.LightningDataModule):
         system_prompt: str | None = None,
         batch_size: int = 8,
         val_batch_size: int = 16,
-        max_prompt_tokens: int | None = None,
+        max_prompt_tokens: int | None = 2048,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -123,6 +127,39 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None and self.trainer is not None:
             self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+        if stage in ("fit", None):
+            self.check_training_rows()
+
+    def skipped_rows(self) -> dict[str, int]:
+        """Rows skipped so far, per reason (the source's, plus prompts over ``max_prompt_tokens``)."""
+        counts = dict(getattr(self.source, "skipped_rows", {}) or {})
+        if self.skipped_long_prompts:
+            counts["prompt_too_long"] = self.skipped_long_prompts
+        return counts
+
+    def check_training_rows(self) -> None:
+        """Fail at start-up, in one message naming the setting, when no training prompt can come out
+        of the source (every row bad, every prompt too long, or every row held out for validation)."""
+        for record in self.source.iter_train(self.seed, 0):
+            if self.render(record, count_skips=False) is not None:
+                return
+        skipped = dict(getattr(self.source, "skipped_rows", {}) or {})
+        describe = self.source.describe() if isinstance(self.source, DatasetSource) else type(self.source).__name__
+        if isinstance(self.source, DatasetSource) and self.source.val_split is None:
+            held_out = len(self.source.val_records(self.seed))
+            if held_out and not skipped:
+                raise ConfigError(
+                    f"no training rows left in {describe}: all {held_out} usable rows are held out for validation "
+                    f"by the source's `val_size: {self.source.val_size}`; lower `val_size` below the number of rows, "
+                    "or give separate validation data (`val_path` / `val_split`)")
+        if skipped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+            raise ConfigError(f"every row of {describe} is unusable ({reasons}); check the source's `prompt_column` / "
+                              "`answer_column` / `answer_parser` (the first bad rows are shown above)")
+        if self.max_prompt_tokens is not None:
+            raise ConfigError(f"every prompt of {describe} is longer than `data.max_prompt_tokens: "
+                              f"{self.max_prompt_tokens}` tokens after the template; raise it")
+        raise ConfigError(f"the training prompt source {describe} yielded no records; check the dataset and split")
 
     def render(self, record: dict, count_skips: bool = True) -> dict | None:
         """Apply the template; returns None (and counts it) for prompts over ``max_prompt_tokens``."""
@@ -135,10 +172,13 @@ class PromptDataModule(L.LightningDataModule):
                 if not count_skips:  # replaying records a resumed run already went through
                     return None
                 self.skipped_long_prompts += 1
-                log.warning(
-                    "skipped a prompt of %d tokens > data.max_prompt_tokens=%d (%d skipped so far)",
-                    length, self.max_prompt_tokens, self.skipped_long_prompts,
-                )
+                if self.skipped_long_prompts <= 5:
+                    log.warning(
+                        "skipped a prompt of %d tokens > data.max_prompt_tokens=%d (%d skipped so far%s): %r",
+                        length, self.max_prompt_tokens, self.skipped_long_prompts,
+                        "; further ones are only counted" if self.skipped_long_prompts == 5 else "",
+                        str(record["prompt"])[:80],
+                    )
                 return None
         return {**record, "raw_prompt": record["prompt"], "prompt": text}
 

@@ -8,11 +8,43 @@ from __future__ import annotations
 
 import glob
 import itertools
+import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from r1_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
 AnswerParser = Literal["gsm8k", "boxed", None]
+OnBadRow = Literal["skip", "error"]
+#: how many skipped rows are shown in full (with file and row number); the rest are only counted
+SHOWN_BAD_ROWS = 5
+
+
+class BadRow(ValueError):
+    """A row that cannot be trained on; ``reason`` is a short metric-friendly key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def is_empty_prompt(prompt: Any) -> bool:
+    """No text to prompt with: None, blank text, or chat messages without content.
+
+    >>> is_empty_prompt("  "), is_empty_prompt([{"role": "user", "content": ""}]), is_empty_prompt("1 + 2")
+    (True, True, False)
+    """
+    if prompt is None:
+        return True
+    if isinstance(prompt, str):
+        return not prompt.strip()
+    if isinstance(prompt, list):
+        return not any(str((m or {}).get("content") or "").strip() for m in prompt if isinstance(m, dict))
+    return False
 
 
 def parse_gsm8k_answer(solution: str) -> str:
@@ -22,7 +54,7 @@ def parse_gsm8k_answer(solution: str) -> str:
     '1072'
     """
     if "####" not in solution:
-        raise ValueError(f"GSM8K answer has no '####' marker: {solution[-80:]!r}")
+        raise BadRow("unparsable_answer", f"GSM8K answer has no '####' marker: {solution[-80:]!r}")
     return solution.split("####")[-1].strip().replace(",", "")
 
 
@@ -36,7 +68,7 @@ def parse_boxed_answer(solution: str) -> str:
 
     boxed = last_boxed(solution)
     if boxed is None:
-        raise ValueError(f"solution has no \\boxed{{}} answer: {solution[-80:]!r}")
+        raise BadRow("unparsable_answer", f"solution has no \\boxed{{}} answer: {solution[-80:]!r}")
     return boxed
 
 
@@ -68,6 +100,10 @@ class DatasetSource(PromptSource):
             held out (and never trained on).
         val_size: number of validation prompts.
         shuffle_buffer: streaming shuffle buffer size (0 = no shuffling).
+        on_bad_row: what to do with a row that cannot be used (empty prompt; missing, null or
+            unparsable answer when ``answer_column`` is set): ``skip`` it (counted per reason as
+            ``train/skipped_rows/<reason>``, the first few shown with file and row number) or stop
+            with an ``error`` naming the row.
     """
 
     def __init__(
@@ -79,12 +115,17 @@ class DatasetSource(PromptSource):
         val_split: str | None = None,
         val_size: int = 64,
         shuffle_buffer: int = 1000,
+        on_bad_row: OnBadRow = "skip",
     ) -> None:
+        if on_bad_row not in ("skip", "error"):
+            raise ValueError(f"`on_bad_row` must be 'skip' or 'error', got {on_bad_row!r}")
         if answer_parser is not None and answer_parser not in ANSWER_PARSERS:
             raise ValueError(f"`answer_parser` must be one of {sorted(ANSWER_PARSERS)} or null, got {answer_parser!r}")
         self.prompt_column, self.answer_column, self.answer_parser = prompt_column, answer_column, answer_parser
         self.extra_columns, self.val_split, self.val_size = extra_columns, val_split, val_size
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer, self.on_bad_row = shuffle_buffer, on_bad_row
+        self.skipped_rows: Counter[str] = Counter()  # reason -> rows skipped (each row counted once)
+        self._bad_rows_seen: set[tuple[str, int]] = set()
 
     # -- subclasses say where the data is --------------------------------------------------------
     def describe(self) -> str:
@@ -111,9 +152,14 @@ class DatasetSource(PromptSource):
             )
 
     def to_record(self, row: dict) -> dict:
+        """One dataset row as a prompt record; raises :class:`BadRow` for a row that cannot be used."""
         self._check_columns(list(row))
         record = {"prompt": row[self.prompt_column]}
+        if is_empty_prompt(record["prompt"]):
+            raise BadRow("empty_prompt", f"column {self.prompt_column!r} is empty")
         answer = row[self.answer_column] if self.answer_column else None
+        if self.answer_column and (answer is None or (isinstance(answer, str) and not answer.strip())):
+            raise BadRow("missing_answer", f"column {self.answer_column!r} is {answer!r}")
         if answer is not None and self.answer_parser:
             answer = ANSWER_PARSERS[self.answer_parser](str(answer))
         record["answer"] = answer
@@ -129,11 +175,31 @@ class DatasetSource(PromptSource):
         if shuffle and self.shuffle_buffer:
             dataset = dataset.shuffle(seed=seed + epoch, buffer_size=self.shuffle_buffer)
         empty = True
-        for row in dataset:
+        for number, row in enumerate(dataset, start=1):
             empty = False
-            yield self.to_record(row)
+            try:
+                record = self.to_record(row)
+            except BadRow as bad:
+                self.bad_row(bad, split, number)
+                continue
+            yield record
         if empty:
             raise ValueError(f"dataset {self.describe()} split {split!r} is empty")
+
+    def bad_row(self, bad: BadRow, split: str, number: int) -> None:
+        """Count (and show the first few of) the rows that cannot be used, or stop on the first one."""
+        where = f"{self.describe()} split {split!r} row {number}"
+        if self.on_bad_row == "error":
+            raise ConfigError(f"{where}: {bad} ({bad.reason}); fix the row, or set the data source's "
+                              "`on_bad_row: skip` to train on the other rows")
+        if (split, number) in self._bad_rows_seen:  # the stream's next pass over the same file
+            return
+        self._bad_rows_seen.add((split, number))
+        self.skipped_rows[bad.reason] += 1
+        total = sum(self.skipped_rows.values())
+        if total <= SHOWN_BAD_ROWS:
+            log.warning("skipped %s: %s (%s)%s", where, bad, bad.reason,
+                        "; further skipped rows are only counted" if total == SHOWN_BAD_ROWS else "")
 
     def iter_train(self, seed: int, epoch: int) -> Iterator[dict]:
         held_out = {str(r["prompt"]) for r in self.val_records(seed)} if self.val_split is None else set()

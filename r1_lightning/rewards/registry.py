@@ -102,7 +102,11 @@ def build_rewards(spec: RewardSpec) -> list[WeightedReward]:
     """``{"accuracy_reward": 1.0, "format_reward": 0.5}`` -> resolved functions with their weights."""
     if not spec:
         raise ValueError("`rewards` is empty: name at least one reward function, e.g. {accuracy_reward: 1.0}")
-    return [build_reward(name, value) for name, value in spec.items()]
+    rewards = [build_reward(name, value) for name, value in spec.items()]
+    if all(reward.weight == 0 for reward in rewards):
+        raise ValueError(f"every weight in `rewards` is 0 ({', '.join(r.name for r in rewards)}): every advantage would "
+                         "be 0 and nothing would train; give at least one reward a non-zero weight")
+    return rewards
 
 
 def _preview(completion: Any, limit: int = 300) -> str:
