@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
@@ -32,8 +33,16 @@ class Preempted(Exception):
         super().__init__(f"stopped by {name} after step {step} ({where})")
 
 
-class PreemptionCallback(L.Callback):
-    """Installed by the CLI on every ``fit``. See the module docstring."""
+class PreemptionCallback(Checkpoint):
+    """Installed by the CLI on every ``fit``. See the module docstring.
+
+    A ``Checkpoint`` callback so that Lightning runs it after every other callback's
+    ``on_train_batch_end`` (the reward-logging window and ``ModelCheckpoint`` included): the checkpoint
+    it writes then holds the whole step, as a scheduled one does.
+    """
+
+    best_model_path = ""  # (Lightning reads these from whatever it finds first among Checkpoint callbacks)
+    best_model_score = None
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -87,7 +96,7 @@ class PreemptionCallback(L.Callback):
     @staticmethod
     def checkpoint_path(trainer: L.Trainer) -> Path:
         """``last.ckpt`` in the ``ModelCheckpoint`` folder (where ``--ckpt_path last`` looks first)."""
-        callback = trainer.checkpoint_callback
+        callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         folder = getattr(callback, "dirpath", None)
         if folder is None:
             folder = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"

@@ -22,7 +22,7 @@ import r1_lightning.sft  # noqa: F401
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from r1_lightning.callbacks.preemption import PreemptionCallback
-from r1_lightning.checkpoints import AtomicCheckpointIO
+from r1_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
 from r1_lightning.errors import ConfigError, config_files, instantiation_message
 from r1_lightning.resume import get_key, set_key, attach_to_resumed_run, resolve_resume
 
@@ -76,6 +76,15 @@ class R1LightningCLI(LightningCLI):
             parser.error("\n".join([*hints, message] if hints else [message]))
 
     _resume: dict | None = None
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads an explicit checkpoint here (for its hyperparameters): check it first, so a
+        # bad file is named with what is wrong with it instead of a torch unpickling error.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path not in ("last", "best", "hpc", "registry") and "://" not in str(path):
+            check_checkpoint(path)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from r1_lightning.checkpoints import check_checkpoint, newest_intact_checkpoint
+from r1_lightning.checkpoints import newest_intact_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +130,14 @@ def resume_into(config: Any, checkpoint: Path, version: int | None) -> dict[str,
 def resolve_resume(config: Any) -> dict[str, Any] | None:
     """Rewrite ``config`` (one subcommand's) for ``--ckpt_path last`` or an explicit path, in place.
 
-    Returns ``{"checkpoint", "step"}`` when a run is resumed, None when it starts fresh. An explicit
-    checkpoint is checked first (a bad file is named with what is wrong with it).
+    Returns ``{"checkpoint", "step"}`` when a run is resumed, None when it starts fresh. (An explicit
+    checkpoint has been checked by the CLI already: ``checkpoints.check_checkpoint``.)
     """
     ckpt_path = get_key(config, "ckpt_path")
     if ckpt_path is None or ckpt_path in ("best", "hpc", "registry") or "://" in str(ckpt_path):
         return None
     trainer = get_key(config, "trainer")
     if ckpt_path != "last":
-        check_checkpoint(ckpt_path)
         return resume_into(config, Path(ckpt_path), None)
     folders = checkpoint_folders(trainer)
     for folder, version in folders:
