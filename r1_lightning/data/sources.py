@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 AnswerParser = Literal["gsm8k", "boxed", None]
 OnBadRow = Literal["skip", "error"]
+ROW_NUMBER = "__r1_lightning_row__"  # a row's 1-based place in its split, added while reading
 #: how many skipped rows are shown in full (with file and row number); the rest are only counted
 SHOWN_BAD_ROWS = 5
 
@@ -172,11 +173,14 @@ class DatasetSource(PromptSource):
     def _rows(self, split: str, seed: int, epoch: int, shuffle: bool) -> Iterator[dict]:
         dataset = self.load(split, streaming=True)
         self._check_columns(getattr(dataset, "column_names", None))
+        # Number the rows before shuffling, so a skipped row is reported by its place in the file.
+        dataset = dataset.map(lambda row, index: {ROW_NUMBER: index + 1}, with_indices=True)
         if shuffle and self.shuffle_buffer:
             dataset = dataset.shuffle(seed=seed + epoch, buffer_size=self.shuffle_buffer)
         empty = True
-        for number, row in enumerate(dataset, start=1):
+        for row in dataset:
             empty = False
+            number = row.pop(ROW_NUMBER)
             try:
                 record = self.to_record(row)
             except BadRow as bad:
