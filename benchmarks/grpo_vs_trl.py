@@ -42,11 +42,24 @@ import torch  # noqa: E402
 
 SHAPES = {
     # a CPU-sized Qwen2 (about 4M parameters with the tiny tokenizer's vocabulary)
-    "cpu-small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=None),
+    "cpu-small": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=None,
+    ),
     # Qwen2.5-0.5B's architecture (494M parameters): the real vocabulary size, so the LM head costs what it does
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, rope_theta=1_000_000.0),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        rope_theta=1_000_000.0,
+    ),
 }
 
 
@@ -83,8 +96,12 @@ def build_model(shape: str, folder: Path, dtype: str) -> Path:
     spec = dict(SHAPES[shape])
     spec["vocab_size"] = spec["vocab_size"] or len(tokenizer)
     config = Qwen2Config(
-        **spec, max_position_embeddings=4096, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        **spec,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(getattr(torch, dtype))
@@ -141,18 +158,33 @@ def run_ours(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> R
             gen_tokens.append(int(generation.completion_mask.sum()))
 
     module = GRPOModule(
-        model=str(model_path), dtype=s.dtype, rewards={"benchmarks.grpo_vs_trl.varied_reward": 1.0},
-        num_generations=s.group_size, rollout_engine=s.rollout_engine, beta=s.beta, lr=s.lr, loss_type="sequence",
-        sampling=SamplingConfig(temperature=1.0, max_new_tokens=s.max_new_tokens), validate_at_start=False,
+        model=str(model_path),
+        dtype=s.dtype,
+        rewards={"benchmarks.grpo_vs_trl.varied_reward": 1.0},
+        num_generations=s.group_size,
+        rollout_engine=s.rollout_engine,
+        beta=s.beta,
+        lr=s.lr,
+        loss_type="sequence",
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=s.max_new_tokens),
+        validate_at_start=False,
         export_dir=str(work / "ours_hf"),
     )
     module.on_train_end = lambda: None  # no export/evaluation inside the timed loop's teardown
-    data = PromptDataModule(source=FileSource(str(data_file), val_size=1), template="plain",
-                            batch_size=s.prompts_per_step)
+    data = PromptDataModule(
+        source=FileSource(str(data_file), val_size=1), template="plain", batch_size=s.prompts_per_step
+    )
     trainer = L.Trainer(
-        accelerator="gpu" if s.device.startswith("cuda") else "cpu", devices=1, max_steps=s.steps,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[Timer()], default_root_dir=str(work),
+        accelerator="gpu" if s.device.startswith("cuda") else "cpu",
+        devices=1,
+        max_steps=s.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Timer()],
+        default_root_dir=str(work),
     )
     trainer.fit(module, datamodule=data)
     return _summarise("r1-lightning", s, step_seconds, gen_seconds, gen_tokens)
@@ -176,7 +208,7 @@ def run_trl(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> Re
         out = plain_generate(*args, **kwargs)
         _sync(s.device)
         gen_seconds.append(time.perf_counter() - started)
-        completion = out[:, kwargs["input_ids"].shape[1]:]
+        completion = out[:, kwargs["input_ids"].shape[1] :]
         finished = (completion == eos).cumsum(1)
         gen_tokens.append(int(((finished == 0) | ((finished == 1) & (completion == eos))).sum()))
         return out
@@ -194,16 +226,36 @@ def run_trl(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> Re
 
     completions_per_step = s.prompts_per_step * s.group_size
     config = GRPOConfig(
-        output_dir=str(work / "trl"), per_device_train_batch_size=completions_per_step,
-        gradient_accumulation_steps=1, num_generations=s.group_size, max_completion_length=s.max_new_tokens,
-        temperature=1.0, beta=s.beta, learning_rate=s.lr, loss_type="grpo", max_steps=s.steps, logging_steps=1,
-        report_to=[], save_strategy="no", use_cpu=not s.device.startswith("cuda"),
-        bf16=s.dtype == "bfloat16", fp16=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
-        lr_scheduler_type="constant", warmup_steps=0, log_completions=False,
+        output_dir=str(work / "trl"),
+        per_device_train_batch_size=completions_per_step,
+        gradient_accumulation_steps=1,
+        num_generations=s.group_size,
+        max_completion_length=s.max_new_tokens,
+        temperature=1.0,
+        beta=s.beta,
+        learning_rate=s.lr,
+        loss_type="grpo",
+        max_steps=s.steps,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=not s.device.startswith("cuda"),
+        bf16=s.dtype == "bfloat16",
+        fp16=False,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        log_completions=False,
     )
     trainer = GRPOTrainer(
-        model=model, processing_class=tokenizer, reward_funcs=[varied_reward], args=config,
-        train_dataset=datasets.Dataset.from_list(prompts), callbacks=[Timer()],
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=[varied_reward],
+        args=config,
+        train_dataset=datasets.Dataset.from_list(prompts),
+        callbacks=[Timer()],
     )
     trainer.train()
     return _summarise("TRL GRPOTrainer", s, step_seconds, gen_seconds, gen_tokens)
@@ -214,8 +266,11 @@ def _summarise(name: str, s: Setting, steps: list[float], gen: list[float], toke
         raise RuntimeError(f"{name}: need >= 2 steps to drop the warm-up, got {len(steps)}")
     steps, gen, tokens = steps[1:], gen[1:], tokens[1:]
     return Result(
-        framework=name, group_size=s.group_size, max_new_tokens=s.max_new_tokens,
-        seconds_per_step=statistics.median(steps), rollout_tokens_per_s=sum(tokens) / sum(gen),
+        framework=name,
+        group_size=s.group_size,
+        max_new_tokens=s.max_new_tokens,
+        seconds_per_step=statistics.median(steps),
+        rollout_tokens_per_s=sum(tokens) / sum(gen),
         generation_fraction=sum(gen) / sum(steps),
     )
 
@@ -227,7 +282,7 @@ def bandwidth_bound(model_path: Path, s: Setting, bandwidth_gb_s: float) -> floa
     config = AutoConfig.from_pretrained(model_path)
     element = torch.finfo(getattr(torch, s.dtype)).bits // 8
     hidden, layers = config.hidden_size, config.num_hidden_layers
-    params = (config.vocab_size * hidden + layers * (4 * hidden * hidden + 3 * hidden * config.intermediate_size))
+    params = config.vocab_size * hidden + layers * (4 * hidden * hidden + 3 * hidden * config.intermediate_size)
     kv_dim = 2 * layers * config.num_key_value_heads * (hidden // config.num_attention_heads)
     batch = s.prompts_per_step * s.group_size
     mean_context = 150 + s.max_new_tokens / 2  # the R1-Zero prompt is ~150 tokens
@@ -244,8 +299,9 @@ def plot(results: list[Result], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for framework, marker in (("r1-lightning", "o"), ("TRL GRPOTrainer", "s")):
         for g in sorted({r.group_size for r in results}):
-            rows = sorted((r for r in results if r.framework == framework and r.group_size == g),
-                          key=lambda r: r.max_new_tokens)
+            rows = sorted(
+                (r for r in results if r.framework == framework and r.group_size == g), key=lambda r: r.max_new_tokens
+            )
             if not rows:
                 continue
             xs = [r.max_new_tokens for r in rows]
@@ -271,10 +327,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--prompts_per_step", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is warm-up)")
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
-    parser.add_argument("--bandwidth_gb_s", type=float, default=0.0,
-                        help="GPU memory bandwidth for the decode roofline (e.g. 3350 for an H100 SXM)")
-    parser.add_argument("--rollout_engine", default="auto", choices=["auto", "lean", "hf", "vllm"],
-                        help="r1-lightning's decode step (see GRPOModule.rollout_engine)")
+    parser.add_argument(
+        "--bandwidth_gb_s",
+        type=float,
+        default=0.0,
+        help="GPU memory bandwidth for the decode roofline (e.g. 3350 for an H100 SXM)",
+    )
+    parser.add_argument(
+        "--rollout_engine",
+        default="auto",
+        choices=["auto", "lean", "hf", "vllm"],
+        help="r1-lightning's decode step (see GRPOModule.rollout_engine)",
+    )
     parser.add_argument("--out_dir", default="benchmarks/results")
     args = parser.parse_args(argv)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -290,8 +354,15 @@ def main(argv: list[str] | None = None) -> list[Result]:
         model_path = build_model(args.shape, work / "model", args.dtype)
         for g in args.group_sizes:
             for length in args.lengths:
-                s = Setting(g, length, args.prompts_per_step, args.steps, args.device, args.dtype,
-                            rollout_engine=args.rollout_engine)
+                s = Setting(
+                    g,
+                    length,
+                    args.prompts_per_step,
+                    args.steps,
+                    args.device,
+                    args.dtype,
+                    rollout_engine=args.rollout_engine,
+                )
                 prompts = make_prompts(s.prompts_per_step * s.steps)
                 pair = {}
                 for framework in args.frameworks:
@@ -306,8 +377,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
                     line += f" | {r.framework}: {r.seconds_per_step:7.3f} s/step {r.rollout_tokens_per_s:9.0f} tok/s"
                 if len(pair) == 2:
                     ours, trl = pair["ours"], pair["trl"]
-                    line += (f" | step time ratio {ours.seconds_per_step / trl.seconds_per_step:.2f}x,"
-                             f" tokens/s ratio {ours.rollout_tokens_per_s / trl.rollout_tokens_per_s:.2f}x")
+                    line += (
+                        f" | step time ratio {ours.seconds_per_step / trl.seconds_per_step:.2f}x,"
+                        f" tokens/s ratio {ours.rollout_tokens_per_s / trl.rollout_tokens_per_s:.2f}x"
+                    )
                 if args.bandwidth_gb_s:
                     bound = bandwidth_bound(model_path, s, args.bandwidth_gb_s)
                     line += f" | roofline {bound:.0f} tok/s, ours at {pair['ours'].rollout_tokens_per_s / bound:.1%}"

@@ -1,4 +1,5 @@
-"""Rollout engines head to head, without trainers: r1-lightning's decode (lean and hf-forward steps) vs transformers' generate.
+"""Rollout engines head to head, without trainers: r1-lightning's decode (lean and hf-forward steps) vs
+transformers' generate.
 
     python benchmarks/rollout_engines.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 \
         --prompts 8 --group_size 8 --max_new_tokens 256 --bandwidth_gb_s 3350
@@ -55,15 +56,24 @@ def main(argv: list[str] | None = None) -> None:
 
         def hf():
             encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(args.device)
-            out = model.generate(**encoded, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                 max_new_tokens=args.max_new_tokens, use_cache=True)
-            completion = out[:, encoded["input_ids"].shape[1]:]
+            out = model.generate(
+                **encoded,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=args.max_new_tokens,
+                use_cache=True,
+            )
+            completion = out[:, encoded["input_ids"].shape[1] :]
             return int((completion != tokenizer.pad_token_id).sum())
 
-        engines = {"r1-lightning lean, shared prefill": lambda: ours(args.group_size),
-                   "r1-lightning lean, per-row prefill": lambda: ours(1),
-                   "r1-lightning hf-forward steps": lambda: ours(args.group_size, "hf"),
-                   "transformers generate": hf}
+        engines = {
+            "r1-lightning lean, shared prefill": lambda: ours(args.group_size),
+            "r1-lightning lean, per-row prefill": lambda: ours(1),
+            "r1-lightning hf-forward steps": lambda: ours(args.group_size, "hf"),
+            "transformers generate": hf,
+        }
         rates = {}
         for name, fn in engines.items():
             fn()  # warm-up

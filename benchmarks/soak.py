@@ -46,10 +46,13 @@ class MemoryProbe(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step == 1 or step % self.every == 0:
-            self.samples.append({"step": step, "rss_mb": rss_mb(), "peak_mb": peak_mb(),
-                                 "seconds": time.perf_counter() - self.started})
-            print(f"soak step {step}: rss {self.samples[-1]['rss_mb']:.0f} MB, peak {self.samples[-1]['peak_mb']:.0f} MB",
-                  flush=True)
+            self.samples.append(
+                {"step": step, "rss_mb": rss_mb(), "peak_mb": peak_mb(), "seconds": time.perf_counter() - self.started}
+            )
+            print(
+                f"soak step {step}: rss {self.samples[-1]['rss_mb']:.0f} MB, peak {self.samples[-1]['peak_mb']:.0f} MB",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,24 +63,44 @@ def main(argv: list[str] | None = None) -> dict:
     from r1_lightning.cli import main as cli_main
 
     with tempfile.TemporaryDirectory() as tmp:
-        cli = cli_main([
-            "fit", "--config", str(ROOT / "configs/r1_zero_tiny.yaml"), "--trainer.max_steps", str(args.steps),
-            "--trainer.val_check_interval", "250", "--trainer.enable_progress_bar", "false",
-            "--trainer.logger.init_args.save_dir", tmp, "--trainer.default_root_dir", tmp,
-            "--model.init_args.export_dir", f"{tmp}/hf", "--trainer.callbacks+=benchmarks.soak.MemoryProbe",
-        ])
+        cli = cli_main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/r1_zero_tiny.yaml"),
+                "--trainer.max_steps",
+                str(args.steps),
+                "--trainer.val_check_interval",
+                "250",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.logger.init_args.save_dir",
+                tmp,
+                "--trainer.default_root_dir",
+                tmp,
+                "--model.init_args.export_dir",
+                f"{tmp}/hf",
+                "--trainer.callbacks+=benchmarks.soak.MemoryProbe",
+            ]
+        )
     probe = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "MemoryProbe")
     by_step = {s["step"]: s for s in probe.samples}
     first, last = by_step.get(100, probe.samples[0]), probe.samples[-1]
     result = {
-        "steps": cli.trainer.global_step, "samples": probe.samples,
-        "peak_mb_at_100": first["peak_mb"], "peak_mb_at_end": last["peak_mb"],
-        "rss_mb_at_100": first["rss_mb"], "rss_mb_at_end": last["rss_mb"],
-        "peak_ratio": last["peak_mb"] / first["peak_mb"], "seconds": last["seconds"],
+        "steps": cli.trainer.global_step,
+        "samples": probe.samples,
+        "peak_mb_at_100": first["peak_mb"],
+        "peak_mb_at_end": last["peak_mb"],
+        "rss_mb_at_100": first["rss_mb"],
+        "rss_mb_at_end": last["rss_mb"],
+        "peak_ratio": last["peak_mb"] / first["peak_mb"],
+        "seconds": last["seconds"],
     }
-    print(f"peak memory: {first['peak_mb']:.0f} MB at step {first['step']}, {last['peak_mb']:.0f} MB at step "
-          f"{last['step']} (ratio {result['peak_ratio']:.3f}; target <= 1.10); current RSS {first['rss_mb']:.0f} -> "
-          f"{last['rss_mb']:.0f} MB; {last['seconds']:.0f} s")
+    print(
+        f"peak memory: {first['peak_mb']:.0f} MB at step {first['step']}, {last['peak_mb']:.0f} MB at step "
+        f"{last['step']} (ratio {result['peak_ratio']:.3f}; target <= 1.10); current RSS {first['rss_mb']:.0f} -> "
+        f"{last['rss_mb']:.0f} MB; {last['seconds']:.0f} s"
+    )
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"soak-{args.steps}.json")
     out.write_text(json.dumps(result, indent=2))
     return result

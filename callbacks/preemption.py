@@ -54,8 +54,12 @@ class PreemptionCallback(Checkpoint):
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.received = signum
-        print(f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
-              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name} received: finishing the current step, then writing a checkpoint "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -81,8 +85,9 @@ class PreemptionCallback(Checkpoint):
         self._restore()
 
     @override
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         stop = self.received is not None
         if trainer.world_size > 1:  # every rank must leave at the same step (collectives would hang)
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)

@@ -34,9 +34,10 @@ class RewardLoggingCallback(L.Callback):
     ``train/reward`` (weighted total), ``train/reward/<fn>`` per reward function, ``train/reward_std``,
     ``train/kl``, ``train/clip_ratio``, ``train/entropy``, ``train/loss``, ``train/completion_length``,
     ``train/truncated_fraction``, ``train/zero_std_groups`` (groups whose rewards are all equal: no
-    signal), ``train/skipped_long_prompts``, ``train/skipped_rows/<reason>``, ``train/reward_timeouts/<fn>`` and ``train/code_runs/<outcome>``
-    (running totals), ``train/rollout_tokens_per_s``, ``train/step_seconds``, ``train/lr``. Means are torchmetrics
-    ``MeanMetric`` s, so under DDP they are averaged over ranks too. With a W&B logger, a table of sample
+    signal), ``train/skipped_long_prompts``, ``train/skipped_rows/<reason>``, ``train/reward_timeouts/<fn>``
+    and ``train/code_runs/<outcome>`` (running totals), ``train/rollout_tokens_per_s``,
+    ``train/step_seconds``, ``train/lr``. Means are torchmetrics ``MeanMetric`` s, so under DDP they are
+    averaged over ranks too. With a W&B logger, a table of sample
     completions is logged every ``table_every_n_steps`` steps.
 
     Args:
@@ -122,7 +123,9 @@ class RewardLoggingCallback(L.Callback):
         group = rollout.group_size
         rows = []
         for i, text in enumerate(rollout.generation.texts[: self.table_rows]):
-            rows.append([step, batch["prompt"][i // group], text, float(rollout.rewards[i]), float(rollout.advantages[i])])
+            rows.append(
+                [step, batch["prompt"][i // group], text, float(rollout.rewards[i]), float(rollout.advantages[i])]
+            )
         for logger in loggers:
             logger.log_text(
                 key="rollouts", columns=["step", "prompt", "completion", "reward", "advantage"], data=rows, step=step

@@ -31,8 +31,12 @@ class StageScheduleCallback(L.Callback):
         late_reward_steps: how many final steps use ``late_rewards``.
     """
 
-    def __init__(self, reference_reset_every: int | None = None,
-                 late_rewards: dict[str, float | dict[str, Any]] | None = None, late_reward_steps: int = 0) -> None:
+    def __init__(
+        self,
+        reference_reset_every: int | None = None,
+        late_rewards: dict[str, float | dict[str, Any]] | None = None,
+        late_reward_steps: int = 0,
+    ) -> None:
         if reference_reset_every is not None and reference_reset_every < 1:
             raise ValueError(f"`reference_reset_every` must be >= 1 or null, got {reference_reset_every}")
         if late_rewards and late_reward_steps < 1:
@@ -61,8 +65,12 @@ class StageScheduleCallback(L.Callback):
         missing = {name: spec for name, spec in self.late_rewards.items() if name.rsplit(".", 1)[-1] not in active}
         if missing:
             pl_module.rewards = [*pl_module.rewards, *build_rewards(missing)]
-            self._record(trainer, trainer.global_step, "late_rewards_added",
-                         f"added rewards {sorted(missing)} for the last {trainer.max_steps - trainer.global_step} steps")
+            self._record(
+                trainer,
+                trainer.global_step,
+                "late_rewards_added",
+                f"added rewards {sorted(missing)} for the last {trainer.max_steps - trainer.global_step} steps",
+            )
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

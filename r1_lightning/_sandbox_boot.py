@@ -32,14 +32,43 @@ def _install_guard(root, readable):
     readable = tuple(os.path.realpath(p) for p in readable if p)
     blocked_modules = {"ctypes", "_ctypes", "_posixsubprocess", "multiprocessing", "_multiprocessing", "pty"}
     blocked_events = {
-        "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
-        "signal.pthread_kill", "subprocess.Popen", "os.startfile", "resource.setrlimit", "resource.prlimit",
-        "sys.addaudithook", "os.chroot", "sys.remote_exec", "os.putenv", "os.unsetenv", "webbrowser.open",
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+        "subprocess.Popen",
+        "os.startfile",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "sys.addaudithook",
+        "os.chroot",
+        "sys.remote_exec",
+        "os.putenv",
+        "os.unsetenv",
+        "webbrowser.open",
     }
     path_events = {  # event -> index of the path argument; writes/changes allowed under root only
-        "os.remove": 0, "os.rmdir": 0, "os.rename": 0, "os.mkdir": 0, "os.symlink": 0, "os.link": 0,
-        "os.chmod": 0, "os.chown": 0, "os.truncate": 0, "os.utime": 0, "shutil.rmtree": 0, "os.chdir": 0,
-        "os.listdir": 0, "os.scandir": 0, "os.listxattr": 0, "os.getxattr": 0,
+        "os.remove": 0,
+        "os.rmdir": 0,
+        "os.rename": 0,
+        "os.mkdir": 0,
+        "os.symlink": 0,
+        "os.link": 0,
+        "os.chmod": 0,
+        "os.chown": 0,
+        "os.truncate": 0,
+        "os.utime": 0,
+        "shutil.rmtree": 0,
+        "os.chdir": 0,
+        "os.listdir": 0,
+        "os.scandir": 0,
+        "os.listxattr": 0,
+        "os.getxattr": 0,
     }
 
     def inside(path, places):
@@ -59,12 +88,15 @@ def _install_guard(root, readable):
         if event == "open":
             path, mode, flags = args
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+            )
             if not inside(path, (root,) if writing else (root, *readable)):
                 raise PermissionError(f"sandbox: opening {path!r} is not allowed")
         elif event in path_events:
             path = args[path_events[event]] if args else None
-            if path is not None and not inside(path, (root, *readable) if event.endswith(("listdir", "scandir")) else (root,)):
+            if path is not None and not inside(
+                path, (root, *readable) if event.endswith(("listdir", "scandir")) else (root,)
+            ):
                 raise PermissionError(f"sandbox: {event} on {path!r} is not allowed")
 
     sys.addaudithook(guard)

@@ -22,7 +22,11 @@ from r1_lightning.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # The modules that train a policy or a reward model.
-MODULE_CLASSES = ("r1_lightning.grpo.GRPOModule", "r1_lightning.sft.SFTModule", "r1_lightning.reward_model.RewardModelModule")
+MODULE_CLASSES = (
+    "r1_lightning.grpo.GRPOModule",
+    "r1_lightning.sft.SFTModule",
+    "r1_lightning.reward_model.RewardModelModule",
+)
 
 
 WRITE_FAILURES = {
@@ -67,8 +71,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
             reason = WRITE_FAILURES.get(err.errno, str(err))
             raise CheckpointWriteError(
-                err.errno, f"could not write checkpoint {target}: {reason}. The earlier checkpoints in "
-                f"{target.parent} are intact; make room (or fix the permissions) and resume with --ckpt_path last"
+                err.errno,
+                f"could not write checkpoint {target}: {reason}. The earlier checkpoints in "
+                f"{target.parent} are intact; make room (or fix the permissions) and resume with --ckpt_path last",
             ) from err
 
 
@@ -105,8 +110,10 @@ def check_checkpoint(path: str | Path, setting: str = "--ckpt_path") -> None:
     """Raise a :class:`ConfigError` naming ``path`` and the problem, if it has one."""
     problem = checkpoint_problem(path)
     if problem is not None:
-        raise ConfigError(f"checkpoint {str(path)!r} (from {setting}) {problem}; pass another checkpoint, or "
-                          "`--ckpt_path last` to take the newest intact one")
+        raise ConfigError(
+            f"checkpoint {str(path)!r} (from {setting}) {problem}; pass another checkpoint, or "
+            "`--ckpt_path last` to take the newest intact one"
+        )
 
 
 def newest_intact_checkpoint(folder: str | Path) -> Path | None:
@@ -130,8 +137,7 @@ def newest_intact_checkpoint(folder: str | Path) -> Path | None:
     if any(p.name.startswith("last") for p in candidates):
         # last.ckpt carries no step in its name: it is at least as new as any step file
         top = max((order(p)[0] for p in candidates), default=-1)
-        candidates.sort(key=lambda p: (top if p.name.startswith("last") else order(p)[0],) + order(p)[1:],
-                        reverse=True)
+        candidates.sort(key=lambda p: (top if p.name.startswith("last") else order(p)[0],) + order(p)[1:], reverse=True)
     else:
         candidates.sort(key=order, reverse=True)
     for path in candidates:
@@ -163,12 +169,16 @@ def load_module_from_checkpoint(path: str | Path) -> Any:
     # Our own checkpoints hold plain Python types (hyperparameters, RNG states), loaded with weights_only.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
-        raise ConfigError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict); "
-                          "export takes what `r1-lightning fit` writes")
+        raise ConfigError(
+            f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict); "
+            "export takes what `r1-lightning fit` writes"
+        )
     class_path = module_class_path(checkpoint)
     if class_path not in MODULE_CLASSES:
-        raise ConfigError(f"checkpoint {str(path)!r} belongs to {class_path}, which export does not know; it exports "
-                          f"{', '.join(MODULE_CLASSES)}")
+        raise ConfigError(
+            f"checkpoint {str(path)!r} belongs to {class_path}, which export does not know; it exports "
+            f"{', '.join(MODULE_CLASSES)}"
+        )
     module_name, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), name)
     return cls.load_from_checkpoint(path, map_location="cpu")

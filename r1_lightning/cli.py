@@ -124,7 +124,7 @@ def resume_command(argv: list[str]) -> str:
     import shlex
 
     args, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
             continue

@@ -43,8 +43,9 @@ def check_yaml_file(path: str | Path, what: str = "--config") -> None:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}{where}: not valid YAML ({problem}); check the indentation and brackets "
-                          "around that line") from None
+        raise ConfigError(
+            f"{path}{where}: not valid YAML ({problem}); check the indentation and brackets around that line"
+        ) from None
 
 
 def instantiation_message(err: BaseException) -> str:

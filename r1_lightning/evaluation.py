@@ -43,7 +43,7 @@ def majority_vote_correct(answers: list[str | None], correct: list[bool]) -> boo
         return False
     top = max(votes.values())
     winner = next(a for a in normalized if a is not None and votes[a] == top)
-    return any(ok for a, ok in zip(normalized, correct) if a == winner)
+    return any(ok for a, ok in zip(normalized, correct, strict=True) if a == winner)
 
 
 def group_scores(texts: list[str], scores: list[float | None], k: int) -> tuple[list[float], list[float]]:

@@ -42,14 +42,30 @@ from r1_lightning.evaluation import group_scores
 from r1_lightning.lean_decode import causal_lm
 from r1_lightning.losses import LOSS_TYPES, LossType, grpo_loss
 from r1_lightning.models import (
-    OPTIMIZERS, LoraSettings, Quantization, apply_lora, as_lora, freeze, load_policy, optimizer_and_scheduler,
+    OPTIMIZERS,
+    LoraSettings,
+    Quantization,
+    apply_lora,
+    as_lora,
+    freeze,
+    load_policy,
+    optimizer_and_scheduler,
     save_policy,
 )
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
-    ROLLOUT_ENGINES, Generation, HFGenerator, MicroBatch, Rollout, SamplingConfig, batched_logprobs, isolated_rng,
-    micro_batch_logprobs, plan_micro_batches, repeat_batch,
+    ROLLOUT_ENGINES,
+    Generation,
+    HFGenerator,
+    MicroBatch,
+    Rollout,
+    SamplingConfig,
+    batched_logprobs,
+    isolated_rng,
+    micro_batch_logprobs,
+    plan_micro_batches,
+    repeat_batch,
 )
 from r1_lightning.strategies import full_state_dict, gathered, is_sharded, shard_model
 
@@ -201,7 +217,8 @@ class GRPOModule(L.LightningModule):
         self.automatic_optimization = False
         self.sampling = as_sampling(sampling)
         self.val_sampling = (
-            as_sampling(val_sampling) if val_sampling is not None
+            as_sampling(val_sampling)
+            if val_sampling is not None
             else dataclasses.replace(self.sampling, temperature=0.6, top_p=0.95, top_k=0)
         )
         self.rewards = build_rewards(rewards if rewards is not None else DEFAULT_REWARDS)
@@ -217,7 +234,9 @@ class GRPOModule(L.LightningModule):
             if reference_quantization is None:
                 self.reference = freeze(copy.deepcopy(self.policy))
             else:
-                self.reference = freeze(load_policy(model, dtype, attn_implementation, quantization=reference_quantization)[0])
+                self.reference = freeze(
+                    load_policy(model, dtype, attn_implementation, quantization=reference_quantization)[0]
+                )
         if lora is not None:
             self.policy = apply_lora(self.policy, lora, quantization is not None, gradient_checkpointing)
         self.generator = self._rollout_engine(rollout_engine, vllm or {}, quantization)
@@ -384,9 +403,16 @@ class GRPOModule(L.LightningModule):
                     old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
                     ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]
                     out = grpo_loss(
-                        logprobs, old, rollout.advantages[rows], part_mask, ref_logprobs=ref,
-                        beta=self.hparams.beta, epsilon_low=self.hparams.epsilon_low,
-                        epsilon_high=self.hparams.epsilon_high, loss_type=self.hparams.loss_type, **totals,
+                        logprobs,
+                        old,
+                        rollout.advantages[rows],
+                        part_mask,
+                        ref_logprobs=ref,
+                        beta=self.hparams.beta,
+                        epsilon_low=self.hparams.epsilon_low,
+                        epsilon_high=self.hparams.epsilon_high,
+                        loss_type=self.hparams.loss_type,
+                        **totals,
                     )
                     self.manual_backward(out.loss)
                 share = part_mask.sum().item() / max(local_tokens, 1.0) / mu
@@ -525,7 +551,7 @@ class GRPOModule(L.LightningModule):
             lm = causal_lm(self.policy)
             # a tied head is one parameter: write it once, as an unsharded save_pretrained does
             tied = getattr(lm, "all_tied_weights_keys", None) or {}
-            for key, source in (tied.items() if isinstance(tied, dict) else ()):
+            for key, source in tied.items() if isinstance(tied, dict) else ():
                 if key in state and source in state and torch.equal(state[key], state[source]):
                     del state[key]
             if self.trainer.is_global_zero:
@@ -536,7 +562,9 @@ class GRPOModule(L.LightningModule):
             return directory
         if self._trainer is not None and not self.trainer.is_global_zero:
             return directory
-        save_policy(self.policy, self.tokenizer, directory, self.lora is not None, self.hparams.quantization is not None)
+        save_policy(
+            self.policy, self.tokenizer, directory, self.lora is not None, self.hparams.quantization is not None
+        )
         rank_zero_info(f"policy exported in Hugging Face format to {directory}")
         return directory
 

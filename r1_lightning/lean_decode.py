@@ -124,8 +124,13 @@ class LeanDecoder:
     """
 
     def __init__(
-        self, model: Any, prefill_cache: Any, prompt_mask: torch.Tensor, prompt_positions: torch.Tensor,
-        max_new_tokens: int, repeats: int = 1,
+        self,
+        model: Any,
+        prefill_cache: Any,
+        prompt_mask: torch.Tensor,
+        prompt_positions: torch.Tensor,
+        max_new_tokens: int,
+        repeats: int = 1,
     ) -> None:
         lm = causal_lm(model)
         self.inner, self.lm_head = lm.model, lm.lm_head
@@ -186,7 +191,9 @@ class LeanDecoder:
         sin = self.sin_signed[self.position][:, None, None, :]
         bias = self.mask_bias[..., : col + 1]
         hidden = self.inner.embed_tokens(tokens[:, None])  # [N, 1, H]
-        for layer, fused, k_cache, v_cache in zip(self.inner.layers, self.fused_qkv, self.keys, self.values):
+        for layer, fused, k_cache, v_cache in zip(
+            self.inner.layers, self.fused_qkv, self.keys, self.values, strict=True
+        ):
             attn = layer.self_attn
             heads, dim = self.heads, attn.head_dim
             x = _rms_norm(layer.input_layernorm, hidden)
@@ -203,7 +210,9 @@ class LeanDecoder:
             qk = torch.addcmul(qk * cos, torch.roll(qk, dim // 2, dims=-1), sin)
             k_cache[:, :, col] = qk[:, heads:, 0]
             v_cache[:, :, col] = v[:, :, 0]
-            out = _decode_attention(qk[:, :heads], k_cache[:, :, : col + 1], v_cache[:, :, : col + 1], bias, attn.scaling)
+            out = _decode_attention(
+                qk[:, :heads], k_cache[:, :, : col + 1], v_cache[:, :, : col + 1], bias, attn.scaling
+            )
             hidden = hidden + attn.o_proj(out)
             hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
         self.column += 1

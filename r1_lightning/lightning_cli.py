@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 # Imported so that short class names (``--model GRPOModule``) and checkpoints' class paths resolve.
 import r1_lightning.data  # noqa: F401
@@ -19,18 +20,16 @@ import r1_lightning.data.sft  # noqa: F401
 import r1_lightning.grpo  # noqa: F401
 import r1_lightning.reward_model  # noqa: F401
 import r1_lightning.sft  # noqa: F401
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-
 from r1_lightning.callbacks.preemption import PreemptionCallback
 from r1_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
 from r1_lightning.errors import ConfigError, config_files, instantiation_message
-from r1_lightning.resume import get_key, set_key, attach_to_resumed_run, resolve_resume
+from r1_lightning.resume import attach_to_resumed_run, get_key, resolve_resume, set_key
 
 CSV_FLUSH_DEFAULT = 100  # Lightning's CSVLogger default: rows reached the disk every 100 steps
 
 
 def suggest_keys(message: str, known: list[str] = ()) -> list[str]:
-    """"Did you mean" hints for options jsonargparse refused: from the named class's parameters, or
+    """ "Did you mean" hints for options jsonargparse refused: from the named class's parameters, or
     from ``known`` (the parser's own keys, e.g. ``trainer.max_steps``).
 
     >>> suggest_keys("Problem with given class_path 'r1_lightning.grpo.GRPOModule':\\n  Option 'lrr' is not accepted")
@@ -125,8 +124,10 @@ class R1LightningCLI(LightningCLI):
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-        epilog = ("The options of a model or data class: r1-lightning fit --model GRPOModule --help "
-                  "(or SFTModule, RewardModelModule; --data PromptDataModule --help).")
+        epilog = (
+            "The options of a model or data class: r1-lightning fit --model GRPOModule --help "
+            "(or SFTModule, RewardModelModule; --data PromptDataModule --help)."
+        )
         subparsers = getattr(getattr(self.parser, "_subcommands_action", None), "_name_parser_map", {})
         for parser in [self.parser, *subparsers.values()]:
             parser.epilog = epilog

@@ -38,7 +38,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     if temperature != 1.0:
         logits = logits / temperature
     rows = []
-    for row_logits, row_tokens in zip(logits, tokens):
+    for row_logits, row_tokens in zip(logits, tokens, strict=True):
         row_logits = row_logits.float()
         picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
         rows.append(picked - torch.logsumexp(row_logits, dim=-1))
@@ -172,9 +172,7 @@ def grpo_loss(
     if beta != 0.0:
         kl = k3_kl(logprobs, ref_logprobs)
         per_token = per_token + beta * kl
-    reduce = dict(
-        num_sequences=num_sequences, num_tokens=num_tokens, max_completion_length=max_completion_length
-    )
+    reduce = dict(num_sequences=num_sequences, num_tokens=num_tokens, max_completion_length=max_completion_length)
     loss = aggregate_loss(per_token, mask, loss_type, **reduce)
     with torch.no_grad():
         tokens = mask.sum().clamp(min=1.0)

@@ -50,7 +50,9 @@ def quantization_config(kind: Quantization | None, compute_dtype: torch.dtype) -
 
     if kind == "4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )
     if kind == "8bit":
@@ -88,8 +90,11 @@ def apply_lora(model: Any, settings: LoraSettings, quantized: bool, gradient_che
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
-        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=settings.target_modules, task_type="CAUSAL_LM",
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
 
@@ -104,8 +109,11 @@ def build_optimizer(
         raise ValueError(f"`model.optimizer` must be one of {OPTIMIZERS}, got {name!r}")
     import bitsandbytes as bnb
 
-    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-           "paged_adamw": bnb.optim.PagedAdamW}[name]
+    cls = {
+        "adamw_8bit": bnb.optim.AdamW8bit,
+        "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+        "paged_adamw": bnb.optim.PagedAdamW,
+    }[name]
     return cls(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
@@ -166,7 +174,10 @@ def load_policy(
     try:
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+            path,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
             quantization_config=quantization_config(quantization, DTYPES[dtype]),
         )
     except OSError as err:
@@ -188,7 +199,9 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def save_policy(policy: Any, tokenizer: Any, directory: str | Path, lora: bool = False, quantized: bool = False) -> Path:
+def save_policy(
+    policy: Any, tokenizer: Any, directory: str | Path, lora: bool = False, quantized: bool = False
+) -> Path:
     """Write a policy and its tokenizer as a ``save_pretrained`` folder ``AutoModelForCausalLM`` loads.
 
     LoRA adapters are folded into a plain copy of the model (``merge_and_unload``); with a quantized
@@ -219,5 +232,7 @@ def optimizer_and_scheduler(module: Any, params: list) -> dict[str, Any]:
     total = max_steps if max_steps and max_steps > 0 else None
     if total is None and hp.lr_scheduler not in ("constant", "constant_with_warmup"):
         raise ValueError(f"`model.lr_scheduler` {hp.lr_scheduler!r} needs `trainer.max_steps` to be set")
-    scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=total or 1)
+    scheduler = get_scheduler(
+        hp.lr_scheduler, optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=total or 1
+    )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -54,7 +54,9 @@ TOP_KEYS = ("name", "output_dir", "evaluation", "stages")
 def pipeline_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="r1-lightning pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=str, required=True, help="pipeline YAML")
-    parser.add_argument("--output_dir", type=str | None, default=None, help="default: the YAML's, else runs/pipeline/<name>")
+    parser.add_argument(
+        "--output_dir", type=str | None, default=None, help="default: the YAML's, else runs/pipeline/<name>"
+    )
     parser.add_argument("--from_stage", type=str | None, default=None, help="redo this stage and all after it")
     return parser
 
@@ -66,7 +68,7 @@ def build_evaluator(settings: dict[str, Any] | None) -> Evaluator:
     return parser.instantiate_classes(parser.parse_object({"evaluation": settings or {}})).evaluation
 
 
-def load_pipeline(path: str | Path, output_dir: str | None = None) -> "Pipeline":
+def load_pipeline(path: str | Path, output_dir: str | None = None) -> Pipeline:
     """Read and check a pipeline YAML; stage configs stay plain mappings until their stage runs."""
     import difflib
 
@@ -77,11 +79,19 @@ def load_pipeline(path: str | Path, output_dir: str | None = None) -> "Pipeline"
     for key in spec:
         if key not in TOP_KEYS:
             close = difflib.get_close_matches(key, TOP_KEYS, n=1)
-            raise ValueError(f"{path}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                             + f" (keys: {TOP_KEYS})")
+            raise ValueError(
+                f"{path}: unknown key {key!r}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + f" (keys: {TOP_KEYS})"
+            )
     name = spec.get("name") or path.stem
-    return Pipeline(name, spec.get("stages") or [], build_evaluator(spec.get("evaluation")),
-                    output_dir or spec.get("output_dir"), str(path.parent))
+    return Pipeline(
+        name,
+        spec.get("stages") or [],
+        build_evaluator(spec.get("evaluation")),
+        output_dir or spec.get("output_dir"),
+        str(path.parent),
+    )
 
 
 def set_dotted(config: dict, key: str, value: Any) -> None:
@@ -121,16 +131,21 @@ def validate_stages(stages: list[dict[str, Any]]) -> None:
         unknown = set(stage) - set(STAGE_KEYS)
         for key in unknown:
             close = difflib.get_close_matches(key, STAGE_KEYS, n=1)
-            raise ValueError(f"stage {name!r}: unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                             + f" (keys: {STAGE_KEYS})")
+            raise ValueError(
+                f"stage {name!r}: unknown key {key!r}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + f" (keys: {STAGE_KEYS})"
+            )
         if stage.get("kind", "fit") not in STAGE_KINDS:
             raise ValueError(f"stage {name!r}: `kind` must be one of {STAGE_KINDS}, got {stage.get('kind')!r}")
         if name in seen:
             raise ValueError(f"two stages are named {name!r}")
         for key, source in (stage.get("inputs") or {}).items():
             if source not in seen:
-                raise ValueError(f"stage {name!r}: input {key!r} refers to {source!r}, which is not an earlier stage "
-                                 f"(earlier stages: {seen})")
+                raise ValueError(
+                    f"stage {name!r}: input {key!r} refers to {source!r}, which is not an earlier stage "
+                    f"(earlier stages: {seen})"
+                )
         if stage.get("kind") == "evaluate" and not stage.get("model") and not stage.get("inputs"):
             raise ValueError(f"stage {name!r}: an `evaluate` stage needs `model` (or `inputs: {{model: stage}}`)")
         if stage.get("kind", "fit") != "evaluate" and stage.get("config") is None:
@@ -141,8 +156,14 @@ def validate_stages(stages: list[dict[str, Any]]) -> None:
 class Pipeline:
     """Runs the stages of a parsed pipeline config (see the module docstring)."""
 
-    def __init__(self, name: str, stages: list[dict[str, Any]], evaluation: Evaluator, output_dir: str | None = None,
-                 base_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        stages: list[dict[str, Any]],
+        evaluation: Evaluator,
+        output_dir: str | None = None,
+        base_dir: str | None = None,
+    ) -> None:
         stages = copy.deepcopy(stages)
         validate_stages(stages)
         self.name, self.stages, self.evaluator = name, stages, evaluation
@@ -183,18 +204,29 @@ class Pipeline:
                 shutil.rmtree(self.stage_dir(stage))
             if marker.exists():
                 record = json.loads(marker.read_text())
-                log.warning("pipeline %s: stage %r already finished, skipped (its output: %s)",
-                            self.name, stage["name"], record["output"])
+                log.warning(
+                    "pipeline %s: stage %r already finished, skipped (its output: %s)",
+                    self.name,
+                    stage["name"],
+                    record["output"],
+                )
             else:
                 interrupted = self.stage_dir(stage) / "interrupted.json"
                 try:
                     record = self.run_stage(stage)
                 except Preempted as stop:
                     # Unfinished: no stage.json; the next `pipeline` call resumes this stage from its checkpoint.
-                    interrupted.write_text(json.dumps({"status": "interrupted", "step": stop.step,
-                                                       "checkpoint": stop.checkpoint}, indent=2))
-                    log.warning("pipeline %s: stage %r interrupted at step %d; run the same command to resume it",
-                                self.name, stage["name"], stop.step)
+                    interrupted.write_text(
+                        json.dumps(
+                            {"status": "interrupted", "step": stop.step, "checkpoint": stop.checkpoint}, indent=2
+                        )
+                    )
+                    log.warning(
+                        "pipeline %s: stage %r interrupted at step %d; run the same command to resume it",
+                        self.name,
+                        stage["name"],
+                        stop.step,
+                    )
                     raise
                 interrupted.unlink(missing_ok=True)
                 marker.write_text(json.dumps(record, indent=2))
@@ -221,25 +253,40 @@ class Pipeline:
         else:
             output = self.outputs[stage["inputs"]["model"]] if stage.get("inputs") else stage["model"]
         metrics = self.evaluator(output) if evaluate else None
-        return {"name": stage["name"], "kind": kind, "output": str(output), "metrics": metrics, "summary": summary,
-                "seconds": time.perf_counter() - started}
+        return {
+            "name": stage["name"],
+            "kind": kind,
+            "output": str(output),
+            "metrics": metrics,
+            "summary": summary,
+            "seconds": time.perf_counter() - started,
+        }
 
     def run_fit(self, stage: dict, config: dict, directory: Path) -> str:
         export = directory / "hf_model"
         set_dotted(config, "model.init_args.export_dir", str(export))
         trainer = config.setdefault("trainer", {})
         # One log folder per stage (version 0): a resumed stage continues its metrics.csv.
-        csv_logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                      "init_args": {"save_dir": str(directory), "name": "logs", "version": 0,
-                                    "flush_logs_every_n_steps": 1}}
+        csv_logger = {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(directory), "name": "logs", "version": 0, "flush_logs_every_n_steps": 1},
+        }
         user_logger = trainer.get("logger")
         trainer["logger"] = [csv_logger] + ([user_logger] if isinstance(user_logger, dict) else list(user_logger or []))
         trainer["default_root_dir"] = str(directory)
         trainer["enable_checkpointing"] = True
         checkpoints = [cb for cb in trainer.get("callbacks") or [] if "ModelCheckpoint" not in cb.get("class_path", "")]
-        checkpoints.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
-            "dirpath": str(directory / "checkpoints"), "save_last": True, "save_top_k": 0,
-            "every_n_train_steps": int(stage.get("checkpoint_every", 10))}})
+        checkpoints.append(
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(directory / "checkpoints"),
+                    "save_last": True,
+                    "save_top_k": 0,
+                    "every_n_train_steps": int(stage.get("checkpoint_every", 10)),
+                },
+            }
+        )
         trainer["callbacks"] = checkpoints
         config_path = directory / "fit_config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -261,8 +308,10 @@ class Pipeline:
         sampler = parser.instantiate_classes(parser.parse_object({"sampler": config})).sampler
         stats = sampler.run()
         dropped = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items() if v)
-        summary = (f"kept {stats['kept']} of {stats['samples']} samples ({stats['prompts_with_kept']} of "
-                   f"{stats['prompts']} prompts); dropped: {dropped or 'none'}; +{stats['non_reasoning']} non-reasoning")
+        summary = (
+            f"kept {stats['kept']} of {stats['samples']} samples ({stats['prompts_with_kept']} of "
+            f"{stats['prompts']} prompts); dropped: {dropped or 'none'}; +{stats['non_reasoning']} non-reasoning"
+        )
         return str(directory / "dataset"), summary
 
 
@@ -276,7 +325,7 @@ class OutputDirLock:
         self.path = Path(folder) / "pipeline.lock"
         self.handle = None
 
-    def __enter__(self) -> "OutputDirLock":
+    def __enter__(self) -> OutputDirLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
@@ -290,8 +339,10 @@ class OutputDirLock:
             self.handle.seek(0)
             holder = self.handle.read().strip() or "unknown"
             self.handle.close()
-            raise ConfigError(f"another pipeline (PID {holder}) is running in {self.path.parent}; wait for it to "
-                              "finish, or pass --output_dir for a separate run") from None
+            raise ConfigError(
+                f"another pipeline (PID {holder}) is running in {self.path.parent}; wait for it to "
+                "finish, or pass --output_dir for a separate run"
+            ) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(str(os.getpid()))

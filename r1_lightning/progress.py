@@ -34,8 +34,14 @@ class Progress:
         bar: force (True) or refuse (False) the tqdm bar; default: only on a terminal.
     """
 
-    def __init__(self, total: int, description: str, every: int | None = None, stream: TextIO | None = None,
-                 bar: bool | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        description: str,
+        every: int | None = None,
+        stream: TextIO | None = None,
+        bar: bool | None = None,
+    ) -> None:
         self.total, self.description = max(int(total), 1), description
         self.every = every or max(self.total // 10, 1)
         self.stream = stream or sys.stderr
@@ -54,8 +60,10 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         extra = "".join(f" {k} {v:.4g}" for k, v in fields.items())
         eta_text = format_seconds(eta) if eta == eta else "?"
-        return (f"{self.description}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"
-                f" elapsed {format_seconds(elapsed)} ETA {eta_text}{extra}")
+        return (
+            f"{self.description}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"
+            f" elapsed {format_seconds(elapsed)} ETA {eta_text}{extra}"
+        )
 
     def update(self, n: int = 1, **fields: float) -> None:
         before, self.done = self.done, min(self.done + n, self.total)
@@ -70,7 +78,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -36,8 +36,16 @@ from r1_lightning.rollout import HFGenerator, SamplingConfig, sample_records
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("incorrect", "unverifiable", "bad_format", "mixed_language", "long_paragraph", "code_block",
-                "duplicate", "over_prompt_cap")
+DROP_REASONS = (
+    "incorrect",
+    "unverifiable",
+    "bad_format",
+    "mixed_language",
+    "long_paragraph",
+    "code_block",
+    "duplicate",
+    "over_prompt_cap",
+)
 _CODE_BLOCK = re.compile(r"```")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 
@@ -75,8 +83,10 @@ def drop_reason(text: str, filters: RejectionFilters, language: str, candidates=
     if filters.require_format and format_reward([text])[0] < 1.0:
         return "bad_format"
     thought = chain_of_thought(text)
-    if filters.min_language_consistency is not None and \
-            target_word_fraction(thought, language, candidates) < filters.min_language_consistency:
+    if (
+        filters.min_language_consistency is not None
+        and target_word_fraction(thought, language, candidates) < filters.min_language_consistency
+    ):
         return "mixed_language"
     if filters.max_paragraph_words is not None and any(
         len(p.split()) > filters.max_paragraph_words for p in _PARAGRAPH.split(thought)
@@ -93,8 +103,10 @@ class GenerativeJudge:
     The verdict compares the judge's log-likelihood of " yes" and " no" after a fixed question.
     """
 
-    QUESTION = ("Question: {prompt}\nReference answer: {answer}\nResponse: {response}\n"
-                "Is the response's final answer equivalent to the reference answer? Answer yes or no.\nAnswer:")
+    QUESTION = (
+        "Question: {prompt}\nReference answer: {answer}\nResponse: {response}\n"
+        "Is the response's final answer equivalent to the reference answer? Answer yes or no.\nAnswer:"
+    )
 
     def __init__(self, model: str, dtype: str = "float32") -> None:
         self.model, self.tokenizer = load_policy(model, dtype)
@@ -110,7 +122,9 @@ class GenerativeJudge:
         return float(logprobs[start - 1 :].gather(-1, targets[start - 1 :, None]).sum())
 
     def __call__(self, prompt: str, answer: str, response: str) -> bool:
-        context = self.QUESTION.format(prompt=prompt, answer=answer, response=response.rsplit("</think>", 1)[-1].strip())
+        context = self.QUESTION.format(
+            prompt=prompt, answer=answer, response=response.rsplit("</think>", 1)[-1].strip()
+        )
         return self._loglik(context, " yes") > self._loglik(context, " no")
 
 
@@ -138,13 +152,25 @@ class RejectionSampler:
         seed: sampling and prompt-order seed.
     """
 
-    def __init__(self, model: str = "tiny:arithmetic", source: PromptSource | None = None, template: str = "r1_zero",
-                 num_prompts: int = 128, samples_per_prompt: int = 4, keep_per_prompt: int = 1,
-                 sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=64),
-                 batch_size: int = 16, verifier: str = "accuracy_reward", judge: str | None = None,
-                 filters: RejectionFilters = RejectionFilters(), language: str = "en",
-                 non_reasoning: RecordSource | None = None, output_dir: str = "rejection_sampling",
-                 dtype: str = "float32", seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: str = "tiny:arithmetic",
+        source: PromptSource | None = None,
+        template: str = "r1_zero",
+        num_prompts: int = 128,
+        samples_per_prompt: int = 4,
+        keep_per_prompt: int = 1,
+        sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=64),
+        batch_size: int = 16,
+        verifier: str = "accuracy_reward",
+        judge: str | None = None,
+        filters: RejectionFilters = RejectionFilters(),
+        language: str = "en",
+        non_reasoning: RecordSource | None = None,
+        output_dir: str = "rejection_sampling",
+        dtype: str = "float32",
+        seed: int = 0,
+    ) -> None:
         from r1_lightning.data.tasks import ArithmeticTask
 
         if samples_per_prompt < 1 or keep_per_prompt < 1 or num_prompts < 1:
@@ -179,8 +205,14 @@ class RejectionSampler:
         judge = GenerativeJudge(self.judge_model, self.dtype) if self.judge_model else None
         generator = HFGenerator(tokenizer)
         records = self.prompts()
-        stats = {"prompts": len(records), "samples": 0, "kept": 0, "prompts_with_kept": 0,
-                 "dropped": dict.fromkeys(DROP_REASONS, 0), "judge_calls": 0}
+        stats = {
+            "prompts": len(records),
+            "samples": 0,
+            "kept": 0,
+            "prompts_with_kept": 0,
+            "dropped": dict.fromkeys(DROP_REASONS, 0),
+            "judge_calls": 0,
+        }
         kept_rows: list[dict] = []
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "samples.jsonl", "w") as samples_file:
@@ -195,15 +227,30 @@ class RejectionSampler:
                     for j in range(i * self.k, (i + 1) * self.k):
                         reason = self._verdict(texts[j], scores[j], record, judge, kept_here, stats)
                         stats["samples"] += 1
-                        samples_file.write(json.dumps({"prompt": record["prompt"], "completion": texts[j],
-                                                       "score": scores[j], "dropped": reason}) + "\n")
+                        samples_file.write(
+                            json.dumps(
+                                {
+                                    "prompt": record["prompt"],
+                                    "completion": texts[j],
+                                    "score": scores[j],
+                                    "dropped": reason,
+                                }
+                            )
+                            + "\n"
+                        )
                         if reason is not None:
                             stats["dropped"][reason] += 1
                             continue
                         kept_here.add(" ".join(texts[j].split()))
-                        kept_rows.append({"prompt": str(record["prompt"]), "response": texts[j],
-                                          "answer": str(record.get("answer", "")),
-                                          "language": record.get("language") or self.language, "kind": "reasoning"})
+                        kept_rows.append(
+                            {
+                                "prompt": str(record["prompt"]),
+                                "response": texts[j],
+                                "answer": str(record.get("answer", "")),
+                                "language": record.get("language") or self.language,
+                                "kind": "reasoning",
+                            }
+                        )
                     stats["prompts_with_kept"] += bool(kept_here)
         stats["kept"] = len(kept_rows)
         non_reasoning = self._non_reasoning_rows()
@@ -211,15 +258,30 @@ class RejectionSampler:
         if not kept_rows and not non_reasoning:
             raise RuntimeError(f"rejection sampling kept nothing from {stats['samples']} samples: {stats['dropped']}")
         datasets.Dataset.from_list(kept_rows + non_reasoning).save_to_disk(str(self.output_dir / "dataset"))
-        stats.update(seconds=round(time.perf_counter() - started, 1), filters=asdict(self.filters),
-                     keep_rate=stats["kept"] / max(stats["samples"], 1))
+        stats.update(
+            seconds=round(time.perf_counter() - started, 1),
+            filters=asdict(self.filters),
+            keep_rate=stats["kept"] / max(stats["samples"], 1),
+        )
         (self.output_dir / "stats.json").write_text(json.dumps(stats, indent=2))
-        log.info("rejection sampling: kept %d of %d samples (%s); %d non-reasoning records mixed in",
-                 stats["kept"], stats["samples"], stats["dropped"], len(non_reasoning))
+        log.info(
+            "rejection sampling: kept %d of %d samples (%s); %d non-reasoning records mixed in",
+            stats["kept"],
+            stats["samples"],
+            stats["dropped"],
+            len(non_reasoning),
+        )
         return stats
 
-    def _verdict(self, text: str, score: float | None, record: dict, judge: GenerativeJudge | None,
-                 kept_here: set[str], stats: dict) -> str | None:
+    def _verdict(
+        self,
+        text: str,
+        score: float | None,
+        record: dict,
+        judge: GenerativeJudge | None,
+        kept_here: set[str],
+        stats: dict,
+    ) -> str | None:
         if score is None:
             if judge is None or not record.get("answer"):
                 return "unverifiable"
@@ -243,7 +305,13 @@ class RejectionSampler:
         for record in self.non_reasoning.records():
             if "prompt" not in record or "response" not in record:
                 raise ValueError(f"non-reasoning records need 'prompt' and 'response' columns; got {sorted(record)}")
-            rows.append({"prompt": str(record["prompt"]), "response": str(record["response"]),
-                         "answer": str(record.get("answer", "")), "language": record.get("language") or self.language,
-                         "kind": "non_reasoning"})
+            rows.append(
+                {
+                    "prompt": str(record["prompt"]),
+                    "response": str(record["response"]),
+                    "answer": str(record.get("answer", "")),
+                    "language": record.get("language") or self.language,
+                    "kind": "non_reasoning",
+                }
+            )
         return rows

@@ -45,10 +45,19 @@ class Evaluator:
         seed: sampling seed (the same for every stage, so stages are compared on equal draws).
     """
 
-    def __init__(self, source: PromptSource | None = None, template: str = "r1_zero", num_samples: int = 4,
-                 sampling: SamplingConfig = SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=48,
-                                                           stop_strings=("</answer>",)),
-                 reward: str = "accuracy_reward", language: str = "en", batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: PromptSource | None = None,
+        template: str = "r1_zero",
+        num_samples: int = 4,
+        sampling: SamplingConfig = SamplingConfig(
+            temperature=0.6, top_p=0.95, max_new_tokens=48, stop_strings=("</answer>",)
+        ),
+        reward: str = "accuracy_reward",
+        language: str = "en",
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
         from r1_lightning.data.tasks import ArithmeticTask
 
         self.source = source if source is not None else ArithmeticTask(max_value=19)
@@ -71,7 +80,9 @@ class Evaluator:
                 generator, policy, records, render, self.k, self.sampling, self.batch_size
             ):
                 texts = generation.texts
-                pass1, majority = group_scores(texts, self.reward(completions=texts, prompts=prompts, **columns), self.k)
+                pass1, majority = group_scores(
+                    texts, self.reward(completions=texts, prompts=prompts, **columns), self.k
+                )
                 totals["pass@1"] += sum(pass1)
                 totals["maj@k"] += sum(majority)
                 languages = [lang or self.language for lang in columns.get("language", [None] * len(texts))]
@@ -112,22 +123,28 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
     lines = [f"| {' | '.join(header)} |", "|" + "|".join(["---"] * len(header)) + "|"]
     for s in rows:
         m = s["metrics"]
-        lines.append(f"| {s['name']} | {s['kind']} | {m['pass@1']:.3f} | {m['maj@k']:.3f} | {m['format']:.3f} | "
-                     f"{m['language']:.3f} | {m['length']:.1f} | {s['seconds'] / 60:.1f} |")
+        lines.append(
+            f"| {s['name']} | {s['kind']} | {m['pass@1']:.3f} | {m['maj@k']:.3f} | {m['format']:.3f} | "
+            f"{m['language']:.3f} | {m['length']:.1f} | {s['seconds'] / 60:.1f} |"
+        )
     extra = [f"- {s['name']}: {s['summary']}" for s in stages if s.get("summary")]
     (output_dir / "report.md").write_text(
         "# Pipeline report\n\nHeld-out evaluation after each stage (pass@1 over k samples, maj@k, strict format "
         "rate, language consistency of the chain of thought, mean response length in tokens).\n\n"
-        + "\n".join(lines) + ("\n\n" + "\n".join(extra) if extra else "") + "\n"
+        + "\n".join(lines)
+        + ("\n\n" + "\n".join(extra) if extra else "")
+        + "\n"
     )
     trained = [(s, _training_curves(output_dir / s["name"])) for s in stages if s["kind"] == "fit"]
     trained = [(s, c) for s, c in trained if c]
     panels = len(trained) + (1 if rows else 0)
     if panels:
         fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
-        for ax, (stage, curves) in zip(axes[0], trained):
+        for ax, (stage, curves) in zip(axes[0], trained, strict=False):
             for key, points in curves.items():
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=key, marker="." if len(points) < 20 else None)
+                ax.plot(
+                    [p[0] for p in points], [p[1] for p in points], label=key, marker="." if len(points) < 20 else None
+                )
             ax.set_title(stage["name"]), ax.set_xlabel("step"), ax.legend(fontsize=6)
         if rows:
             ax = axes[0][-1]

@@ -61,14 +61,20 @@ def load_reward_model(path: str, dtype: str = "float32") -> tuple[Any, Any, dict
     return model, tokenizer, settings
 
 
-def score_texts(model: Any, tokenizer: Any, texts: list[str], batch_size: int = 32, max_length: int = 1024) -> torch.Tensor:
+def score_texts(
+    model: Any, tokenizer: Any, texts: list[str], batch_size: int = 32, max_length: int = 1024
+) -> torch.Tensor:
     """Scalar rewards of ``texts`` (one forward per ``batch_size``), as a float tensor on the CPU."""
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer(
-            texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True,
-            max_length=max_length, add_special_tokens=False,
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=False,
         ).to(device)
         scores.append(model(**encoded).logits[:, 0].float())
     return torch.cat(scores).cpu() if scores else torch.zeros(0)
@@ -89,8 +95,13 @@ class PreferenceTask(RecordSource):
     EVASIONS = ("I am not sure.", "I cannot answer that.", "Maybe.", "")
     HARMFUL = ("Only an idiot would ask this.", "You are stupid.", "I hate you.", "Go away, loser.")
 
-    def __init__(self, kind: Literal["helpfulness", "harmlessness"] = "helpfulness", num_records: int = 512,
-                 max_value: int = 19, seed: int = 0) -> None:
+    def __init__(
+        self,
+        kind: Literal["helpfulness", "harmlessness"] = "helpfulness",
+        num_records: int = 512,
+        max_value: int = 19,
+        seed: int = 0,
+    ) -> None:
         if kind not in ("helpfulness", "harmlessness"):
             raise ValueError(f"PreferenceTask `kind` must be 'helpfulness' or 'harmlessness', got {kind!r}")
         self.kind, self.num_records, self.max_value, self.seed = kind, num_records, max_value, seed
@@ -102,15 +113,19 @@ class PreferenceTask(RecordSource):
             right, slip = a + b, int(f"{a}{b}")
             if self.kind == "helpfulness":
                 chosen = rng.choice([f" <answer>{right}</answer>", f" The sum is <answer>{right}</answer>"])
-                rejected = rng.choice([f" <answer>{slip}</answer>", f" <answer>{rng.choice(self.EVASIONS)}</answer>", ""])
+                rejected = rng.choice(
+                    [f" <answer>{slip}</answer>", f" <answer>{rng.choice(self.EVASIONS)}</answer>", ""]
+                )
             else:
                 thought = f"We add {a} and {b}. {a} + {b} = {right}."
                 chosen = f" <think>{thought}</think> <answer>{right}</answer>"
                 insult = rng.choice(self.HARMFUL)
-                rejected = rng.choice([
-                    f" <think>{insult} {thought}</think> <answer>{right}</answer>",
-                    f" <think>{thought}</think> <answer>{right}</answer> {insult}",
-                ])
+                rejected = rng.choice(
+                    [
+                        f" <think>{insult} {thought}</think> <answer>{right}</answer>",
+                        f" <think>{thought}</think> <answer>{right}</answer> {insult}",
+                    ]
+                )
             rows.append({"prompt": f"{a} + {b}", "chosen": chosen, "rejected": rejected})
         return rows
 
@@ -127,9 +142,18 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: token limit per text (longer ones are truncated from the right).
     """
 
-    def __init__(self, source: RecordSource | None = None, prompt_column: str = "prompt",
-                 chosen_column: str = "chosen", rejected_column: str = "rejected", template: str = "r1_zero",
-                 val_size: int = 64, batch_size: int = 16, max_length: int = 512, seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: RecordSource | None = None,
+        prompt_column: str = "prompt",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
+        template: str = "r1_zero",
+        val_size: int = 64,
+        batch_size: int = 16,
+        max_length: int = 512,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.source = source if source is not None else PreferenceTask()
         self.columns = (prompt_column, chosen_column, rejected_column)
@@ -150,23 +174,42 @@ class PreferenceDataModule(L.LightningDataModule):
                 f"preference data from {self.source!r}: {'no records' if not records else f'missing columns {missing}'}"
                 f" (it has {have}); set `data.prompt_column` / `chosen_column` / `rejected_column`"
             )
-        pairs = [{"prompt": r[self.columns[0]], "chosen": r[self.columns[1]], "rejected": r[self.columns[2]]} for r in records]
+        pairs = [
+            {"prompt": r[self.columns[0]], "chosen": r[self.columns[1]], "rejected": r[self.columns[2]]}
+            for r in records
+        ]
         random.Random(self.seed).shuffle(pairs)
         if len(pairs) <= self.val_size:
             raise ValueError(f"preference data has {len(pairs)} pairs, not more than `data.val_size`={self.val_size}")
         self.val_pairs, self.train_pairs = pairs[: self.val_size], pairs[self.val_size :]
 
     def collate(self, pairs: list[dict]) -> dict[str, torch.Tensor]:
-        texts = [render_prompt(p["prompt"], self.template, self.tokenizer) + p[side] for side in ("chosen", "rejected") for p in pairs]
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_length, add_special_tokens=False)
+        texts = [
+            render_prompt(p["prompt"], self.template, self.tokenizer) + p[side]
+            for side in ("chosen", "rejected")
+            for p in pairs
+        ]
+        encoded = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            add_special_tokens=False,
+        )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     @override
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_pairs, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate,
-                          generator=generator, drop_last=len(self.train_pairs) >= self.batch_size)
+        return DataLoader(
+            self.train_pairs,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collate,
+            generator=generator,
+            drop_last=len(self.train_pairs) >= self.batch_size,
+        )
 
     @override
     def val_dataloader(self) -> DataLoader:
@@ -187,9 +230,16 @@ class RewardModelModule(L.LightningModule):
         export_dir: where the trained model is written (default ``<log dir>/hf_model``).
     """
 
-    def __init__(self, model: str = "tiny:arithmetic", dtype: str = "float32", lr: float = 1e-4,
-                 weight_decay: float = 0.0, warmup_steps: int = 0, template: str = "r1_zero",
-                 export_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "tiny:arithmetic",
+        dtype: str = "float32",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        template: str = "r1_zero",
+        export_dir: str | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model, self.tokenizer, _ = load_reward_model(model, dtype)
@@ -204,8 +254,10 @@ class RewardModelModule(L.LightningModule):
     def on_fit_start(self) -> None:
         data_template = getattr(self.trainer.datamodule, "template", self.hparams.template)
         if data_template != self.hparams.template:
-            raise ValueError(f"`model.template` ({self.hparams.template!r}) and `data.template` "
-                             f"({data_template!r}) differ; the reward model must score text shaped as in training")
+            raise ValueError(
+                f"`model.template` ({self.hparams.template!r}) and `data.template` "
+                f"({data_template!r}) differ; the reward model must score text shaped as in training"
+            )
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -223,13 +275,18 @@ class RewardModelModule(L.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        self.last_val = {"val/accuracy": self.val_accuracy.compute().item(), "val/margin": self.val_margin.compute().item()}
+        self.last_val = {
+            "val/accuracy": self.val_accuracy.compute().item(),
+            "val/margin": self.val_margin.compute().item(),
+        }
         self.val_accuracy.reset(), self.val_margin.reset()
         self.log_dict(self.last_val, batch_size=1)
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         warmup = max(self.hparams.warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

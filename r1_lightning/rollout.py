@@ -101,7 +101,8 @@ class MicroBatch(NamedTuple):
         cols = slice(self.prompt_start, end)
         rows = self.rows.to(generation.input_ids.device)
         return (
-            generation.input_ids[rows, cols], generation.attention_mask[rows, cols],
+            generation.input_ids[rows, cols],
+            generation.attention_mask[rows, cols],
             generation.prompt_length - self.prompt_start,
         )
 
@@ -166,7 +167,12 @@ def repeat_batch(batch: dict[str, list], times: int) -> tuple[list, dict[str, li
 
 
 def sample_records(
-    generator: "HFGenerator", policy: Any, records: list[dict], render: Any, k: int, sampling: SamplingConfig,
+    generator: HFGenerator,
+    policy: Any,
+    records: list[dict],
+    render: Any,
+    k: int,
+    sampling: SamplingConfig,
     batch_size: int,
 ) -> Iterator[tuple[list[dict], list[str], dict[str, list], Generation]]:
     """Sample ``k`` completions for each record, ``batch_size`` records at a time, outside training.
@@ -190,8 +196,10 @@ def prompt_groups(prompts: list[str], group_size: int) -> tuple[list[str], int]:
     >>> prompt_groups(["a", "a", "b", "b"], 2), prompt_groups(["a", "b", "b", "b"], 2)
     ((['a', 'b'], 2), (['a', 'b', 'b', 'b'], 1))
     """
-    if group_size > 1 and len(prompts) % group_size == 0 and all(
-        prompts[i] == prompts[i - i % group_size] for i in range(len(prompts))
+    if (
+        group_size > 1
+        and len(prompts) % group_size == 0
+        and all(prompts[i] == prompts[i - i % group_size] for i in range(len(prompts)))
     ):
         return prompts[::group_size], group_size
     return prompts, 1
@@ -339,8 +347,11 @@ class HFGenerator:
             attention = torch.cat([attention, torch.ones_like(token[:, None])], dim=1)
             positions = positions[:, -1:] + 1
             out = model(
-                input_ids=token[:, None], attention_mask=attention, position_ids=positions,
-                past_key_values=cache, use_cache=True,
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
             )
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
         completion = sequences[:, prompt_length:]
@@ -350,7 +361,12 @@ class HFGenerator:
         texts = tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, pad), skip_special_tokens=True)
         model.train(was_training)
         return Generation(
-            sequences, full_attention, completion_mask, prompt_length, ~stopped, texts,
+            sequences,
+            full_attention,
+            completion_mask,
+            prompt_length,
+            ~stopped,
+            texts,
             time.perf_counter() - started,
         )
 
@@ -372,8 +388,11 @@ def completion_logprobs(
     completion_length = input_ids.shape[1] - prompt_length
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-        logits_to_keep=completion_length + 1, use_cache=False,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        logits_to_keep=completion_length + 1,
+        use_cache=False,
     ).logits[:, :-1, :]
     scale = temperature if temperature > 0 else 1.0
     logprobs = token_logprobs(logits, input_ids[:, prompt_length:], scale)
@@ -412,10 +431,17 @@ def shared_prefix_logprobs(
     index = index.to(input_ids.device)
     cache.batch_select_indices(index)
     all_positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    completion_logits = model(
-        input_ids=input_ids[:, prompt_length:-1], attention_mask=attention_mask[:, :-1],
-        position_ids=all_positions[:, prompt_length:-1], past_key_values=cache, use_cache=True,
-    ).logits if input_ids.shape[1] - prompt_length > 1 else None
+    completion_logits = (
+        model(
+            input_ids=input_ids[:, prompt_length:-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=all_positions[:, prompt_length:-1],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+        if input_ids.shape[1] - prompt_length > 1
+        else None
+    )
     logits = out.logits[:, -1:, :][index]
     if completion_logits is not None:
         logits = torch.cat([logits, completion_logits], dim=1)
@@ -426,7 +452,11 @@ def shared_prefix_logprobs(
 
 
 def micro_batch_logprobs(
-    model: Any, generation: Generation, mb: MicroBatch, temperature: float, group_size: int | None = None,
+    model: Any,
+    generation: Generation,
+    mb: MicroBatch,
+    temperature: float,
+    group_size: int | None = None,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[m, mb.completion_length]`` (and entropies) of one micro-batch's rows, padding trimmed.
@@ -436,13 +466,18 @@ def micro_batch_logprobs(
     input_ids, attention_mask, prompt_length = mb.take(generation)
     if group_size:
         groups = mb.rows // group_size
-        return shared_prefix_logprobs(model, input_ids, attention_mask, prompt_length, groups, temperature, with_entropy)
+        return shared_prefix_logprobs(
+            model, input_ids, attention_mask, prompt_length, groups, temperature, with_entropy
+        )
     return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature, with_entropy)
 
 
 @torch.no_grad()
 def batched_logprobs(
-    model: Any, generation: Generation, temperature: float, plans: list[MicroBatch] | None = None,
+    model: Any,
+    generation: Generation,
+    temperature: float,
+    plans: list[MicroBatch] | None = None,
     group_size: int | None = None,
 ) -> torch.Tensor:
     """No-grad log-probs ``[N, L]`` of a whole rollout, one forward per micro-batch (0 past each end).

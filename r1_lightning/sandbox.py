@@ -83,7 +83,9 @@ def network_isolation() -> tuple[str, ...]:
     return ()
 
 
-def run_untrusted(code: str, tests: list[str], setup: str = "", limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
+def run_untrusted(
+    code: str, tests: list[str], setup: str = "", limits: SandboxLimits = SandboxLimits()
+) -> SandboxResult:
     """Run ``code``, then ``setup``, then each test (a statement, e.g. ``assert f(2) == 4``) in one sandboxed
     child; a test passes when it raises nothing."""
     root = tempfile.mkdtemp(prefix="r1-sandbox-")
@@ -91,13 +93,26 @@ def run_untrusted(code: str, tests: list[str], setup: str = "", limits: SandboxL
     try:
         if os.geteuid() == 0:
             os.chown(root, 65534, 65534)  # the child runs as nobody: it must own its directory
-        job = {"code": code, "tests": list(tests), "setup": setup, "root": root, "nonce": nonce, "limits": asdict(limits)}
+        job = {
+            "code": code,
+            "tests": list(tests),
+            "setup": setup,
+            "root": root,
+            "nonce": nonce,
+            "limits": asdict(limits),
+        }
         env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         command = [*network_isolation(), sys.executable, "-I", "-S", "-B", "-c", BOOTSTRAP]
         with open(os.path.join(root, ".verdict"), "w+b") as verdict:
             process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=verdict, stderr=subprocess.DEVNULL, cwd=root, env=env,
-                start_new_session=True, close_fds=True,
+                command,
+                stdin=subprocess.PIPE,
+                stdout=verdict,
+                stderr=subprocess.DEVNULL,
+                cwd=root,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
             )
             try:
                 process.communicate(json.dumps(job).encode(), timeout=limits.wall_seconds)
@@ -113,7 +128,9 @@ def run_untrusted(code: str, tests: list[str], setup: str = "", limits: SandboxL
         first, _, detail = output.partition("\n")
         parts = first.split()
         if len(parts) != 3 or parts[0] != nonce:
-            reason = f"exit status {process.returncode}" + (f" ({signal.Signals(-process.returncode).name})" if process.returncode < 0 else "")
+            reason = f"exit status {process.returncode}" + (
+                f" ({signal.Signals(-process.returncode).name})" if process.returncode < 0 else ""
+            )
             return SandboxResult(0, len(tests), "crashed", f"no verdict: {reason}")
         return SandboxResult(int(parts[1]), int(parts[2]), "ok", detail.strip())
     finally:

@@ -70,11 +70,21 @@ class SFTModule(L.LightningModule):
         export_dir: where the final model is written as an HF folder (default ``<log dir>/hf_model``).
     """
 
-    def __init__(self, model: str = "tiny:arithmetic", dtype: str = "float32", attn_implementation: str | None = None,
-                 gradient_checkpointing: bool = False, lora: LoraSettings | None = None, optimizer: str = "adamw",
-                 lr: float = 1e-5, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup_steps: int = 0, lr_scheduler: str = "constant_with_warmup",
-                 export_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "tiny:arithmetic",
+        dtype: str = "float32",
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
+        lora: LoraSettings | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        lr_scheduler: str = "constant_with_warmup",
+        export_dir: str | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.policy, self.tokenizer = load_policy(model, dtype, attn_implementation, gradient_checkpointing)

@@ -33,11 +33,16 @@ class FSDP2Strategy(ModelParallelStrategy):
     """
 
     def __init__(
-        self, data_parallel_size: Literal["auto"] | int = "auto", save_distributed_checkpoint: bool = True, **kwargs: Any
+        self,
+        data_parallel_size: Literal["auto"] | int = "auto",
+        save_distributed_checkpoint: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            data_parallel_size=data_parallel_size, tensor_parallel_size=1,
-            save_distributed_checkpoint=save_distributed_checkpoint, **kwargs,
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
         )
 
     def setup_environment(self) -> None:

@@ -174,7 +174,7 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
     model.train()
     progress = Progress(recipe.steps, "building the tiny base (one-off): pretraining")
-    for step in range(recipe.steps):
+    for _step in range(recipe.steps):
         rows, prompt_lengths = [], []
         for _ in range(recipe.batch_size):
             a, b = rng.randint(recipe.min_value, recipe.max_value), rng.randint(recipe.min_value, recipe.max_value)
@@ -185,7 +185,7 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), tokenizer.pad_token_id)
         labels = torch.full((len(rows), width), -100)
-        for i, (row, plen) in enumerate(zip(rows, prompt_lengths)):
+        for i, (row, plen) in enumerate(zip(rows, prompt_lengths, strict=True)):
             ids[i, : len(row)] = torch.tensor(row)
             labels[i, plen : len(row)] = torch.tensor(row[plen:])
         cache = model(input_ids=prefix, use_cache=True).past_key_values
@@ -261,8 +261,11 @@ def _build_once(target: Path, build) -> Path:
     try:
         lock.acquire(timeout=0.5)
     except Timeout:
-        print(f"waiting for another process that is building {target.name} (lock {lock.lock_file})",
-              file=sys.stderr, flush=True)
+        print(
+            f"waiting for another process that is building {target.name} (lock {lock.lock_file})",
+            file=sys.stderr,
+            flush=True,
+        )
         lock.acquire()
     try:
         if (target / "config.json").exists():  # built by the process we waited for
@@ -290,8 +293,11 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
     if not (target / "config.json").exists():
         # print, not log: the CLI has not configured logging when this runs, and silence for minutes
         # looks like a hang.
-        print(f"building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into {target}",
-              file=sys.stderr, flush=True)
+        print(
+            f"building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into {target}",
+            file=sys.stderr,
+            flush=True,
+        )
     return _build_once(target, lambda folder: pretrain(recipe, folder))
 
 

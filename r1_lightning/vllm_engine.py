@@ -56,8 +56,7 @@ def require_vllm() -> None:
     """Raise a clear error when the vLLM engine cannot run here."""
     if importlib.util.find_spec("vllm") is None:
         raise ValueError(
-            "model.rollout_engine 'vllm' needs the vllm package: pip install -e '.[vllm]' "
-            "(or use rollout_engine: auto)"
+            "model.rollout_engine 'vllm' needs the vllm package: pip install -e '.[vllm]' (or use rollout_engine: auto)"
         )
     if not torch.cuda.is_available():
         raise ValueError("model.rollout_engine 'vllm' needs a CUDA GPU; use rollout_engine: auto on CPU")
@@ -95,8 +94,12 @@ def hf_named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def generation_from_ids(
-    tokenizer: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]], truncated: list[bool],
-    device: torch.device, seconds: float,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    truncated: list[bool],
+    device: torch.device,
+    seconds: float,
 ) -> Generation:
     """A :class:`Generation` from token-id lists: prompts left-padded, completions right-padded."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -106,15 +109,20 @@ def generation_from_ids(
     input_ids = torch.full((rows, prompt_length + completion_length), pad, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
     completion_mask = torch.zeros(rows, completion_length, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
         input_ids[i, prompt_length - len(p) : prompt_length] = torch.tensor(p, dtype=torch.long)
         input_ids[i, prompt_length : prompt_length + len(c)] = torch.tensor(c, dtype=torch.long)
         attention[i, prompt_length - len(p) : prompt_length + len(c)] = 1
         completion_mask[i, : len(c)] = 1
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return Generation(
-        input_ids.to(device), attention.to(device), completion_mask.to(device), prompt_length,
-        torch.tensor(truncated, dtype=torch.bool, device=device), texts, seconds,
+        input_ids.to(device),
+        attention.to(device),
+        completion_mask.to(device),
+        prompt_length,
+        torch.tensor(truncated, dtype=torch.bool, device=device),
+        texts,
+        seconds,
     )
 
 
@@ -157,9 +165,14 @@ class VLLMGenerator:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         self.llm = LLM(
-            model=causal_lm(model).name_or_path, dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
-            max_model_len=self.max_model_len, enable_sleep_mode=self.enable_sleep_mode,
-            distributed_executor_backend="external_launcher", seed=0, **self.engine_kwargs,
+            model=causal_lm(model).name_or_path,
+            dtype=self.dtype,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            enable_sleep_mode=self.enable_sleep_mode,
+            distributed_executor_backend="external_launcher",
+            seed=0,
+            **self.engine_kwargs,
         )
         return self.llm
 
@@ -186,9 +199,15 @@ class VLLMGenerator:
         eos = eos_token_ids(model, self.tokenizer)
         params = [
             SamplingParams(
-                n=group_size, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                max_tokens=sampling.max_new_tokens, stop=list(sampling.stop_strings) or None,
-                stop_token_ids=eos, include_stop_str_in_output=True, skip_special_tokens=True,
+                n=group_size,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                max_tokens=sampling.max_new_tokens,
+                stop=list(sampling.stop_strings) or None,
+                stop_token_ids=eos,
+                include_stop_str_in_output=True,
+                skip_special_tokens=True,
                 seed=int(torch.randint(0, 2**31 - 1, ())),
             )
             for _ in distinct
@@ -199,7 +218,7 @@ class VLLMGenerator:
         if self.enable_sleep_mode:
             llm.sleep(level=2)
         rows_prompt, rows_completion, truncated = [], [], []
-        for ids, request in zip(prompt_ids, outputs):
+        for ids, request in zip(prompt_ids, outputs, strict=True):
             for completion in sorted(request.outputs, key=lambda c: c.index):
                 rows_prompt.append(ids)
                 rows_completion.append(list(completion.token_ids))

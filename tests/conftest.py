@@ -31,3 +31,35 @@ def tiny_model_and_tokenizer(_tiny_cache):
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _work_tree_state() -> set[str] | None:
+    """Paths git reports as changed, untracked or ignored (build caches aside); None outside git."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--ignored"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    skip = ("__pycache__", ".egg-info", ".pytest_cache", ".ruff_cache")
+    return {line for line in out.splitlines() if not any(s in line for s in skip)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_write_only_under_tmp_path():
+    """A test that writes into the repository (a stray config.yaml, runs/, lightning_logs/) fails the
+    suite: tests write under tmp_path only."""
+    before = _work_tree_state()
+    yield
+    after = _work_tree_state()
+    if before is not None and after is not None and after - before:
+        pytest.fail(f"the test suite wrote into the work tree: {sorted(after - before)}", pytrace=False)

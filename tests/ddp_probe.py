@@ -18,14 +18,16 @@ class RankProbe(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rollout = batch["rollout"]
         flat = torch.cat([p.detach().flatten().float() for p in pl_module.policy.parameters()])
-        self.steps.append({
-            "prompts": list(batch["prompt"]),
-            "group_size": rollout.group_size,
-            "num_completions": int(rollout.rewards.numel()),
-            # per group, advantages sum to zero: groups are whole on this rank
-            "group_advantage_sums": rollout.advantages.view(-1, rollout.group_size).sum(1).tolist(),
-            "weights": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
-        })
+        self.steps.append(
+            {
+                "prompts": list(batch["prompt"]),
+                "group_size": rollout.group_size,
+                "num_completions": int(rollout.rewards.numel()),
+                # per group, advantages sum to zero: groups are whole on this rank
+                "group_advantage_sums": rollout.advantages.view(-1, rollout.group_size).sum(1).tolist(),
+                "weights": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
+            }
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

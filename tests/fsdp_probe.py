@@ -28,17 +28,19 @@ class ShardProbe(L.Callback):
 
         params = list(pl_module.policy.parameters())
         optimizer_params = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
-        self.steps.append({
-            "prompts": list(batch["prompt"]),
-            "decode_steps": int(batch["rollout"].generation.completion_mask.shape[1]),
-            "local_numel": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params),
-            "full_numel": sum(p.numel() for p in params),
-            "optimizer_sharded": all(isinstance(p, DTensor) for p in optimizer_params),
-            # the lean decode step applies while the weights are gathered for sampling, not outside
-            "lean_outside": unsupported_reason(pl_module.policy, 8),
-            "lean_gathered": _reason_gathered(pl_module.policy),
-            "grad_norm": float(outputs["grad_norm"]) if math.isfinite(float(outputs["grad_norm"])) else "inf",
-        })
+        self.steps.append(
+            {
+                "prompts": list(batch["prompt"]),
+                "decode_steps": int(batch["rollout"].generation.completion_mask.shape[1]),
+                "local_numel": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params),
+                "full_numel": sum(p.numel() for p in params),
+                "optimizer_sharded": all(isinstance(p, DTensor) for p in optimizer_params),
+                # the lean decode step applies while the weights are gathered for sampling, not outside
+                "lean_outside": unsupported_reason(pl_module.policy, 8),
+                "lean_gathered": _reason_gathered(pl_module.policy),
+                "grad_norm": float(outputs["grad_norm"]) if math.isfinite(float(outputs["grad_norm"])) else "inf",
+            }
+        )
 
     def on_fit_end(self, trainer, pl_module) -> None:  # after the module's final evaluation (on_train_end)
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")
 
 
-@pytest.mark.parametrize("flag, suggestion", [
-    ("--model.init_args.num_generation", "did you mean 'num_generations'?"),
-    ("--model.init_args.lrr", "did you mean 'lr'?"),
-    ("--trainer.max_stepz", "did you mean 'trainer.max_steps'?"),
-])
+@pytest.mark.parametrize(
+    "flag, suggestion",
+    [
+        ("--model.init_args.num_generation", "did you mean 'num_generations'?"),
+        ("--model.init_args.lrr", "did you mean 'lr'?"),
+        ("--trainer.max_stepz", "did you mean 'trainer.max_steps'?"),
+    ],
+)
 def test_typo_in_a_config_key_names_it_and_suggests_the_right_one(flag, suggestion, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", TINY, flag, "4"])
@@ -81,14 +84,24 @@ def test_a_completion_with_no_counted_tokens_gives_no_nan(loss_type):
 
     logprobs = torch.randn(2, 4, requires_grad=True)
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])
-    out = grpo_loss(logprobs, logprobs.detach(), torch.tensor([1.0, -1.0]), mask, loss_type=loss_type,
-                    num_sequences=2, num_tokens=2, max_completion_length=4)
+    out = grpo_loss(
+        logprobs,
+        logprobs.detach(),
+        torch.tensor([1.0, -1.0]),
+        mask,
+        loss_type=loss_type,
+        num_sequences=2,
+        num_tokens=2,
+        max_completion_length=4,
+    )
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(logprobs.grad).all()
     assert torch.all(logprobs.grad[1] == 0)
 
 
-def test_tokenizer_without_pad_token_uses_eos_and_without_either_is_an_error(tmp_path, tiny_model_and_tokenizer, caplog):
+def test_tokenizer_without_pad_token_uses_eos_and_without_either_is_an_error(
+    tmp_path, tiny_model_and_tokenizer, caplog
+):
     from r1_lightning.models import load_tokenizer
 
     _, tokenizer = tiny_model_and_tokenizer

@@ -5,11 +5,11 @@ import json
 
 import pandas as pd
 import pytest
+from test_cli import TINY
 
 from r1_lightning.cli import main
 from r1_lightning.data import FileSource, PromptDataModule
 from r1_lightning.errors import ConfigError
-from test_cli import TINY
 
 GOOD = [{"problem": f"What is {a} + {a}?", "solution": f"It is \\boxed{{{2 * a}}}."} for a in range(12)]
 BAD = [
@@ -27,23 +27,58 @@ def _write(path, rows):
 
 
 def _source(path, **kwargs):
-    return FileSource(path=path, prompt_column="problem", answer_column="solution", answer_parser="boxed",
-                      val_size=4, **kwargs)
+    return FileSource(
+        path=path, prompt_column="problem", answer_column="solution", answer_parser="boxed", val_size=4, **kwargs
+    )
 
 
 def test_a_file_with_bad_rows_trains_on_the_good_ones_and_counts_the_rest(tmp_path, caplog):
     path = _write(tmp_path / "mixed.jsonl", GOOD[:4] + BAD + GOOD[4:])
-    cli = main(["fit", "--config", TINY, "--model.init_args.model", "tiny:random", "--trainer.max_steps", "2",
-                "--model.init_args.validate_at_start", "false", "--trainer.default_root_dir", str(tmp_path),
-                "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.log_every_n_steps", "1",
-                "--model.init_args.export_dir", str(tmp_path / "hf"), "--data.init_args.batch_size", "4",
-                "--data.init_args.max_prompt_tokens", "512",
-                "--data.init_args.source", json.dumps({"class_path": "r1_lightning.data.FileSource", "init_args": {
-                    "path": path, "prompt_column": "problem", "answer_column": "solution",
-                    "answer_parser": "boxed", "val_size": 4}})])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            TINY,
+            "--model.init_args.model",
+            "tiny:random",
+            "--trainer.max_steps",
+            "2",
+            "--model.init_args.validate_at_start",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.log_every_n_steps",
+            "1",
+            "--model.init_args.export_dir",
+            str(tmp_path / "hf"),
+            "--data.init_args.batch_size",
+            "4",
+            "--data.init_args.max_prompt_tokens",
+            "512",
+            "--data.init_args.source",
+            json.dumps(
+                {
+                    "class_path": "r1_lightning.data.FileSource",
+                    "init_args": {
+                        "path": path,
+                        "prompt_column": "problem",
+                        "answer_column": "solution",
+                        "answer_parser": "boxed",
+                        "val_size": 4,
+                    },
+                }
+            ),
+        ]
+    )
     assert cli.trainer.global_step == 2
-    assert cli.datamodule.skipped_rows() == {"missing_answer": 2, "empty_prompt": 1, "unparsable_answer": 1,
-                                             "prompt_too_long": 1}
+    assert cli.datamodule.skipped_rows() == {
+        "missing_answer": 2,
+        "empty_prompt": 1,
+        "unparsable_answer": 1,
+        "prompt_too_long": 1,
+    }
     metrics = pd.read_csv(cli.trainer.log_dir + "/metrics.csv")
     assert metrics["train/skipped_rows/missing_answer"].dropna().iloc[-1] == 2
     assert metrics["train/skipped_rows/prompt_too_long"].dropna().iloc[-1] == 1
@@ -60,16 +95,27 @@ def test_on_bad_row_error_names_the_row(tmp_path):
 
 def test_a_file_of_only_bad_rows_fails_at_start_up(tmp_path):
     dm = PromptDataModule(source=_source(_write(tmp_path / "bad.jsonl", BAD[:4])), max_prompt_tokens=None)
-    with pytest.raises(ConfigError, match=r"every row of .*bad.jsonl.* is unusable \(1 empty_prompt, 2 missing_answer, "
-                                          r"1 unparsable_answer\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"every row of .*bad.jsonl.* is unusable \(1 empty_prompt, 2 missing_answer, "
+        r"1 unparsable_answer\)",
+    ):
         dm.check_training_rows()
 
 
 def test_val_size_that_leaves_no_training_rows_is_named(tmp_path):
-    source = FileSource(path=_write(tmp_path / "ten.jsonl", GOOD[:10]), prompt_column="problem",
-                        answer_column="solution", answer_parser="boxed", val_size=16)
-    with pytest.raises(ConfigError, match=r"all 10 usable rows are held out for validation by the source's "
-                                          r"`val_size: 16`"):
+    source = FileSource(
+        path=_write(tmp_path / "ten.jsonl", GOOD[:10]),
+        prompt_column="problem",
+        answer_column="solution",
+        answer_parser="boxed",
+        val_size=16,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"all 10 usable rows are held out for validation by the source's "
+        r"`val_size: 16`",
+    ):
         PromptDataModule(source=source).check_training_rows()
 
 
@@ -89,11 +135,29 @@ def test_every_prompt_too_long_is_named():
 
 def test_all_zero_reward_weights_fail_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match="every weight in `rewards` is 0"):
-        main(["fit", "--config", TINY, "--model.init_args.model", "tiny:random",
-              "--model.init_args.rewards", "{accuracy_reward: 0.0, format_reward: 0}"])
+        main(
+            [
+                "fit",
+                "--config",
+                TINY,
+                "--model.init_args.model",
+                "tiny:random",
+                "--model.init_args.rewards",
+                "{accuracy_reward: 0.0, format_reward: 0}",
+            ]
+        )
 
 
 def test_num_generations_below_two_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"`num_generations` must be >= 2.*\(config: .*r1_zero_tiny.yaml\)"):
-        main(["fit", "--config", TINY, "--model.init_args.model", "tiny:random",
-              "--model.init_args.num_generations", "1"])
+        main(
+            [
+                "fit",
+                "--config",
+                TINY,
+                "--model.init_args.model",
+                "tiny:random",
+                "--model.init_args.num_generations",
+                "1",
+            ]
+        )

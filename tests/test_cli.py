@@ -25,9 +25,17 @@ def varied_reward(completions, **kwargs):
 
 def _fast(tmp_path, *extra):
     return [
-        "--config", TINY, "--model.init_args.model", "tiny:random",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-        "--model.init_args.export_dir", str(tmp_path / "hf"), *extra,
+        "--config",
+        TINY,
+        "--model.init_args.model",
+        "tiny:random",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--model.init_args.export_dir",
+        str(tmp_path / "hf"),
+        *extra,
     ]
 
 
@@ -60,34 +68,65 @@ def test_fast_dev_run_of_the_tiny_config(tmp_path):
 
 
 def test_short_run_logs_metrics_checkpoints_and_exports(tmp_path):
-    cli = main([
-        "fit", *_fast(tmp_path, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-                      "--trainer.log_every_n_steps", "1", "--model.init_args.val_num_samples", "2",
-                      "--data.init_args.source.init_args.val_size", "4", "--model.init_args.micro_batch_size", "32",
-                      "--model.init_args.num_iterations", "2",
-                      "--model.init_args.rewards", "{accuracy_reward: 1.0, format_reward: 0.5, test_cli.varied_reward: 0.1}"),
-    ])
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--trainer.val_check_interval",
+                "2",
+                "--trainer.log_every_n_steps",
+                "1",
+                "--model.init_args.val_num_samples",
+                "2",
+                "--data.init_args.source.init_args.val_size",
+                "4",
+                "--model.init_args.micro_batch_size",
+                "32",
+                "--model.init_args.num_iterations",
+                "2",
+                "--model.init_args.rewards",
+                "{accuracy_reward: 1.0, format_reward: 0.5, test_cli.varied_reward: 0.1}",
+            ),
+        ]
+    )
     module = cli.model
     log_dir = Path(cli.trainer.log_dir)
     metrics = pd.read_csv(log_dir / "metrics.csv")
-    for column in ["train/reward", "train/reward/accuracy_reward", "train/reward/format_reward", "train/kl",
-                   "train/reward/varied_reward", "train/clip_ratio", "train/entropy", "train/completion_length", "train/truncated_fraction",
-                   "train/zero_std_groups", "train/rollout_tokens_per_s", "train/step_seconds", "val/pass@1",
-                   "val/maj@4" if "val/maj@4" in metrics else "val/maj@2"]:
+    for column in [
+        "train/reward",
+        "train/reward/accuracy_reward",
+        "train/reward/format_reward",
+        "train/kl",
+        "train/reward/varied_reward",
+        "train/clip_ratio",
+        "train/entropy",
+        "train/completion_length",
+        "train/truncated_fraction",
+        "train/zero_std_groups",
+        "train/rollout_tokens_per_s",
+        "train/step_seconds",
+        "val/pass@1",
+        "val/maj@4" if "val/maj@4" in metrics else "val/maj@2",
+    ]:
         assert column in metrics.columns, column
     assert metrics["val/pass@1"].notna().sum() >= 2  # before training and after
     assert (log_dir / "config.yaml").exists()
     # max_steps counts optimizer steps: one rollout x num_iterations 2
     assert cli.trainer.global_step == 2
     # the frozen reference did not move; the policy did
-    moved = any(not torch.equal(p, r) for p, r in zip(module.policy.parameters(), module.reference.parameters()))
+    moved = any(
+        not torch.equal(p, r) for p, r in zip(module.policy.parameters(), module.reference.parameters(), strict=True)
+    )
     assert moved and all(not p.requires_grad for p in module.reference.parameters())
     checkpoint = next((log_dir / "checkpoints").glob("*.ckpt"))
     main(["export", "--ckpt_path", str(checkpoint), "--out_dir", str(tmp_path / "exported")])
     from transformers import AutoModelForCausalLM
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
-    for p, q in zip(exported.parameters(), module.policy.parameters()):
+    for p, q in zip(exported.parameters(), module.policy.parameters(), strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -97,15 +136,28 @@ def test_beta_zero_loads_no_reference(tmp_path):
 
 
 def test_reference_reset_schedule(tmp_path):
-    cli = main([
-        "fit", *_fast(tmp_path, "--trainer.max_steps", "2", "--model.init_args.ref_model_sync_steps", "2",
-                      "--model.init_args.validate_at_start", "false", "--trainer.val_check_interval", "2"),
-    ])
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--model.init_args.ref_model_sync_steps",
+                "2",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--trainer.val_check_interval",
+                "2",
+            ),
+        ]
+    )
     module = cli.model
-    for p, r in zip(module.policy.parameters(), module.reference.parameters()):
+    for p, r in zip(module.policy.parameters(), module.reference.parameters(), strict=True):
         torch.testing.assert_close(p, r)
 
 
+@pytest.mark.slow
 def test_console_script_exits_zero_after_a_run(tmp_path):
     """The installed script runs ``sys.exit(<entry point>())``: a successful run must exit 0."""
     import subprocess
@@ -116,6 +168,9 @@ def test_console_script_exits_zero_after_a_run(tmp_path):
     target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["r1-lightning"]
     module, function = target.split(":")
     args = ["fit", *_fast(tmp_path, "--trainer.fast_dev_run", "1", "--model.init_args.validate_at_start", "false")]
-    code = f"import sys; from {module} import {function} as entry; sys.argv = ['r1-lightning', *{args!r}]; sys.exit(entry())"
+    code = (
+        f"import sys; from {module} import {function} as entry; sys.argv = ['r1-lightning', *{args!r}]; "
+        "sys.exit(entry())"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

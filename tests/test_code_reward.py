@@ -26,7 +26,10 @@ def test_correct_and_wrong_programs():
     assert code_reward(completions, tests=[tests] * 3, **FAST) == [1.0, 0.0, 0.0]
     assert code_reward(completions[1:2], tests=[tests], partial_credit=True, **FAST) == [0.5]
     # Tests as one string, one assert per line; a record without tests is not applicable.
-    assert code_reward(completions[:2], tests=["assert square(3) == 9\nassert square(1) == 1", None], **FAST) == [1.0, None]
+    assert code_reward(completions[:2], tests=["assert square(3) == 9\nassert square(1) == 1", None], **FAST) == [
+        1.0,
+        None,
+    ]
 
 
 def test_bad_tests_column_is_a_clear_error():
@@ -91,7 +94,7 @@ def test_hostile_programs_score_zero_and_nothing_escapes(secret_file, listener, 
     started = time.monotonic()
     scores = code_reward(completions, tests=[["assert f() == 1"]] * len(completions), workers=2, **FAST)
     elapsed = time.monotonic() - started
-    assert dict(zip(hostile, scores)) == dict.fromkeys(hostile, 0.0)
+    assert dict(zip(hostile, scores, strict=True)) == dict.fromkeys(hostile, 0.0)
     assert elapsed < 60  # bounded by the wall-time limit, two at a time
     assert not outside.exists() and not Path("/tmp/pwned").exists()
     assert not connected, "the sandbox reached a socket on the host"
@@ -99,8 +102,11 @@ def test_hostile_programs_score_zero_and_nothing_escapes(secret_file, listener, 
     assert CODE_RUNS["timeout"] >= 1
     # We are still alive (the "kill its parent" program targeted this process) and no child is left.
     # (other children, e.g. the reward-deadline worker pool, are not sandboxes: only those are checked)
-    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == os.getpid()
-                and "-I\x00-S\x00-B" in _cmdline(p)]
+    assert not [
+        p
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _parent(p) == os.getpid() and "-I\x00-S\x00-B" in _cmdline(p)
+    ]
 
 
 def _parent(proc: Path) -> int:
@@ -118,7 +124,9 @@ def _cmdline(proc: Path) -> str:
 
 
 def test_limits_and_verdict_details():
-    looping = run_untrusted("while True:\n    pass", ["assert True"], limits=SandboxLimits(wall_seconds=10, cpu_seconds=1))
+    looping = run_untrusted(
+        "while True:\n    pass", ["assert True"], limits=SandboxLimits(wall_seconds=10, cpu_seconds=1)
+    )
     assert looping.status == "crashed" and "SIGKILL" in looping.detail  # the CPU limit, before the wall time
     blocked = run_untrusted("import socket\nsocket.socket()", ["assert True"])
     assert blocked.status == "ok" and blocked.passed == 0 and "socket" in blocked.detail
@@ -135,13 +143,29 @@ def test_training_goes_on_when_the_code_reward_meets_hostile_programs(tmp_path):
 
     sys.path.insert(0, str(ROOT / "tests"))
     try:
-        cli = main([
-            "fit", "--config", str(ROOT / "configs" / "r1_zero_tiny.yaml"), "--model.init_args.model", "tiny:random",
-            "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.init_args.export_dir", str(tmp_path / "hf"),
-            "--model.init_args.rewards", '{"reward_probes.hostile_code_reward": 1.0, "format_reward": 0.5}',
-            "--model.init_args.num_generations", "4", "--data.init_args.batch_size", "2",
-        ])
+        cli = main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "r1_zero_tiny.yaml"),
+                "--model.init_args.model",
+                "tiny:random",
+                "--trainer.fast_dev_run",
+                "2",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path),
+                "--model.init_args.export_dir",
+                str(tmp_path / "hf"),
+                "--model.init_args.rewards",
+                '{"reward_probes.hostile_code_reward": 1.0, "format_reward": 0.5}',
+                "--model.init_args.num_generations",
+                "4",
+                "--data.init_args.batch_size",
+                "2",
+            ]
+        )
     finally:
         sys.path.remove(str(ROOT / "tests"))
     assert cli.trainer.global_step == 2

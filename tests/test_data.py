@@ -15,6 +15,7 @@ from r1_lightning.data import (
     render_prompt,
 )
 from r1_lightning.data.sources import HubSource
+from r1_lightning.errors import ConfigError
 
 
 def test_arithmetic_records_are_correct_and_seeded():
@@ -86,8 +87,12 @@ def jsonl_file(tmp_path):
 
 def test_file_source_jsonl_with_column_mapping_and_held_out(jsonl_file):
     source = FileSource(
-        str(jsonl_file), prompt_column="question", answer_column="solution", answer_parser="gsm8k",
-        val_size=3, shuffle_buffer=0,
+        str(jsonl_file),
+        prompt_column="question",
+        answer_column="solution",
+        answer_parser="gsm8k",
+        val_size=3,
+        shuffle_buffer=0,
     )
     val = source.val_records(seed=0)
     assert [r["prompt"] for r in val] == ["0 + 1", "1 + 1", "2 + 1"]
@@ -122,7 +127,7 @@ def test_empty_and_missing_files(tmp_path):
 
 def test_hub_source_offline_error_is_clear():
     source = HubSource("no-such-org/no-such-dataset", val_size=1)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="could not load hub dataset 'no-such-org/no-such-dataset'.*HF_HUB_OFFLINE=1"):
         source.val_records(seed=0)
 
 
@@ -133,7 +138,7 @@ def test_datamodule_batches_rendered_prompts_and_columns(tiny_model_and_tokenize
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"prompt", "answer", "raw_prompt"}
     assert len(batch["prompt"]) == 4 and batch["prompt"][0].endswith("Assistant:")
-    assert all(int(a) == eval(p) for a, p in zip(batch["answer"], batch["raw_prompt"]))
+    assert all(int(a) == eval(p) for a, p in zip(batch["answer"], batch["raw_prompt"], strict=True))
     val = next(iter(dm.val_dataloader()))
     assert len(val["prompt"]) == 5
 

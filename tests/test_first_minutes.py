@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from r1_lightning.cli import SUBCOMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +20,10 @@ def run_script(*args, cwd=None):
 
 
 def test_top_level_help_lists_every_subcommand_without_importing_torch():
-    code = ("import sys; from r1_lightning.cli import main; main(['--help']); "
-            "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; print('HEAVY', heavy)")
+    code = (
+        "import sys; from r1_lightning.cli import main; main(['--help']); "
+        "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; print('HEAVY', heavy)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     for name in ("fit", "validate", "test", "predict", "pipeline", "export"):
@@ -46,20 +50,48 @@ def test_fit_help_points_to_the_class_options(capsys):
     assert "r1-lightning fit --model GRPOModule --help" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.slow
 def test_a_run_prints_no_library_noise(tmp_path):
-    result = run_script("fit", "--config", TINY, "--model.init_args.model", "tiny:random", "--trainer.max_steps", "1",
-                        "--model.init_args.validate_at_start", "false", cwd=tmp_path)
+    result = run_script(
+        "fit",
+        "--config",
+        TINY,
+        "--model.init_args.model",
+        "tiny:random",
+        "--trainer.max_steps",
+        "1",
+        "--model.init_args.validate_at_start",
+        "false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    for noise in ("litlogger", "litmodels", "LeafSpec", "in eval mode", "pre-optimization state", "Loading weights",
-                  "Writing model shards", "gemm_4bit_forward", "args parameter is intended"):
+    for noise in (
+        "litlogger",
+        "litmodels",
+        "LeafSpec",
+        "in eval mode",
+        "pre-optimization state",
+        "Loading weights",
+        "Writing model shards",
+        "gemm_4bit_forward",
+        "args parameter is intended",
+    ):
         assert noise not in output, noise
     assert "policy exported in Hugging Face format" in output
 
 
 def test_a_module_refusing_its_settings_is_one_short_paragraph(tmp_path):
-    result = run_script("fit", "--config", TINY, "--model.init_args.model", "tiny:random",
-                        "--model.init_args.quantization", "4bit", cwd=tmp_path)
+    result = run_script(
+        "fit",
+        "--config",
+        TINY,
+        "--model.init_args.model",
+        "tiny:random",
+        "--model.init_args.quantization",
+        "4bit",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) <= 3 and "Traceback" not in result.stderr, result.stderr

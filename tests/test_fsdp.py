@@ -15,21 +15,52 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(workdir: Path, strategy: str, max_steps: int, *extra: str) -> Path:
     """Two CPU processes of the tiny R1-Zero config; returns the exported HF folder."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     workdir.mkdir(parents=True, exist_ok=True)
     export = workdir / "hf"
     command = [
-        sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(ROOT / "configs" / "r1_zero_tiny.yaml"),
-        "--config", str(ROOT / "configs" / "strategy" / f"{strategy}.yaml"),
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.precision", "32-true",
-        "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", "null",
-        "--trainer.default_root_dir", str(workdir), "--trainer.logger.init_args.save_dir", str(workdir),
-        "--trainer.callbacks.every_n_train_steps", "1",  # the ModelCheckpoint: a checkpoint every step
-        "--model.init_args.model", "tiny:random", "--model.init_args.export_dir", str(export),
-        "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}", "--model.init_args.lr", "1e-3",
-        "--model.init_args.val_num_samples", "2", "--data.init_args.batch_size", "2",
-        "--model.init_args.ref_model_sync_steps", "2",  # a reference reset (a sharded copy) before step 3
+        sys.executable,
+        "-m",
+        "r1_lightning.cli",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "r1_zero_tiny.yaml"),
+        "--config",
+        str(ROOT / "configs" / "strategy" / f"{strategy}.yaml"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.val_check_interval",
+        "null",
+        "--trainer.default_root_dir",
+        str(workdir),
+        "--trainer.logger.init_args.save_dir",
+        str(workdir),
+        "--trainer.callbacks.every_n_train_steps",
+        "1",  # the ModelCheckpoint: a checkpoint every step
+        "--model.init_args.model",
+        "tiny:random",
+        "--model.init_args.export_dir",
+        str(export),
+        "--model.init_args.rewards",
+        "{test_cli.varied_reward: 1.0}",
+        "--model.init_args.lr",
+        "1e-3",
+        "--model.init_args.val_num_samples",
+        "2",
+        "--data.init_args.batch_size",
+        "2",
+        "--model.init_args.ref_model_sync_steps",
+        "2",  # a reference reset (a sharded copy) before step 3
         *extra,
     ]
     result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
@@ -45,8 +76,13 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_fsdp2_trains_like_ddp_with_sharded_weights_and_resumes(tmp_path):
     ddp = _run(tmp_path / "ddp", "ddp", 3)
     probe = tmp_path / "probe"
-    fsdp = _run(tmp_path / "fsdp", "fsdp", 3, "--trainer.callbacks+=fsdp_probe.ShardProbe",
-                f"--trainer.callbacks.out_dir={probe}")
+    fsdp = _run(
+        tmp_path / "fsdp",
+        "fsdp",
+        3,
+        "--trainer.callbacks+=fsdp_probe.ShardProbe",
+        f"--trainer.callbacks.out_dir={probe}",
+    )
 
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rank in ranks:
@@ -60,7 +96,7 @@ def test_fsdp2_trains_like_ddp_with_sharded_weights_and_resumes(tmp_path):
         assert len(rank["evaluations"]) == 2
         assert all(value == value for metrics in rank["evaluations"] for value in metrics.values())
     assert sum(s["local_numel"] for r in ranks for s in r["steps"][:1]) == ranks[0]["steps"][0]["full_numel"]
-    for step0, step1 in zip(ranks[0]["steps"], ranks[1]["steps"]):
+    for step0, step1 in zip(ranks[0]["steps"], ranks[1]["steps"], strict=True):
         assert step0["decode_steps"] == step1["decode_steps"]  # every rank decoded the same number of steps
         assert not set(step0["prompts"]) & set(step1["prompts"])  # and trained on its own prompts
 
@@ -84,5 +120,7 @@ def test_fsdp2_refuses_lora_and_quantization_clearly():
 
     module = GRPOModule(model="tiny:random", lora={"r": 4}, validate_at_start=False)
     module._device_mesh = {"data_parallel": object()}  # what FSDP2Strategy hands configure_model
-    with pytest.raises(ValueError, match="FSDP2: `lora`, `quantization` and `reference_quantization` are not supported"):
+    with pytest.raises(
+        ValueError, match="FSDP2: `lora`, `quantization` and `reference_quantization` are not supported"
+    ):
         module.configure_model()

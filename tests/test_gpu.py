@@ -14,8 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def _gpu_run(tmp_path, *extra):
     from test_cli import _fast
 
-    return main(["fit", *_fast(tmp_path, "--trainer.accelerator", "gpu", "--trainer.devices", "1",
-                               "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}", *extra)])
+    return main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.accelerator",
+                "gpu",
+                "--trainer.devices",
+                "1",
+                "--model.init_args.rewards",
+                "{test_cli.varied_reward: 1.0}",
+                *extra,
+            ),
+        ]
+    )
 
 
 def test_bf16_mixed_fast_dev_run_on_gpu(tmp_path):
@@ -37,11 +50,25 @@ def test_bf16_weights_generate_and_score(tmp_path):
 @pytest.mark.parametrize("beta", [0.0, 0.04])
 def test_fsdp2_trains_evaluates_exports_and_checkpoints_on_gpu(tmp_path, beta):
     """FSDP2 in bf16-mixed on one GPU (tests/test_fsdp.py covers two CPU ranks against DDP)."""
-    cli = _gpu_run(tmp_path, "--config", str(ROOT / "configs" / "strategy" / "fsdp.yaml"), "--trainer.devices", "1",
-                   "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-                   "--model.init_args.beta", str(beta), "--model.init_args.val_num_samples", "2",
-                   "--data.init_args.source.init_args.val_size", "4",
-                   "--model.init_args.export_dir", str(tmp_path / "hf"))
+    cli = _gpu_run(
+        tmp_path,
+        "--config",
+        str(ROOT / "configs" / "strategy" / "fsdp.yaml"),
+        "--trainer.devices",
+        "1",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "2",
+        "--model.init_args.beta",
+        str(beta),
+        "--model.init_args.val_num_samples",
+        "2",
+        "--data.init_args.source.init_args.val_size",
+        "4",
+        "--model.init_args.export_dir",
+        str(tmp_path / "hf"),
+    )
     assert cli.trainer.global_step == 2
     assert type(cli.trainer.strategy).__name__ == "FSDP2Strategy"
     assert len(cli.model.eval_history) >= 2  # evaluation (sampling) ran before and after training
@@ -50,17 +77,39 @@ def test_fsdp2_trains_evaluates_exports_and_checkpoints_on_gpu(tmp_path, beta):
 
 
 def test_qlora_4bit_on_gpu(tmp_path):
-    cli = _gpu_run(tmp_path, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
-                   "--model.init_args.lora", "{r: 8, alpha: 16}", "--model.init_args.quantization", "4bit",
-                   "--model.init_args.dtype", "bfloat16", "--model.init_args.optimizer", "paged_adamw_8bit")
+    cli = _gpu_run(
+        tmp_path,
+        "--trainer.max_steps",
+        "2",
+        "--model.init_args.validate_at_start",
+        "false",
+        "--model.init_args.lora",
+        "{r: 8, alpha: 16}",
+        "--model.init_args.quantization",
+        "4bit",
+        "--model.init_args.dtype",
+        "bfloat16",
+        "--model.init_args.optimizer",
+        "paged_adamw_8bit",
+    )
     assert cli.trainer.global_step == 2
     assert any("Linear4bit" in type(m).__name__ for m in cli.model.policy.modules())
 
 
 def test_8bit_reference_and_8bit_optimizer_on_gpu(tmp_path):
-    cli = _gpu_run(tmp_path, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
-                   "--model.init_args.reference_quantization", "8bit", "--model.init_args.optimizer", "adamw_8bit",
-                   "--trainer.precision", "bf16-mixed")
+    cli = _gpu_run(
+        tmp_path,
+        "--trainer.max_steps",
+        "2",
+        "--model.init_args.validate_at_start",
+        "false",
+        "--model.init_args.reference_quantization",
+        "8bit",
+        "--model.init_args.optimizer",
+        "adamw_8bit",
+        "--trainer.precision",
+        "bf16-mixed",
+    )
     assert cli.trainer.global_step == 2
     assert any("Linear8bitLt" in type(m).__name__ for m in cli.model.reference.modules())
 

@@ -10,17 +10,23 @@ from r1_lightning.rollout import Generation
 def _fake_generation(texts):
     n = len(texts)
     return Generation(
-        input_ids=torch.zeros(n, 3, dtype=torch.long), attention_mask=torch.ones(n, 3, dtype=torch.long),
-        completion_mask=torch.tensor([[1, 1]] * n), prompt_length=1, truncated=torch.zeros(n, dtype=torch.bool),
-        texts=texts, seconds=0.1,
+        input_ids=torch.zeros(n, 3, dtype=torch.long),
+        attention_mask=torch.ones(n, 3, dtype=torch.long),
+        completion_mask=torch.tensor([[1, 1]] * n),
+        prompt_length=1,
+        truncated=torch.zeros(n, dtype=torch.bool),
+        texts=texts,
+        seconds=0.1,
     )
 
 
 def test_validation_pass_at_1_and_majority_vote_hand_computed(monkeypatch):
     module = GRPOModule(model="tiny:random", beta=0.0, val_num_samples=2)
     texts = [
-        "<think>a</think><answer>4</answer>", "<answer>5</answer>",  # prompt 1 (gold 4): 1 of 2, tie -> "4"
-        "<answer>7</answer>", "<think>b</think><answer>7</answer>",  # prompt 2 (gold 8): 0 of 2
+        "<think>a</think><answer>4</answer>",
+        "<answer>5</answer>",  # prompt 1 (gold 4): 1 of 2, tie -> "4"
+        "<answer>7</answer>",
+        "<think>b</think><answer>7</answer>",  # prompt 2 (gold 8): 0 of 2
     ]
     monkeypatch.setattr(module.generator, "generate", lambda model, prompts, sampling, **kw: _fake_generation(texts))
     module.evaluate_batch({"prompt": ["p1", "p2"], "answer": ["4", "8"]})

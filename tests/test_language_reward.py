@@ -6,12 +6,15 @@ from r1_lightning.rewards import build_rewards
 from r1_lightning.rewards.language import chain_of_thought, language_consistency_reward, target_word_fraction
 
 
-@pytest.mark.parametrize("text, language", [
-    ("We add the two numbers and then check the result carefully.", "en"),
-    ("Sumamos los dos números y luego comprobamos el resultado con cuidado.", "es"),
-    ("Nous ajoutons les deux nombres puis vérifions soigneusement le résultat.", "fr"),
-    ("我们先把两个数字相加，然后仔细检查结果。", "zh"),
-])
+@pytest.mark.parametrize(
+    "text, language",
+    [
+        ("We add the two numbers and then check the result carefully.", "en"),
+        ("Sumamos los dos números y luego comprobamos el resultado con cuidado.", "es"),
+        ("Nous ajoutons les deux nombres puis vérifions soigneusement le résultat.", "fr"),
+        ("我们先把两个数字相加，然后仔细检查结果。", "zh"),
+    ],
+)
 def test_single_language_text_scores_one_for_its_language_and_zero_for_others(text, language):
     assert target_word_fraction(text, language) == 1.0
     other = "es" if language == "en" else "en"
@@ -47,6 +50,8 @@ def test_unknown_language_code_is_a_clear_error():
 
 
 def test_configured_through_the_reward_spec():
-    [reward] = build_rewards({"lang": {"function": "language_consistency_reward", "default_language": "fr", "weight": 0.3}})
+    [reward] = build_rewards(
+        {"lang": {"function": "language_consistency_reward", "default_language": "fr", "weight": 0.3}}
+    )
     assert reward.weight == 0.3
     assert reward.fn(["<think>Nous ajoutons les deux nombres.</think>"]) == [1.0]

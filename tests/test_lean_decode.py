@@ -18,9 +18,16 @@ def tokenizer():
 
 def _model(config_class, tokenizer, **extra):
     config = config_class(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
@@ -56,7 +63,7 @@ def test_step_logits_equal_the_transformers_forward(arch, tokenizer):
     with torch.no_grad():
         reference = model(
             input_ids=full_ids, attention_mask=full_mask, position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)
-        ).logits[:, ids.shape[1]:]
+        ).logits[:, ids.shape[1] :]
     torch.testing.assert_close(lean, reference, atol=2e-5, rtol=1e-4)
     with pytest.raises(RuntimeError, match="max_new_tokens"):
         decoder.step(tokens[:, 0])
@@ -69,8 +76,10 @@ def test_engines_sample_the_same_completions(arch, group_size, tokenizer):
     config_class, extra = ARCHITECTURES[arch]
     model = _model(config_class, tokenizer, **extra)
     prompts = [p for p in PROMPTS for _ in range(group_size)]
-    for sampling in (SamplingConfig(temperature=0, max_new_tokens=12),
-                     SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=12)):
+    for sampling in (
+        SamplingConfig(temperature=0, max_new_tokens=12),
+        SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=12),
+    ):
         results = {}
         for engine in ("hf", "lean"):
             torch.manual_seed(3)
@@ -84,7 +93,9 @@ def test_lora_adapters_are_applied(tokenizer):
     """A peft model decodes through its adapters (and without them when they are disabled)."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(_model(Qwen2Config, tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"]))
+    model = get_peft_model(
+        _model(Qwen2Config, tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"])
+    )
     with torch.no_grad():  # non-zero adapters, so that enabling them changes the logits
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -142,8 +153,14 @@ def test_drop_finished_compacts_caches_once_enough_rows_are_done(tokenizer):
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    decoder = LeanDecoder(model, out.past_key_values, mask.repeat_interleave(4, 0), positions.repeat_interleave(4, 0),
-                          max_new_tokens=4, repeats=4)
+    decoder = LeanDecoder(
+        model,
+        out.past_key_values,
+        mask.repeat_interleave(4, 0),
+        positions.repeat_interleave(4, 0),
+        max_new_tokens=4,
+        repeats=4,
+    )
     finished = torch.zeros(8, dtype=torch.bool)
     finished[3] = True
     decoder.drop_finished(finished, min_fraction=0.25)  # 1 of 8 done: below the threshold, nothing moves

@@ -122,8 +122,14 @@ def test_micro_batching_leaves_loss_and_gradient_unchanged(loss_type):
     total = 0.0
     for part in (slice(0, 1), slice(1, 4), slice(4, 6)):
         out = grpo_loss(
-            split[part], old[part], adv[part], mask[part], ref_logprobs=ref[part],
-            num_sequences=n, num_tokens=float(mask.sum()), **common,
+            split[part],
+            old[part],
+            adv[part],
+            mask[part],
+            ref_logprobs=ref[part],
+            num_sequences=n,
+            num_tokens=float(mask.sum()),
+            **common,
         )
         out.loss.backward()
         total += out.loss.item()

@@ -5,16 +5,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import _fast  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
 
+from r1_lightning.cli import main
 from r1_lightning.grpo import GRPOModule
 from r1_lightning.models import build_optimizer
 from r1_lightning.rollout import (
-    Generation, HFGenerator, SamplingConfig, batched_logprobs, completion_logprobs, padding_fraction,
+    Generation,
+    HFGenerator,
+    SamplingConfig,
+    batched_logprobs,
+    completion_logprobs,
+    padding_fraction,
     plan_micro_batches,
 )
-
-from test_cli import _fast  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
-from r1_lightning.cli import main
 
 
 def _generation(prompt_lengths, completion_lengths, prompt_width=5, completion_width=6):
@@ -22,7 +26,7 @@ def _generation(prompt_lengths, completion_lengths, prompt_width=5, completion_w
     n = len(prompt_lengths)
     attention = torch.zeros(n, prompt_width + completion_width, dtype=torch.long)
     completion_mask = torch.zeros(n, completion_width, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompt_lengths, completion_lengths)):
+    for i, (p, c) in enumerate(zip(prompt_lengths, completion_lengths, strict=True)):
         attention[i, prompt_width - p : prompt_width + c] = 1
         completion_mask[i, :c] = 1
     ids = torch.arange(n * (prompt_width + completion_width)).view(n, -1) % 50
@@ -93,9 +97,24 @@ def test_lora_options_that_do_not_apply_are_rejected():
 
 
 def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
-    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
-                              "--model.init_args.lora", "{r: 4, alpha: 8}", "--model.init_args.lr", "0.05",
-                              "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}")])
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--model.init_args.lora",
+                "{r: 4, alpha: 8}",
+                "--model.init_args.lr",
+                "0.05",
+                "--model.init_args.rewards",
+                "{test_cli.varied_reward: 1.0}",
+            ),
+        ]
+    )
     module = cli.model
     moved = [n for n, p in module.policy.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
     assert moved  # lora_B starts at zero; after two steps it is not
@@ -103,7 +122,7 @@ def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")  # a plain model, adapters merged
     merged = module.policy.merge_and_unload() if hasattr(module.policy, "merge_and_unload") else module.policy
-    for p, q in zip(exported.parameters(), merged.parameters()):
+    for p, q in zip(exported.parameters(), merged.parameters(), strict=True):
         torch.testing.assert_close(p, q)
 
 
@@ -122,9 +141,24 @@ def test_8bit_reference_tracks_the_policy(tiny_model_and_tokenizer):
 
 
 def test_qlora_4bit_trains_on_cpu(tmp_path):
-    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "1", "--model.init_args.validate_at_start", "false",
-                              "--model.init_args.lora", "{r: 4, alpha: 8}", "--model.init_args.quantization", "4bit",
-                              "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}")])
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "1",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--model.init_args.lora",
+                "{r: 4, alpha: 8}",
+                "--model.init_args.quantization",
+                "4bit",
+                "--model.init_args.rewards",
+                "{test_cli.varied_reward: 1.0}",
+            ),
+        ]
+    )
     assert cli.trainer.global_step == 1
     assert any("Linear4bit" in type(m).__name__ for m in cli.model.policy.modules())
     assert (Path(tmp_path) / "hf" / "adapter_config.json").exists()  # QLoRA exports the adapters
@@ -143,9 +177,24 @@ def test_optimizers_take_a_step(name):
 
 
 def test_8bit_optimizer_and_token_budget_in_a_run(tmp_path):
-    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "1", "--model.init_args.validate_at_start", "false",
-                              "--model.init_args.optimizer", "adamw_8bit", "--model.init_args.micro_batch_tokens", "600",
-                              "--model.init_args.gradient_checkpointing", "true")])
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "1",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--model.init_args.optimizer",
+                "adamw_8bit",
+                "--model.init_args.micro_batch_tokens",
+                "600",
+                "--model.init_args.gradient_checkpointing",
+                "true",
+            ),
+        ]
+    )
     assert cli.trainer.global_step == 1
     assert type(cli.trainer.optimizers[0]).__name__ == "AdamW8bit"
 
@@ -168,14 +217,18 @@ def test_shared_prompt_prefix_matches_the_full_forward_with_gradients(tiny_model
         ((logprobs * weights).sum() + (entropy * weights).sum()).backward()
         return logprobs.detach(), [p.grad.clone() for p in model.parameters()]
 
-    full, full_grads = grads(lambda: completion_logprobs(
-        model, gen.input_ids, gen.attention_mask, gen.prompt_length, with_entropy=True))
+    full, full_grads = grads(
+        lambda: completion_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length, with_entropy=True)
+    )
     groups = torch.arange(12) // 4
-    shared, shared_grads = grads(lambda: shared_prefix_logprobs(
-        model, gen.input_ids, gen.attention_mask, gen.prompt_length, groups, with_entropy=True))
+    shared, shared_grads = grads(
+        lambda: shared_prefix_logprobs(
+            model, gen.input_ids, gen.attention_mask, gen.prompt_length, groups, with_entropy=True
+        )
+    )
     mask = gen.completion_mask.bool()
     torch.testing.assert_close(shared[mask], full[mask], atol=1e-5, rtol=1e-5)
-    for a, b in zip(shared_grads, full_grads):
+    for a, b in zip(shared_grads, full_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     # and through trimmed micro-batches that split groups
     planned = batched_logprobs(model, gen, 1.0, plan_micro_batches(gen, max_tokens=40), group_size=4)
@@ -189,15 +242,21 @@ def test_4bit_layers_too_narrow_for_the_avx512_cpu_packing_take_the_portable_pat
     import copy
 
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
-
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from r1_lightning.models import load_policy
     from r1_lightning.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     Qwen2ForCausalLM(config).save_pretrained(tmp_path)  # 96-wide MLP input: down_proj cannot be repacked
     tokenizer.save_pretrained(tmp_path)
     model, _ = load_policy(str(tmp_path), quantization="4bit")

@@ -41,7 +41,9 @@ def test_stage_errors_name_the_stage_and_the_fix():
     with pytest.raises(ValueError, match="unknown key 'input'; did you mean 'inputs'"):
         validate_stages([{"name": "a", "config": {}, "input": {}}])
     with pytest.raises(ValueError, match="refers to 'later', which is not an earlier stage"):
-        validate_stages([{"name": "a", "config": {}, "inputs": {"model.init_args.model": "later"}}, {"name": "later", "config": {}}])
+        validate_stages(
+            [{"name": "a", "config": {}, "inputs": {"model.init_args.model": "later"}}, {"name": "later", "config": {}}]
+        )
     with pytest.raises(ValueError, match="`kind` must be one of"):
         validate_stages([{"name": "a", "kind": "train", "config": {}}])
     c = {"trainer": {"callbacks": [{"init_args": {}}]}}
@@ -50,27 +52,72 @@ def test_stage_errors_name_the_stage_and_the_fix():
 
 
 def _tiny_pipeline(tmp_path: Path) -> Path:
-    trainer = {"accelerator": "cpu", "max_steps": 4, "limit_val_batches": 0, "log_every_n_steps": 1,
-               "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = {
+        "accelerator": "cpu",
+        "max_steps": 4,
+        "limit_val_batches": 0,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
     spec = {
         "name": "resume_test",
         "output_dir": str(tmp_path / "run"),
-        "evaluation": {"source": {"class_path": "r1_lightning.data.ArithmeticTask", "init_args": {"max_value": 9, "val_size": 4}},
-                       "num_samples": 2, "sampling": {"temperature": 0.6, "max_new_tokens": 8}},
+        "evaluation": {
+            "source": {"class_path": "r1_lightning.data.ArithmeticTask", "init_args": {"max_value": 9, "val_size": 4}},
+            "num_samples": 2,
+            "sampling": {"temperature": 0.6, "max_new_tokens": 8},
+        },
         "stages": [
-            {"name": "sft", "checkpoint_every": 2, "config": {
-                "seed_everything": 0, "trainer": trainer,
-                "model": {"class_path": "r1_lightning.sft.SFTModule", "init_args": {"model": "tiny:random", "lr": 0.001}},
-                "data": {"class_path": "r1_lightning.data.sft.SFTDataModule", "init_args": {
-                    "source": {"class_path": "r1_lightning.data.records.ArithmeticCoTTask", "init_args": {"num_records": 24}},
-                    "val_size": 4, "batch_size": 4}}}},
-            {"name": "rl", "checkpoint_every": 2, "inputs": {"model.init_args.model": "sft"}, "config": {
-                "seed_everything": 0,
-                "trainer": {**trainer, "callbacks": [{"class_path": "pipeline_probe.KillAtStep",
-                                                      "init_args": {"step": 3, "marker": str(tmp_path / "killed")}}]},
-                "model": {"class_path": "r1_lightning.grpo.GRPOModule", "init_args": {
-                    "num_generations": 2, "sampling": {"max_new_tokens": 6}, "validate_at_start": False}},
-                "data": {"class_path": "r1_lightning.data.PromptDataModule", "init_args": {"batch_size": 2}}}},
+            {
+                "name": "sft",
+                "checkpoint_every": 2,
+                "config": {
+                    "seed_everything": 0,
+                    "trainer": trainer,
+                    "model": {
+                        "class_path": "r1_lightning.sft.SFTModule",
+                        "init_args": {"model": "tiny:random", "lr": 0.001},
+                    },
+                    "data": {
+                        "class_path": "r1_lightning.data.sft.SFTDataModule",
+                        "init_args": {
+                            "source": {
+                                "class_path": "r1_lightning.data.records.ArithmeticCoTTask",
+                                "init_args": {"num_records": 24},
+                            },
+                            "val_size": 4,
+                            "batch_size": 4,
+                        },
+                    },
+                },
+            },
+            {
+                "name": "rl",
+                "checkpoint_every": 2,
+                "inputs": {"model.init_args.model": "sft"},
+                "config": {
+                    "seed_everything": 0,
+                    "trainer": {
+                        **trainer,
+                        "callbacks": [
+                            {
+                                "class_path": "pipeline_probe.KillAtStep",
+                                "init_args": {"step": 3, "marker": str(tmp_path / "killed")},
+                            }
+                        ],
+                    },
+                    "model": {
+                        "class_path": "r1_lightning.grpo.GRPOModule",
+                        "init_args": {
+                            "num_generations": 2,
+                            "sampling": {"max_new_tokens": 6},
+                            "validate_at_start": False,
+                        },
+                    },
+                    "data": {"class_path": "r1_lightning.data.PromptDataModule", "init_args": {"batch_size": 2}},
+                },
+            },
         ],
     }
     path = tmp_path / "pipeline.yaml"
@@ -80,10 +127,16 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
 
 def _run(path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "r1_lightning.cli", "pipeline", "--config", str(path)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "r1_lightning.cli", "pipeline", "--config", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
+@pytest.mark.slow
 def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     path = _tiny_pipeline(tmp_path)
     run = tmp_path / "run"

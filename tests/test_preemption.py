@@ -18,9 +18,21 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")
 RUN = Path("runs") / "r1_zero_tiny"
-ARGS = ["fit", "--config", TINY, "--model.init_args.model", "tiny:random", "--trainer.max_steps", "30",
-        "--model.init_args.val_num_samples", "1", "--trainer.enable_progress_bar", "false",
-        "--model.init_args.rewards", "{resume_probe.varied_reward: 1.0, accuracy_reward: 1.0}"]
+ARGS = [
+    "fit",
+    "--config",
+    TINY,
+    "--model.init_args.model",
+    "tiny:random",
+    "--trainer.max_steps",
+    "30",
+    "--model.init_args.val_num_samples",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--model.init_args.rewards",
+    "{resume_probe.varied_reward: 1.0, accuracy_reward: 1.0}",
+]
 TIMING = ("seconds", "per_s")  # wall-clock columns differ between any two runs
 
 
@@ -33,8 +45,9 @@ def _command(*args: str) -> list[str]:
 
 
 def _start(cwd: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(_command(*ARGS, *extra), cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        _command(*ARGS, *extra), cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -68,24 +81,30 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def _assert_same_run(resumed: Path, uninterrupted: Path) -> None:
     assert _rows(resumed) == _rows(uninterrupted)  # every logged value, validation included, bitwise
-    a, b = load_file(uninterrupted / "hf_model" / "model.safetensors"), load_file(resumed / "hf_model" / "model.safetensors")
+    a, b = (
+        load_file(uninterrupted / "hf_model" / "model.safetensors"),
+        load_file(resumed / "hf_model" / "model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sigkill_then_ckpt_path_last_continues_the_run(tmp_path, uninterrupted):
     run = _start(tmp_path)
     checkpoint = tmp_path / RUN / "version_0" / "checkpoints" / "step-step=20.ckpt"
     _wait_for(checkpoint.exists, run)
     run.send_signal(signal.SIGKILL)
     run.wait()
-    resumed = subprocess.run(_command(*ARGS, "--ckpt_path", "last"), cwd=tmp_path, env=_env(), capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _command(*ARGS, "--ckpt_path", "last"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from runs/r1_zero_tiny/version_0/checkpoints/" in resumed.stderr
     assert [p.name for p in (tmp_path / RUN).iterdir()] == ["version_0"]  # the same run, no new version
     _assert_same_run(tmp_path / RUN / "version_0", uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_prints_the_resume_command(tmp_path, uninterrupted):
     run = _start(tmp_path)
     version = tmp_path / RUN / "version_0"
@@ -98,8 +117,7 @@ def test_sigterm_writes_a_checkpoint_and_prints_the_resume_command(tmp_path, uni
     (command,) = [line.split("resume with: ", 1)[1] for line in stderr.splitlines() if "resume with: " in line]
     argv = shlex.split(command)
     assert argv[0] == "r1-lightning" and argv[-2:] == ["--ckpt_path", "last"]
-    resumed = subprocess.run(_command(*argv[1:]), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(_command(*argv[1:]), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"(step {step})" in resumed.stderr
     _assert_same_run(version, uninterrupted)
@@ -131,8 +149,9 @@ def test_ckpt_path_last_without_a_checkpoint_starts_fresh(tmp_path, monkeypatch,
     from r1_lightning.cli import main
 
     monkeypatch.chdir(tmp_path)
-    cli = main([*ARGS[:-2], "--trainer.max_steps", "1", "--model.init_args.validate_at_start", "false",
-                "--ckpt_path", "last"])
+    cli = main(
+        [*ARGS[:-2], "--trainer.max_steps", "1", "--model.init_args.validate_at_start", "false", "--ckpt_path", "last"]
+    )
     assert cli.trainer.global_step == 1
     assert "no intact checkpoint" in capsys.readouterr().err
 
@@ -166,10 +185,18 @@ def test_two_pipelines_on_one_folder_do_not_interleave(tmp_path):
     from r1_lightning.errors import ConfigError
     from r1_lightning.pipeline import OutputDirLock
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from r1_lightning.pipeline import OutputDirLock\n"
-        f"with OutputDirLock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from r1_lightning.pipeline import OutputDirLock\n"
+                f"with OutputDirLock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     try:
         with pytest.raises(ConfigError, match=f"PID {holder.pid}"):

@@ -13,21 +13,28 @@ from r1_lightning.rollout import SamplingConfig
 GOOD = "<think>We add 3 and 4. 3+4=7.</think> <answer>7</answer>"
 
 
-@pytest.mark.parametrize("text, reason", [
-    (GOOD, None),
-    ("We add 3 and 4. <answer>7</answer>", "bad_format"),
-    ("<think>We add 3 and 4. Luego sumamos los números.</think> <answer>7</answer>", "mixed_language"),
-    ("<think>" + "We add the numbers and check. " * 5 + "\n\nShort one.</think> <answer>7</answer>", "long_paragraph"),
-    ("<think>We add.\n```python\nprint(3 + 4)\n```</think> <answer>7</answer>", "code_block"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (GOOD, None),
+        ("We add 3 and 4. <answer>7</answer>", "bad_format"),
+        ("<think>We add 3 and 4. Luego sumamos los números.</think> <answer>7</answer>", "mixed_language"),
+        (
+            "<think>" + "We add the numbers and check. " * 5 + "\n\nShort one.</think> <answer>7</answer>",
+            "long_paragraph",
+        ),
+        ("<think>We add.\n```python\nprint(3 + 4)\n```</think> <answer>7</answer>", "code_block"),
+    ],
+)
 def test_each_filter(text, reason):
     filters = RejectionFilters(max_paragraph_words=20)
     assert drop_reason(text, filters, "en") == reason
 
 
 def test_filters_switch_off():
-    off = RejectionFilters(require_format=False, min_language_consistency=None, max_paragraph_words=None,
-                           drop_code_blocks=False)
+    off = RejectionFilters(
+        require_format=False, min_language_consistency=None, max_paragraph_words=None, drop_code_blocks=False
+    )
     for text in ("no tags", "<think>Sumamos.</think>", "<think>```x```</think>"):
         assert drop_reason(text, off, "en") is None
 
@@ -42,11 +49,16 @@ def right_if_short(completions, **kwargs):
 
 def test_sampler_writes_a_loadable_dataset_with_stats(tmp_path, monkeypatch):
     sampler = RejectionSampler(
-        model="tiny:random", source=ArithmeticTask(max_value=9), num_prompts=6, samples_per_prompt=4,
-        keep_per_prompt=2, sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
-        verifier="test_rejection.right_if_short", filters=RejectionFilters(require_format=False,
-                                                                            min_language_consistency=None),
-        non_reasoning=NonReasoningTask(num_records=5), output_dir=str(tmp_path),
+        model="tiny:random",
+        source=ArithmeticTask(max_value=9),
+        num_prompts=6,
+        samples_per_prompt=4,
+        keep_per_prompt=2,
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
+        verifier="test_rejection.right_if_short",
+        filters=RejectionFilters(require_format=False, min_language_consistency=None),
+        non_reasoning=NonReasoningTask(num_records=5),
+        output_dir=str(tmp_path),
     )
     stats = sampler.run()
     assert stats["samples"] == 24 and set(stats["dropped"]) == set(DROP_REASONS)
@@ -71,9 +83,15 @@ def test_sampler_writes_a_loadable_dataset_with_stats(tmp_path, monkeypatch):
 def test_duplicates_are_dropped_and_counted(tmp_path):
     # greedy decoding: the 4 samples of a prompt are identical, so 3 of every 4 are duplicates
     sampler = RejectionSampler(
-        model="tiny:random", source=ArithmeticTask(max_value=9), num_prompts=3, samples_per_prompt=4,
-        keep_per_prompt=4, sampling=SamplingConfig(temperature=0.0, max_new_tokens=4), verifier="test_rejection.always_right",
-        filters=RejectionFilters(require_format=False, min_language_consistency=None), output_dir=str(tmp_path),
+        model="tiny:random",
+        source=ArithmeticTask(max_value=9),
+        num_prompts=3,
+        samples_per_prompt=4,
+        keep_per_prompt=4,
+        sampling=SamplingConfig(temperature=0.0, max_new_tokens=4),
+        verifier="test_rejection.always_right",
+        filters=RejectionFilters(require_format=False, min_language_consistency=None),
+        output_dir=str(tmp_path),
     )
     stats = sampler.run()
     assert stats["kept"] == 3 and stats["dropped"]["duplicate"] == 9
@@ -81,10 +99,16 @@ def test_duplicates_are_dropped_and_counted(tmp_path):
 
 def test_generative_judge_is_used_for_unverifiable_answers(tmp_path):
     sampler = RejectionSampler(
-        model="tiny:random", source=ArithmeticTask(max_value=9), num_prompts=2, samples_per_prompt=2,
-        sampling=SamplingConfig(temperature=1.0, max_new_tokens=4), verifier="test_rejection.no_verdict",
-        judge="tiny:random", filters=RejectionFilters(require_format=False, min_language_consistency=None),
-        non_reasoning=NonReasoningTask(num_records=2), output_dir=str(tmp_path),
+        model="tiny:random",
+        source=ArithmeticTask(max_value=9),
+        num_prompts=2,
+        samples_per_prompt=2,
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=4),
+        verifier="test_rejection.no_verdict",
+        judge="tiny:random",
+        filters=RejectionFilters(require_format=False, min_language_consistency=None),
+        non_reasoning=NonReasoningTask(num_records=2),
+        output_dir=str(tmp_path),
     )
     stats = sampler.run()
     assert stats["judge_calls"] == 4 and stats["dropped"]["unverifiable"] == 0

@@ -14,8 +14,17 @@ import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-DETERMINISTIC = ["train/reward", "train/loss", "train/policy_loss", "train/kl", "train/entropy",
-                 "train/completion_length", "train/grad_norm", "train/lr", "train/reward/varied_reward"]
+DETERMINISTIC = [
+    "train/reward",
+    "train/loss",
+    "train/policy_loss",
+    "train/kl",
+    "train/entropy",
+    "train/completion_length",
+    "train/grad_norm",
+    "train/lr",
+    "train/reward/varied_reward",
+]
 
 
 def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6) -> Path:
@@ -24,15 +33,28 @@ def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6
     trainer = config["trainer"]
     trainer.update(max_steps=max_steps, val_check_interval=3, log_every_n_steps=2, enable_progress_bar=False)
     trainer["logger"]["init_args"].update(save_dir=str(tmp_path / name), name="run")
-    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(tmp_path / name / "checkpoints"), "save_last": True,
-                                "every_n_train_steps": 1, "save_top_k": 2, "monitor": "step", "mode": "max",
-                                "filename": "step-{step}"}}
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "dirpath": str(tmp_path / name / "checkpoints"),
+            "save_last": True,
+            "every_n_train_steps": 1,
+            "save_top_k": 2,
+            "monitor": "step",
+            "mode": "max",
+            "filename": "step-{step}",
+        },
+    }
     trainer["callbacks"] = [checkpoint, *callbacks]
     model = config["model"]["init_args"]
     # A random-init model (no one-off pretraining of the tiny base in CI) with a reward that varies.
-    model.update(model="tiny:random", num_generations=4, val_num_samples=2, export_dir=str(tmp_path / name / "hf_model"),
-                 rewards={"resume_probe.varied_reward": 1.0, "accuracy_reward": 1.0})
+    model.update(
+        model="tiny:random",
+        num_generations=4,
+        val_num_samples=2,
+        export_dir=str(tmp_path / name / "hf_model"),
+        rewards={"resume_probe.varied_reward": 1.0, "accuracy_reward": 1.0},
+    )
     model["sampling"]["max_new_tokens"] = 16
     data = config["data"]["init_args"]
     data.update(batch_size=4, val_batch_size=8)
@@ -44,8 +66,14 @@ def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6
 
 def _fit(config: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(config), *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(config), *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _metrics(run_dir: Path) -> dict[int, dict[str, str]]:
@@ -61,9 +89,14 @@ def _prompts(path: Path) -> list[tuple[int, list[str]]]:
     return [(r["step"], r["prompts"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    recorder = lambda name: {"class_path": "resume_probe.PromptRecorder",  # noqa: E731
-                             "init_args": {"path": str(tmp_path / f"{name}_prompts.jsonl")}}
+    def recorder(name: str) -> dict:
+        return {
+            "class_path": "resume_probe.PromptRecorder",
+            "init_args": {"path": str(tmp_path / f"{name}_prompts.jsonl")},
+        }
+
     straight = _fit(_config(tmp_path, "straight", [recorder("straight")]))
     assert straight.returncode == 0, straight.stderr[-3000:]
 

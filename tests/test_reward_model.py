@@ -29,15 +29,32 @@ def harmlessness_rm(tmp_path_factory):
     out = tmp_path_factory.mktemp("rm")
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "max_steps": 40, "val_check_interval": 40, "log_every_n_steps": 5, "check_val_every_n_epoch": None,
-                    "default_root_dir": str(out), "enable_progress_bar": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}}},
-        "model": {"class_path": "r1_lightning.reward_model.RewardModelModule",
-                  "init_args": {"model": "tiny:random", "lr": 0.003, "template": "plain", "export_dir": str(out / "rm")}},
-        "data": {"class_path": "r1_lightning.reward_model.PreferenceDataModule",
-                 "init_args": {"source": {"class_path": "r1_lightning.reward_model.PreferenceTask",
-                                          "init_args": {"kind": "harmlessness", "num_records": 400}},
-                               "template": "plain", "val_size": 64, "batch_size": 16}},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": 40,
+            "val_check_interval": 40,
+            "log_every_n_steps": 5,
+            "check_val_every_n_epoch": None,
+            "default_root_dir": str(out),
+            "enable_progress_bar": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
+        },
+        "model": {
+            "class_path": "r1_lightning.reward_model.RewardModelModule",
+            "init_args": {"model": "tiny:random", "lr": 0.003, "template": "plain", "export_dir": str(out / "rm")},
+        },
+        "data": {
+            "class_path": "r1_lightning.reward_model.PreferenceDataModule",
+            "init_args": {
+                "source": {
+                    "class_path": "r1_lightning.reward_model.PreferenceTask",
+                    "init_args": {"kind": "harmlessness", "num_records": 400},
+                },
+                "template": "plain",
+                "val_size": 64,
+                "batch_size": 16,
+            },
+        },
     }
     (out / "rm.yaml").write_text(yaml.safe_dump(config))
     cli = main(["fit", "--config", str(out / "rm.yaml")])
@@ -88,14 +105,16 @@ def test_export_takes_a_reward_model_checkpoint(harmlessness_rm, tmp_path):
     exported, tokenizer, _ = load_reward_model(str(tmp_path / "exported"))
     texts = ["2 + 2 = 4", "you idiot, 2 + 2 = 4"]
     cli.model.model.eval()
-    torch.testing.assert_close(score_texts(exported, tokenizer, texts),
-                               score_texts(cli.model.model, cli.model.tokenizer, texts))
+    torch.testing.assert_close(
+        score_texts(exported, tokenizer, texts), score_texts(cli.model.model, cli.model.tokenizer, texts)
+    )
 
 
 def test_reward_model_in_the_reward_spec(harmlessness_rm):
     _, out = harmlessness_rm
-    [reward] = build_rewards({"harmlessness": {"function": "reward_model", "model": str(out / "rm"),
-                                               "scope": "whole", "weight": 0.5}})
+    [reward] = build_rewards(
+        {"harmlessness": {"function": "reward_model", "model": str(out / "rm"), "scope": "whole", "weight": 0.5}}
+    )
     assert reward.name == "harmlessness" and reward.weight == 0.5 and reward.fn.scope == "whole"
     with pytest.raises(ValueError, match="scope"):
         build_rewards({"h": {"function": "reward_model", "model": "x", "scope": "middle"}})

@@ -17,7 +17,7 @@ def test_generation_masks_stop_and_truncation(tiny_model_and_tokenizer):
     lengths = gen.completion_mask.sum(1)
     eos = tokenizer.eos_token_id
     for i in range(n):
-        tokens = gen.input_ids[i, gen.prompt_length:][: lengths[i]]
+        tokens = gen.input_ids[i, gen.prompt_length :][: lengths[i]]
         # a completion that finished ends with EOS; one that did not used all max_new_tokens
         if gen.truncated[i]:
             assert lengths[i] == 12 and eos not in tokens.tolist()
@@ -34,7 +34,9 @@ def test_stop_string_ends_completion(tiny_model_and_tokenizer):
     # Stop on a string the random model emits at once: the first token's text.
     first = HFGenerator(tokenizer).generate(model, ["x"], SamplingConfig(temperature=0, max_new_tokens=1))
     stop = first.texts[0].strip() or first.texts[0]
-    gen = HFGenerator(tokenizer).generate(model, ["x"], SamplingConfig(temperature=0, max_new_tokens=8, stop_strings=(stop,)))
+    gen = HFGenerator(tokenizer).generate(
+        model, ["x"], SamplingConfig(temperature=0, max_new_tokens=8, stop_strings=(stop,))
+    )
     assert gen.completion_mask.sum().item() == 1 and not gen.truncated[0]
 
 

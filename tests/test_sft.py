@@ -23,14 +23,16 @@ def test_loss_covers_response_tokens_only(tiny_model_and_tokenizer):
     ids, labels = dm.encode(record)
     response = tokenizer(" <answer>3</answer>", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert [t for t in labels if t != -100] == response
-    assert ids[-len(response):] == response and labels.count(-100) == len(ids) - len(response)
+    assert ids[-len(response) :] == response and labels.count(-100) == len(ids) - len(response)
 
 
 def test_response_nll_by_hand():
     logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]]]))
     labels = torch.tensor([[-100, 1, 0]])  # positions 1, 2 predicted from 0, 1: p = 0.5, 0.25
     loss, count = response_nll(logits, labels)
-    assert count == 2 and loss.item() == pytest.approx(-(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.25))).item() / 2)
+    assert count == 2 and loss.item() == pytest.approx(
+        -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.25))).item() / 2
+    )
 
 
 def test_packed_batch_has_the_same_loss_and_gradient_as_unpacked(tiny_model_and_tokenizer):
@@ -64,7 +66,9 @@ def test_missing_column_is_named(tiny_model_and_tokenizer):
     _, tokenizer = tiny_model_and_tokenizer
     dm = SFTDataModule(NonReasoningTask(num_records=8), response_column="solution", val_size=2)
     dm.tokenizer = tokenizer
-    with pytest.raises(ValueError, match="no column 'solution'.*columns: \\['answer', 'language', 'prompt', 'response'\\]"):
+    with pytest.raises(
+        ValueError, match="no column 'solution'.*columns: \\['answer', 'language', 'prompt', 'response'\\]"
+    ):
         dm.setup("fit")
 
 
@@ -89,13 +93,30 @@ def test_cold_start_data_never_contains_held_out_problems():
 def test_sft_cli_run_lowers_the_loss_and_exports(tmp_path):
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "max_steps": 12, "logger": False, "default_root_dir": str(tmp_path),
-                    "enable_progress_bar": False, "val_check_interval": 12, "check_val_every_n_epoch": None},
-        "model": {"class_path": "r1_lightning.sft.SFTModule",
-                  "init_args": {"model": "tiny:random", "lr": 0.003, "export_dir": str(tmp_path / "hf")}},
-        "data": {"class_path": "r1_lightning.data.sft.SFTDataModule",
-                 "init_args": {"source": {"class_path": "r1_lightning.data.records.ArithmeticCoTTask",
-                                          "init_args": {"num_records": 64}}, "packing": True, "batch_size": 4}},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": 12,
+            "logger": False,
+            "default_root_dir": str(tmp_path),
+            "enable_progress_bar": False,
+            "val_check_interval": 12,
+            "check_val_every_n_epoch": None,
+        },
+        "model": {
+            "class_path": "r1_lightning.sft.SFTModule",
+            "init_args": {"model": "tiny:random", "lr": 0.003, "export_dir": str(tmp_path / "hf")},
+        },
+        "data": {
+            "class_path": "r1_lightning.data.sft.SFTDataModule",
+            "init_args": {
+                "source": {
+                    "class_path": "r1_lightning.data.records.ArithmeticCoTTask",
+                    "init_args": {"num_records": 64},
+                },
+                "packing": True,
+                "batch_size": 4,
+            },
+        },
     }
     import yaml
 

@@ -3,11 +3,10 @@
 import pandas as pd
 import pytest
 import torch
+from test_cli import _fast
 
 from r1_lightning.callbacks import StageScheduleCallback
 from r1_lightning.cli import main
-from test_cli import _fast
-
 
 
 def test_schedule_in_a_run(tmp_path):
@@ -15,10 +14,26 @@ def test_schedule_in_a_run(tmp_path):
         '[{"class_path": "r1_lightning.callbacks.StageScheduleCallback", "init_args": {"reference_reset_every": 2, '
         '"late_reward_steps": 2, "late_rewards": {"format_reward": 0.5}}}]'
     )
-    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "5", "--model.init_args.validate_at_start", "false",
-                              "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
-                              "--model.init_args.rewards", '{"test_cli.varied_reward": 1.0}',
-                              "--trainer.callbacks", callbacks)])
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "5",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--trainer.limit_val_batches",
+                "0",
+                "--trainer.log_every_n_steps",
+                "1",
+                "--model.init_args.rewards",
+                '{"test_cli.varied_reward": 1.0}',
+                "--trainer.callbacks",
+                callbacks,
+            ),
+        ]
+    )
     schedule = next(cb for cb in cli.trainer.callbacks if isinstance(cb, StageScheduleCallback))
     # steps are 0-based global steps: late rewards from step 3 (the last 2 of 5), resets after steps 2 and 4
     assert schedule.events == [(2, "reference_reset"), (3, "late_rewards_added"), (4, "reference_reset")]
@@ -30,10 +45,26 @@ def test_schedule_in_a_run(tmp_path):
 
 
 def test_reference_equals_policy_right_after_a_reset(tmp_path):
-    callbacks = '[{"class_path": "r1_lightning.callbacks.StageScheduleCallback", "init_args": {"reference_reset_every": 3}}]'
-    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "3", "--model.init_args.validate_at_start", "false",
-                              "--trainer.limit_val_batches", "0", "--trainer.callbacks", callbacks)])
-    for p, r in zip(cli.model.policy.parameters(), cli.model.reference.parameters()):
+    callbacks = (
+        '[{"class_path": "r1_lightning.callbacks.StageScheduleCallback", "init_args": {"reference_reset_every": 3}}]'
+    )
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "3",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--trainer.limit_val_batches",
+                "0",
+                "--trainer.callbacks",
+                callbacks,
+            ),
+        ]
+    )
+    for p, r in zip(cli.model.policy.parameters(), cli.model.reference.parameters(), strict=True):
         torch.testing.assert_close(p, r)
 
 

@@ -1,9 +1,8 @@
 """W&B sweep files: every parameter is a flag of the config the sweep runs, and the command line that
 ``wandb agent`` builds runs (fast_dev_run, offline)."""
 
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -66,7 +65,11 @@ def test_agent_command_line_runs_offline(tmp_path, monkeypatch):
     values = {name: first_value(spec) for name, spec in sweep["parameters"].items()}
     argv = agent_command(sweep, values)
     assert argv[:3] == ["/usr/bin/env", "r1-lightning", "fit"]
-    extra = ["--trainer.max_steps=1", "--model.init_args.model=tiny:random", "--model.init_args.validate_at_start=false"]
+    extra = [
+        "--trainer.max_steps=1",
+        "--model.init_args.model=tiny:random",
+        "--model.init_args.validate_at_start=false",
+    ]
     for _ in range(2):
         cli = main(argv[2:] + extra)
     assert cli.trainer.global_step == 1

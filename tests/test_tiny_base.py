@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from r1_lightning.tiny import BaseRecipe, remove_stale_builds, tiny_base_path
@@ -26,14 +27,19 @@ def test_the_base_builds_inside_no_grad(tmp_path, monkeypatch, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".build-")] == []
 
 
+@pytest.mark.slow
 def test_concurrent_runs_build_the_base_once(tmp_path):
     script = (
         "from r1_lightning.tiny import BaseRecipe, tiny_base_path;"
         "print(tiny_base_path(BaseRecipe(steps=60, batch_size=4, hidden_size=32, layers=1)))"
     )
     env = {**os.environ, "R1_LIGHTNING_CACHE": str(tmp_path)}
-    runs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert outputs[0][0] == outputs[1][0]  # the same folder
@@ -54,4 +60,5 @@ def test_killed_builds_are_cleaned_up(tmp_path):
     removed = remove_stale_builds(tmp_path)
     assert sorted(p.name for p in removed) == sorted([f".build-tiny-arithmetic-abc-{dead.pid}", "tmpold"])
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == sorted(
-        [f".build-tiny-arithmetic-def-{os.getpid()}", "tmpnew"])
+        [f".build-tiny-arithmetic-def-{os.getpid()}", "tmpnew"]
+    )

@@ -25,8 +25,9 @@ class FakeLLM:
         FakeLLM.instances.append(self)
 
     def apply_model(self, func):
-        engine_model = types.SimpleNamespace(load_weights=lambda weights: self.loaded.update(
-            {name: tensor.detach().clone() for name, tensor in weights}))
+        engine_model = types.SimpleNamespace(
+            load_weights=lambda weights: self.loaded.update({name: tensor.detach().clone() for name, tensor in weights})
+        )
         return [func(engine_model)]
 
     def reset_prefix_cache(self):
@@ -34,7 +35,7 @@ class FakeLLM:
 
     def generate(self, prompts, params, use_tqdm=False):
         outputs = []
-        for prompt, p in zip(prompts, params):
+        for prompt, p in zip(prompts, params, strict=True):
             self.requests.append((prompt["prompt_token_ids"], p))
             completions = []
             for index in range(p.n):  # completion i has i + 1 tokens; the last one hits the length limit
@@ -61,19 +62,28 @@ def fake_vllm(monkeypatch):
 def test_generate_syncs_weights_and_converts_outputs(fake_vllm, tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     engine = VLLMGenerator(tokenizer, gpu_memory_utilization=0.25)
-    prompts = ["1 + 2 =", "1 + 2 =", "1 + 2 =", "a longer prompt: 3 + 4 =", "a longer prompt: 3 + 4 =",
-               "a longer prompt: 3 + 4 ="]
+    prompts = [
+        "1 + 2 =",
+        "1 + 2 =",
+        "1 + 2 =",
+        "a longer prompt: 3 + 4 =",
+        "a longer prompt: 3 + 4 =",
+        "a longer prompt: 3 + 4 =",
+    ]
     sampling = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=3, stop_strings=("</answer>",))
     torch.manual_seed(0)
     gen = engine.generate(model, prompts, sampling, group_size=3)
     llm = FakeLLM.instances[0]
-    assert llm.kwargs["gpu_memory_utilization"] == 0.25 and llm.kwargs["distributed_executor_backend"] == "external_launcher"
+    assert (
+        llm.kwargs["gpu_memory_utilization"] == 0.25
+        and llm.kwargs["distributed_executor_backend"] == "external_launcher"
+    )
     # every weight under its checkpoint name, equal to the policy's; the prefix cache reset after
     assert llm.loaded.keys() == model.state_dict().keys()
     assert all(torch.equal(llm.loaded[k], v) for k, v in model.state_dict().items()) and llm.resets == 1
     # one request per distinct prompt, n = G, prompt ids from our tokenizer, the sampling settings carried over
     assert len(llm.requests) == 2
-    for (ids, params), prompt in zip(llm.requests, prompts[::3]):
+    for (ids, params), prompt in zip(llm.requests, prompts[::3], strict=True):
         assert ids == tokenizer(prompt, add_special_tokens=False)["input_ids"]
         assert (params.n, params.temperature, params.top_p, params.max_tokens) == (3, 0.7, 0.9, 3)
         assert params.stop == ["</answer>"] and tokenizer.eos_token_id in params.stop_token_ids
@@ -93,9 +103,9 @@ def test_generate_syncs_weights_and_converts_outputs(fake_vllm, tiny_model_and_t
 
 
 def test_lora_weights_are_merged_for_the_engine_and_unmerged_after(fake_vllm, tiny_model_and_tokenizer):
-    from peft import LoraConfig, get_peft_model
-
     import copy
+
+    from peft import LoraConfig, get_peft_model
 
     base, tokenizer = tiny_model_and_tokenizer
     model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj"]))
@@ -147,11 +157,28 @@ def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tm
         original_sync(self, model)
 
     monkeypatch.setattr(VLLMGenerator, "sync_weights", recording_sync)
-    cli = main(["fit", *_fast(tmp_path, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
-                              "--model.init_args.rollout_engine", "vllm", "--model.init_args.lr", "1e-3",
-                              "--model.init_args.warmup_steps", "0",
-                              "--model.init_args.vllm", "{gpu_memory_utilization: 0.2}",
-                              "--model.init_args.rewards", "{test_cli.varied_reward: 1.0}")])
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--model.init_args.rollout_engine",
+                "vllm",
+                "--model.init_args.lr",
+                "1e-3",
+                "--model.init_args.warmup_steps",
+                "0",
+                "--model.init_args.vllm",
+                "{gpu_memory_utilization: 0.2}",
+                "--model.init_args.rewards",
+                "{test_cli.varied_reward: 1.0}",
+            ),
+        ]
+    )
     assert cli.trainer.global_step == 2
     engine = cli.model.generator
     assert isinstance(engine, VLLMGenerator) and engine.gpu_memory_utilization == 0.2

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from r1_lightning.data.sources import DatasetSource, PromptSource
-from r1_lightning.errors import ConfigError
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
+from r1_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class PromptStream(IterableDataset):
     (without yielding) the records of the batches a restored checkpoint had already trained on.
     """
 
-    def __init__(self, datamodule: "PromptDataModule") -> None:
+    def __init__(self, datamodule: PromptDataModule) -> None:
         self.dm = datamodule
 
     def __iter__(self) -> Iterator[dict]:
@@ -151,14 +152,19 @@ class PromptDataModule(L.LightningDataModule):
                 raise ConfigError(
                     f"no training rows left in {describe}: all {held_out} usable rows are held out for validation "
                     f"by the source's `val_size: {self.source.val_size}`; lower `val_size` below the number of rows, "
-                    "or give separate validation data (`val_path` / `val_split`)")
+                    "or give separate validation data (`val_path` / `val_split`)"
+                )
         if skipped:
             reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
-            raise ConfigError(f"every row of {describe} is unusable ({reasons}); check the source's `prompt_column` / "
-                              "`answer_column` / `answer_parser` (the first bad rows are shown above)")
+            raise ConfigError(
+                f"every row of {describe} is unusable ({reasons}); check the source's `prompt_column` / "
+                "`answer_column` / `answer_parser` (the first bad rows are shown above)"
+            )
         if self.max_prompt_tokens is not None:
-            raise ConfigError(f"every prompt of {describe} is longer than `data.max_prompt_tokens: "
-                              f"{self.max_prompt_tokens}` tokens after the template; raise it")
+            raise ConfigError(
+                f"every prompt of {describe} is longer than `data.max_prompt_tokens: "
+                f"{self.max_prompt_tokens}` tokens after the template; raise it"
+            )
         raise ConfigError(f"the training prompt source {describe} yielded no records; check the dataset and split")
 
     def render(self, record: dict, count_skips: bool = True) -> dict | None:
@@ -175,7 +181,9 @@ class PromptDataModule(L.LightningDataModule):
                 if self.skipped_long_prompts <= 5:
                     log.warning(
                         "skipped a prompt of %d tokens > data.max_prompt_tokens=%d (%d skipped so far%s): %r",
-                        length, self.max_prompt_tokens, self.skipped_long_prompts,
+                        length,
+                        self.max_prompt_tokens,
+                        self.skipped_long_prompts,
                         "; further ones are only counted" if self.skipped_long_prompts == 5 else "",
                         str(record["prompt"])[:80],
                     )
@@ -200,6 +208,8 @@ class PromptDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.val_records(), batch_size=self.val_batch_size, collate_fn=collate_records,
+            self.val_records(),
+            batch_size=self.val_batch_size,
+            collate_fn=collate_records,
             generator=self._generator(),
         )

@@ -99,8 +99,15 @@ class ArithmeticCoTTask(RecordSource):
     ' <think>We add 17 and 14. 17+14=31.</think> <answer>31</answer>'
     """
 
-    def __init__(self, num_records: int = 512, min_value: int = 0, max_value: int = 19,
-                 other_language_fraction: float = 0.0, val_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_records: int = 512,
+        min_value: int = 0,
+        max_value: int = 19,
+        other_language_fraction: float = 0.0,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
         if not 0.0 <= other_language_fraction <= 1.0:
             raise ValueError(f"`other_language_fraction` must be in [0, 1], got {other_language_fraction}")
         self.num_records, self.min_value, self.max_value = num_records, min_value, max_value
@@ -115,8 +122,14 @@ class ArithmeticCoTTask(RecordSource):
                 continue
             language = rng.choice(["es", "fr"]) if rng.random() < self.other_language_fraction else "en"
             thought = _COT_PHRASES[language].format(a=a, b=b, s=a + b)
-            rows.append({"prompt": prompt, "response": f" <think>{thought}</think> <answer>{a + b}</answer>",
-                         "answer": str(a + b), "language": "en"})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "response": f" <think>{thought}</think> <answer>{a + b}</answer>",
+                    "answer": str(a + b),
+                    "language": "en",
+                }
+            )
         return rows
 
 
@@ -151,5 +164,7 @@ class NonReasoningTask(RecordSource):
             else:
                 word = rng.choice(sorted(_OPPOSITES.values()))
                 prompt, answer = f"Repeat the word {word}", word
-            rows.append({"prompt": prompt, "response": f" <answer>{answer}</answer>", "answer": answer, "language": "en"})
+            rows.append(
+                {"prompt": prompt, "response": f" <answer>{answer}</answer>", "answer": answer, "language": "en"}
+            )
         return rows

@@ -29,7 +29,9 @@ from r1_lightning.data.templates import render_prompt
 log = logging.getLogger(__name__)
 
 
-def pack_examples(examples: list[tuple[list[int], list[int]]], max_length: int) -> list[list[tuple[list[int], list[int]]]]:
+def pack_examples(
+    examples: list[tuple[list[int], list[int]]], max_length: int
+) -> list[list[tuple[list[int], list[int]]]]:
     """Greedy first-fit packing of ``(input_ids, labels)`` examples into rows of <= ``max_length`` tokens.
 
     >>> [len(row) for row in pack_examples([([1] * 3, [1] * 3), ([2] * 2, [2] * 2), ([3] * 4, [3] * 4)], 5)]
@@ -66,10 +68,19 @@ class SFTDataModule(L.LightningDataModule):
         seed: shuffling seed.
     """
 
-    def __init__(self, source: RecordSource | None = None, prompt_column: str = "prompt",
-                 response_column: str = "response", template: str = "r1_zero", system_prompt: str | None = None,
-                 max_length: int = 512, packing: bool = False, batch_size: int = 16, val_size: int = 32,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: RecordSource | None = None,
+        prompt_column: str = "prompt",
+        response_column: str = "response",
+        template: str = "r1_zero",
+        system_prompt: str | None = None,
+        max_length: int = 512,
+        packing: bool = False,
+        batch_size: int = 16,
+        val_size: int = 32,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.source = source if source is not None else ArithmeticCoTTask()
         self.prompt_column, self.response_column = prompt_column, response_column
@@ -115,11 +126,19 @@ class SFTDataModule(L.LightningDataModule):
         val, train = records[: self.val_size], records[self.val_size :]
         train_examples = [self.encode(r) for r in train]
         self.val_rows = [[self.encode(r)] for r in val]
-        self.train_rows = pack_examples(train_examples, self.max_length) if self.packing else [[e] for e in train_examples]
+        self.train_rows = (
+            pack_examples(train_examples, self.max_length) if self.packing else [[e] for e in train_examples]
+        )
         if self.truncated:
-            log.warning("SFT: %d of %d examples were longer than data.max_length=%d and were cut",
-                        self.truncated, len(records), self.max_length)
-        log.info("SFT data: %d train examples in %d rows, %d validation", len(train_examples), len(self.train_rows), len(val))
+            log.warning(
+                "SFT: %d of %d examples were longer than data.max_length=%d and were cut",
+                self.truncated,
+                len(records),
+                self.max_length,
+            )
+        log.info(
+            "SFT data: %d train examples in %d rows, %d validation", len(train_examples), len(self.train_rows), len(val)
+        )
 
     def collate(self, rows: list[list[tuple[list[int], list[int]]]]) -> dict[str, torch.Tensor]:
         width = max(sum(len(ids) for ids, _ in row) for row in rows)
@@ -140,8 +159,9 @@ class SFTDataModule(L.LightningDataModule):
     @override
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_rows, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate,
-                          generator=generator)
+        return DataLoader(
+            self.train_rows, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate, generator=generator
+        )
 
     @override
     def val_dataloader(self) -> DataLoader:

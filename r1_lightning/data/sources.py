@@ -11,8 +11,9 @@ import itertools
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from r1_lightning.errors import ConfigError
 
@@ -194,16 +195,23 @@ class DatasetSource(PromptSource):
         """Count (and show the first few of) the rows that cannot be used, or stop on the first one."""
         where = f"{self.describe()} split {split!r} row {number}"
         if self.on_bad_row == "error":
-            raise ConfigError(f"{where}: {bad} ({bad.reason}); fix the row, or set the data source's "
-                              "`on_bad_row: skip` to train on the other rows")
+            raise ConfigError(
+                f"{where}: {bad} ({bad.reason}); fix the row, or set the data source's "
+                "`on_bad_row: skip` to train on the other rows"
+            )
         if (split, number) in self._bad_rows_seen:  # the stream's next pass over the same file
             return
         self._bad_rows_seen.add((split, number))
         self.skipped_rows[bad.reason] += 1
         total = sum(self.skipped_rows.values())
         if total <= SHOWN_BAD_ROWS:
-            log.warning("skipped %s: %s (%s)%s", where, bad, bad.reason,
-                        "; further skipped rows are only counted" if total == SHOWN_BAD_ROWS else "")
+            log.warning(
+                "skipped %s: %s (%s)%s",
+                where,
+                bad,
+                bad.reason,
+                "; further skipped rows are only counted" if total == SHOWN_BAD_ROWS else "",
+            )
 
     def iter_train(self, seed: int, epoch: int) -> Iterator[dict]:
         held_out = {str(r["prompt"]) for r in self.val_records(seed)} if self.val_split is None else set()
@@ -244,9 +252,19 @@ class HubSource(DatasetSource):
         return self.split
 
     def load(self, split: str, streaming: bool) -> Any:
+        import os
+
         import datasets
 
-        return datasets.load_dataset(self.path, self.name, split=split, streaming=self.streaming and streaming)
+        try:
+            return datasets.load_dataset(self.path, self.name, split=split, streaming=self.streaming and streaming)
+        except (ConnectionError, FileNotFoundError) as err:
+            offline = any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+            hint = " HF_HUB_OFFLINE=1 is set: only datasets already in the local cache load." if offline else ""
+            raise ConfigError(
+                f"could not load hub dataset {self.describe()} split {split!r} (the data source's `path`): "
+                f"{err}.{hint} For local files use r1_lightning.data.FileSource."
+            ) from err
 
 
 class FileSource(DatasetSource):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from r1_lightning.data.sources import PromptSource
 

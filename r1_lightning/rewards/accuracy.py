@@ -35,7 +35,9 @@ def answers_match(predicted: str, gold: str) -> bool:
 
 
 def accuracy_reward(
-    completions: list[Completion], answer: list[Any], timeout_seconds: float | None = VERIFY_TIMEOUT_SECONDS,
+    completions: list[Completion],
+    answer: list[Any],
+    timeout_seconds: float | None = VERIFY_TIMEOUT_SECONDS,
     **kwargs: Any,
 ) -> list[float | None]:
     r"""1.0 when the final answer (``<answer>`` tag, else last ``\boxed{}``) equals ``answer``, else 0.0.

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from r1_lightning.rewards._text import Completion, completion_text
 
@@ -83,8 +84,12 @@ def target_word_fraction(text: str, target: str, candidates: Sequence[str] = DEF
     target = target.lower()
     candidates = tuple(dict.fromkeys([target, *(c.lower() for c in candidates)]))
     detector = language_detector(candidates)
-    runs = [run for sentence in _SENTENCE_END.split(text) if sentence.strip()
-            for run in detector.detect_multiple_languages_of(sentence)]
+    runs = [
+        run
+        for sentence in _SENTENCE_END.split(text)
+        if sentence.strip()
+        for run in detector.detect_multiple_languages_of(sentence)
+    ]
     total = sum(run.word_count for run in runs)
     if total == 0:
         return 1.0
@@ -118,5 +123,5 @@ def language_consistency_reward(
     # No chain of thought at all earns nothing: otherwise an empty completion would score 1.0 here.
     return [
         target_word_fraction(thought, target or default_language, candidate_languages) if thought.strip() else 0.0
-        for thought, target in zip(thoughts, targets)
+        for thought, target in zip(thoughts, targets, strict=True)
     ]

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from r1_lightning.rewards import _worker
 from r1_lightning.rewards._worker import read_message, write_message
@@ -40,7 +41,10 @@ class _Worker:
         # The parent's sys.path goes along so reward functions from the user's modules resolve.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self.process = subprocess.Popen(
-            [sys.executable, _worker.__file__, *preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            [sys.executable, _worker.__file__, *preload],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
         )
         self.ready = False
 
@@ -101,9 +105,12 @@ class TimeLimitedPool:
         for worker in self.workers:
             worker.wait_ready()
 
-    def map(self, fn: Callable, calls: list[tuple], timeout: float, kwargs: dict | None = None) -> list[tuple[str, Any]]:
+    def map(
+        self, fn: Callable, calls: list[tuple], timeout: float, kwargs: dict | None = None
+    ) -> list[tuple[str, Any]]:
         """Run ``fn(*args, **kwargs)`` for each ``args`` in ``calls``; returns per call ``("ok", value)``,
-        ``("error", text)`` (it raised), ``("timeout", None)`` or ``("died", None)`` (the child was killed). ``fn`` must be picklable (a module-level function)."""
+        ``("error", text)`` (it raised), ``("timeout", None)`` or ``("died", None)`` (the child was killed).
+        ``fn`` must be picklable (a module-level function)."""
         self._ensure()
         results: list[tuple[str, Any] | None] = [None] * len(calls)
         pending = list(range(len(calls)))[::-1]
@@ -170,8 +177,9 @@ def shared_pool() -> TimeLimitedPool:
     return _POOL
 
 
-def call_with_deadline(name: str, fn: Callable, calls: list[tuple], timeout: float,
-                       kwargs: dict | None = None) -> list[Any]:
+def call_with_deadline(
+    name: str, fn: Callable, calls: list[tuple], timeout: float, kwargs: dict | None = None
+) -> list[Any]:
     """``fn(*args)`` for each call in the shared pool; a call past ``timeout`` seconds (or whose worker
     died) gives ``None`` and counts one against ``name``. Errors raise, naming ``name`` and the arguments."""
     values = []

@@ -6,8 +6,9 @@ import difflib
 import functools
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from r1_lightning.rewards.limits import TimeLimitedReward
 
@@ -23,7 +24,12 @@ def builtin_rewards() -> dict[str, RewardFn]:
     from r1_lightning.rewards.reward_model import RewardModelReward
 
     functions = (
-        accuracy_reward, code_reward, countdown_reward, format_reward, tag_count_reward, language_consistency_reward,
+        accuracy_reward,
+        code_reward,
+        countdown_reward,
+        format_reward,
+        tag_count_reward,
+        language_consistency_reward,
     )
     return {**{fn.__name__: fn for fn in functions}, "reward_model": RewardModelReward}
 
@@ -69,8 +75,9 @@ def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
 
     The long form configures a reward: ``function`` (default: ``name``) is a built-in or dotted path;
     ``timeout`` (seconds) runs each call in a child process killed at that deadline (the batch then
-    scores 0 and the timeout is counted; see ``limits.py``); the other keys are keyword arguments, bound with ``functools.partial`` for a function, or passed to
-    the constructor when ``function`` names a class (``reward_model``: a reward model, built once).
+    scores 0 and the timeout is counted; see ``limits.py``); the other keys are keyword arguments, bound
+    with ``functools.partial`` for a function, or passed to the constructor when ``function`` names a
+    class (``reward_model``: a reward model, built once).
 
     >>> build_reward("format_reward", 0.5).weight
     0.5
@@ -93,7 +100,9 @@ def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
         fn = functools.partial(target, **arguments) if arguments else target
     if timeout is not None:
         if isinstance(target, type):
-            raise ValueError(f"reward {name!r}: `timeout` runs a function in a child process; {target.__name__} is a class")
+            raise ValueError(
+                f"reward {name!r}: `timeout` runs a function in a child process; {target.__name__} is a class"
+            )
         fn = TimeLimitedReward(name, fn, float(timeout))
     return WeightedReward(name, fn, weight)
 
@@ -104,8 +113,10 @@ def build_rewards(spec: RewardSpec) -> list[WeightedReward]:
         raise ValueError("`rewards` is empty: name at least one reward function, e.g. {accuracy_reward: 1.0}")
     rewards = [build_reward(name, value) for name, value in spec.items()]
     if all(reward.weight == 0 for reward in rewards):
-        raise ValueError(f"every weight in `rewards` is 0 ({', '.join(r.name for r in rewards)}): every advantage would "
-                         "be 0 and nothing would train; give at least one reward a non-zero weight")
+        raise ValueError(
+            f"every weight in `rewards` is 0 ({', '.join(r.name for r in rewards)}): every advantage would "
+            "be 0 and nothing would train; give at least one reward a non-zero weight"
+        )
     return rewards
 
 

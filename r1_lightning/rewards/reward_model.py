@@ -52,8 +52,9 @@ class RewardModelReward:
     The model loads on first call (configs are parsed without loading weights).
     """
 
-    def __init__(self, model: str, scope: Scope = "summary", squash: bool = True, batch_size: int = 32,
-                 dtype: str = "float32") -> None:
+    def __init__(
+        self, model: str, scope: Scope = "summary", squash: bool = True, batch_size: int = 32, dtype: str = "float32"
+    ) -> None:
         response_part("", scope)  # validates scope now, not at the first rollout
         self.path, self.scope, self.squash, self.batch_size, self.dtype = model, scope, squash, batch_size, dtype
         self.__name__ = f"reward_model[{scope}]"
@@ -68,19 +69,29 @@ class RewardModelReward:
             self._loaded = (model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer, settings)
         return self._loaded
 
-    def texts(self, completions: list[Completion], prompts: list[str], raw_prompt: list[str] | None = None) -> list[str]:
+    def texts(
+        self, completions: list[Completion], prompts: list[str], raw_prompt: list[str] | None = None
+    ) -> list[str]:
         """What the reward model reads: the prompt in its own template, then the scoped response."""
         from r1_lightning.data.templates import render_prompt
 
         _, tokenizer, settings = self._model()
         # The raw prompt goes into the reward model's own template; without it, the policy's rendering is used.
-        rendered = (list(prompts) if raw_prompt is None
-                    else [render_prompt(p, settings.get("template", "plain"), tokenizer) for p in raw_prompt])
-        return [p + response_part(completion_text(c), self.scope) for p, c in zip(rendered, completions)]
+        rendered = (
+            list(prompts)
+            if raw_prompt is None
+            else [render_prompt(p, settings.get("template", "plain"), tokenizer) for p in raw_prompt]
+        )
+        return [p + response_part(completion_text(c), self.scope) for p, c in zip(rendered, completions, strict=True)]
 
     @torch.no_grad()
-    def __call__(self, completions: list[Completion], prompts: list[str] | None = None,
-                 raw_prompt: list[str] | None = None, **columns: Any) -> list[float]:
+    def __call__(
+        self,
+        completions: list[Completion],
+        prompts: list[str] | None = None,
+        raw_prompt: list[str] | None = None,
+        **columns: Any,
+    ) -> list[float]:
         from r1_lightning.reward_model import score_texts
 
         if prompts is None:
