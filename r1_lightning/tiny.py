@@ -5,7 +5,7 @@ a byte-level BPE tokenizer trained with ``tokenizers`` on generated text, a Qwen
 few hundred thousand parameters big, and a short causal-LM pretraining on a generated corpus of
 arithmetic "transcripts" that, like web text, are only sometimes right and only sometimes in the
 ``<think>``/``<answer>`` format. The result is saved in HF format (``save_pretrained``) and cached, so
-it is built once per machine (about 3 minutes on two CPU cores).
+it is built once per machine (about 2 minutes on two CPU cores).
 
 Names understood by :func:`r1_lightning.models.load_policy`:
 
@@ -294,7 +294,7 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
         # print, not log: the CLI has not configured logging when this runs, and silence for minutes
         # looks like a hang.
         print(
-            f"building the tiny offline base model (one-off, about 3 minutes on 2 CPU cores) into {target}",
+            f"building the tiny offline base model (one-off, about 2 minutes on 2 CPU cores) into {target}",
             file=sys.stderr,
             flush=True,
         )
