@@ -94,7 +94,7 @@ class PreemptionCallback(Checkpoint):
         if not stop:
             return
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)  # a collective under FSDP: every rank calls it
+        trainer.save_checkpoint(path, weights_only=False)  # a collective under FSDP: every rank calls it
         rank_zero_info(f"checkpoint of step {trainer.global_step} written to {path}")
         raise Preempted(self.received or signal.SIGTERM, str(path), trainer.global_step)
 

@@ -11,14 +11,12 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 
-def counters(trainer: L.Trainer) -> dict[str, float]:
+def counters(trainer: L.Trainer, pl_module: Any = None) -> dict[str, float]:
     """Running totals of things skipped or cut short, so none goes unnoticed: prompts over the length
-    limit, reward calls that timed out (per function), sandboxed code runs by outcome."""
-    from r1_lightning.rewards.code import CODE_RUNS
-    from r1_lightning.rewards.limits import TIMEOUTS
-
-    values = {f"train/reward_timeouts/{name}": float(n) for name, n in TIMEOUTS.items()}
-    values.update({f"train/code_runs/{outcome}": float(n) for outcome, n in CODE_RUNS.items()})
+    limit, rows skipped per reason, this module's reward calls that timed out (per function) and its
+    sandboxed code runs by outcome (``GRPOModule.reward_events``)."""
+    events = getattr(pl_module, "reward_events", None) or {}
+    values = {f"train/{key}": float(n) for key, n in events.items()}
     skipped = getattr(trainer.datamodule, "skipped_long_prompts", None) if trainer.datamodule else None
     if skipped is not None:
         values["train/skipped_long_prompts"] = float(skipped)
@@ -100,7 +98,7 @@ class RewardLoggingCallback(L.Callback):
         for key, value in (outputs or {}).items():
             if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
                 self._update(f"train/{key}", value)
-        for name, count in counters(trainer).items():
+        for name, count in counters(trainer, pl_module).items():
             self._update(name, count)
         step = trainer.global_step
         pl_module.log("reward", rollout.rewards.mean(), prog_bar=True, on_step=True, logger=False)

@@ -10,10 +10,6 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from r1_lightning.losses import group_advantages
-from r1_lightning.rewards import score_completions
-from r1_lightning.rollout import Rollout, repeat_batch
-
 
 def capture_rng_states() -> dict[str, Any]:
     """Every random generator sampling can touch: Python's, NumPy's, torch's CPU and CUDA ones."""
@@ -36,13 +32,10 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 class RolloutCallback(L.Callback):
-    """Samples G completions per prompt with the policy, scores them, and attaches a ``Rollout``.
-
-    Runs in ``on_train_batch_start``: policy in eval mode, no grad, KV cache (``HFGenerator``). Then
-    rewards (``fn(completions, prompts=..., **columns)``), group-relative advantages, the micro-batch
-    plan (rows grouped by length), the sampling policy's log-probs when ``num_iterations > 1`` and
-    the reference's when ``beta > 0`` (one no-grad forward per micro-batch each). Groups are never
-    split: each rank samples all G completions of its own prompts. The module reads ``batch["rollout"]``.
+    """Before each training step, attaches ``batch["rollout"] = module.make_rollout(batch)`` (sampling,
+    rewards, advantages, micro-batch plan and the extra log-probs: ``GRPOModule.make_rollout``), and
+    keeps the random generators' state across checkpoints. Groups are never split: each rank samples
+    all G completions of its own prompts.
 
     Checkpoints carry the random generators' states as they were after the saved step; a resumed run
     puts them back just before its first rollout (after Lightning's own start-up, which draws from
@@ -65,15 +58,4 @@ class RolloutCallback(L.Callback):
         if self._pending_rng is not None:
             restore_rng_states(self._pending_rng)
             self._pending_rng = None
-        hp = pl_module.hparams
-        group = hp.num_generations
-        prompts, columns = repeat_batch(batch, group)
-        generation = pl_module.generate(prompts, pl_module.sampling, group_size=group)
-        totals, per_fn = score_completions(pl_module.rewards, generation.texts, {"prompts": prompts, **columns})
-        device = generation.input_ids.device
-        rewards = torch.tensor(totals, dtype=torch.float32, device=device)
-        advantages = group_advantages(rewards, group, scale_by_std=hp.scale_rewards)
-        plans = pl_module.plan_micro_batches(generation)
-        old_logprobs = pl_module.old_logprobs(generation, plans)
-        ref_logprobs = pl_module.reference_logprobs(generation, plans)
-        batch["rollout"] = Rollout(generation, old_logprobs, ref_logprobs, rewards, advantages, per_fn, group, plans)
+        batch["rollout"] = pl_module.make_rollout(batch)

@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from r1_lightning.evaluation import group_scores
+from r1_lightning.grpo_evaluation import GRPOEvaluation, validation_due
 from r1_lightning.lean_decode import causal_lm
-from r1_lightning.losses import LOSS_TYPES, LossType, grpo_loss
+from r1_lightning.losses import LOSS_TYPES, LossType, group_advantages, grpo_loss
 from r1_lightning.models import (
     OPTIMIZERS,
     LoraSettings,
@@ -52,7 +53,9 @@ from r1_lightning.models import (
     optimizer_and_scheduler,
     save_policy,
 )
-from r1_lightning.rewards import format_reward, resolve_reward
+from r1_lightning.rewards import resolve_reward, score_completions
+from r1_lightning.rewards.contract import RewardState, completion_token_ids, reward_inputs
+from r1_lightning.rewards.limits import count_reward_events
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
     ROLLOUT_ENGINES,
@@ -62,7 +65,6 @@ from r1_lightning.rollout import (
     Rollout,
     SamplingConfig,
     batched_logprobs,
-    isolated_rng,
     micro_batch_logprobs,
     plan_micro_batches,
     repeat_batch,
@@ -83,18 +85,7 @@ def as_sampling(value: SamplingConfig | dict) -> SamplingConfig:
     return SamplingConfig(**values)
 
 
-def validation_due(trainer: L.Trainer) -> bool:
-    """Whether the step-interval validation (``val_check_interval: N`` with
-    ``check_val_every_n_epoch: null``) falls on the trainer's current global step."""
-    interval = getattr(trainer, "val_check_batch", None)
-    if trainer.check_val_every_n_epoch is not None or not isinstance(interval, int) or interval <= 0:
-        return False
-    if not trainer.enable_validation or trainer.limit_val_batches == 0:
-        return False
-    return trainer.global_step % interval == 0
-
-
-class GRPOModule(L.LightningModule):
+class GRPOModule(GRPOEvaluation, L.LightningModule):
     """Policy + frozen reference trained with GRPO and rule-based rewards.
 
     Args:
@@ -243,6 +234,9 @@ class GRPOModule(L.LightningModule):
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
         self.eval_history: list[tuple[int, dict[str, float]]] = []
+        # Running totals of reward timeouts and sandboxed code runs of this module's rollouts (logged as
+        # train/reward_timeouts/<fn>, train/code_runs/<outcome>); a later pipeline stage starts at 0.
+        self.reward_events: Counter[str] = Counter()
         self.reference_diverged = False
 
     def _rollout_engine(self, engine: str, vllm: dict[str, Any], quantization: Any) -> Any:
@@ -362,6 +356,25 @@ class GRPOModule(L.LightningModule):
         with self.generation_context(model), reference_mode:
             return batched_logprobs(model, generation, self.sampling.temperature, plans, self.shared_group_size)
 
+    def make_rollout(self, batch: dict[str, list]) -> Rollout:
+        """One GRPO rollout for a batch of B prompt records, read top to bottom: sample G completions per
+        prompt, score them (TRL's reward contract, ``rewards/contract.py``), group-relative advantages
+        (eq. 3), the micro-batch plan, and the log-probs the loss needs besides the policy's own."""
+        group = self.hparams.num_generations
+        prompts, columns = repeat_batch(batch, group)  # B*G rows, each group contiguous
+        generation = self.generate(prompts, self.sampling, group_size=group)
+        state = RewardState(self.trainer.global_step, self.trainer.max_steps, float(self.trainer.current_epoch))
+        ids = completion_token_ids(generation.input_ids[:, generation.prompt_length :], generation.completion_mask)
+        completions, kwargs = reward_inputs(generation.texts, columns, ids, state, rendered_prompts=prompts)
+        with count_reward_events() as events:  # timeouts, sandboxed code runs: this rollout's share
+            totals, per_fn = score_completions(self.rewards, completions, kwargs)
+        self.reward_events.update(events)
+        rewards = torch.tensor(totals, dtype=torch.float32, device=generation.input_ids.device)
+        advantages = group_advantages(rewards, group, scale_by_std=self.hparams.scale_rewards)
+        plans = self.plan_micro_batches(generation)
+        old_logprobs, ref_logprobs = self.old_logprobs(generation, plans), self.reference_logprobs(generation, plans)
+        return Rollout(generation, old_logprobs, ref_logprobs, rewards, advantages, per_fn, group, plans, dict(events))
+
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, float]:
         rollout: Rollout | None = batch.get("rollout")
@@ -451,69 +464,6 @@ class GRPOModule(L.LightningModule):
         self.reference.load_state_dict(self.policy.state_dict())
         self.reference_diverged = True  # from now on checkpoints must carry the reference
         rank_zero_info(f"reference model reset to the current policy at step {self.global_step}")
-
-    # ----------------------------------------------------------------------------- evaluation
-    def evaluate_batch(self, batch: dict[str, list], batch_index: int = 0) -> None:
-        """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length.
-
-        Sampling draws from a generator seeded by (step, batch) and leaves the training one untouched,
-        so an evaluation is reproducible and a run's training steps do not depend on when it evaluated
-        (which exact resume needs: a resumed run does not repeat the evaluation of its restart step).
-        """
-        k = self.hparams.val_num_samples
-        prompts, columns = repeat_batch(batch, k)
-        with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
-            generation = self.generate(prompts, self.val_sampling, group_size=k)
-        scores = self.val_reward_fn(completions=generation.texts, prompts=prompts, **columns)
-        pass1, majority = group_scores(generation.texts, scores, k)
-        for value in pass1:
-            self.val_pass1.update(value)
-        for value in majority:
-            self.val_majk.update(value)
-        self.val_format.update(sum(format_reward(generation.texts)) / len(prompts))
-        self.val_length.update(generation.completion_mask.sum(1).float().mean())
-
-    def compute_val_metrics(self) -> dict[str, float]:
-        k = self.hparams.val_num_samples
-        metrics = {
-            "val/pass@1": self.val_pass1.compute().item(),
-            f"val/maj@{k}": self.val_majk.compute().item(),
-            "val/format": self.val_format.compute().item(),
-            "val/completion_length": self.val_length.compute().item(),
-        }
-        for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
-            metric.reset()
-        self.eval_history.append((self.global_step, metrics))
-        return metrics
-
-    @override
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluate_batch(batch, batch_idx)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
-                metric.reset()
-            return
-        metrics = self.compute_val_metrics()
-        self.log_dict(metrics, sync_dist=False, batch_size=1)  # already aggregated over the whole set
-        rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-
-    def run_evaluation(self, log_step: int | None = None, epoch: int | None = None) -> dict[str, float]:
-        """Evaluate outside Lightning's validation loop (start and end of fit, and the validation a
-        resumed checkpoint preceded) and log the result at ``log_step`` (default: the global step)."""
-        datamodule = self.trainer.datamodule
-        if datamodule is None:
-            return {}
-        for index, batch in enumerate(datamodule.val_dataloader()):
-            self.evaluate_batch(batch, index)
-        metrics = self.compute_val_metrics()
-        logged = metrics if epoch is None else {"epoch": epoch, **metrics}
-        for logger in self.trainer.loggers:
-            logger.log_metrics(logged, step=self.global_step if log_step is None else log_step)
-        rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-        return metrics
 
     @override
     def on_train_start(self) -> None:

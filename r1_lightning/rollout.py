@@ -81,6 +81,7 @@ class Rollout(NamedTuple):
     reward_scores: dict[str, list[float | None]]  # per reward function, N raw scores (None = n/a)
     group_size: int  # G
     micro_batches: list[MicroBatch] | None = None  # how forward/backward passes split it (None = one)
+    reward_events: dict[str, int] = {}  # reward timeouts and code runs while scoring it, e.g. code_runs/ok
 
 
 class MicroBatch(NamedTuple):

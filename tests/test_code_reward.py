@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from r1_lightning.rewards.code import CODE_RUNS, code_reward, extract_code
+from r1_lightning.rewards.code import code_reward, extract_code
+from r1_lightning.rewards.limits import count_reward_events
 from r1_lightning.sandbox import SandboxLimits, network_isolation, run_untrusted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,14 +93,15 @@ def test_hostile_programs_score_zero_and_nothing_escapes(secret_file, listener, 
     # Each program would pass the test if it got through; so a 0 means it was stopped.
     completions = [_fenced(code + "\ndef f():\n    return 1") for code in hostile.values()]
     started = time.monotonic()
-    scores = code_reward(completions, tests=[["assert f() == 1"]] * len(completions), workers=2, **FAST)
+    with count_reward_events() as events:
+        scores = code_reward(completions, tests=[["assert f() == 1"]] * len(completions), workers=2, **FAST)
     elapsed = time.monotonic() - started
     assert dict(zip(hostile, scores, strict=True)) == dict.fromkeys(hostile, 0.0)
     assert elapsed < 60  # bounded by the wall-time limit, two at a time
     assert not outside.exists() and not Path("/tmp/pwned").exists()
     assert not connected, "the sandbox reached a socket on the host"
     assert secret_file.read_text() == "the user's private data"
-    assert CODE_RUNS["timeout"] >= 1
+    assert events["code_runs/timeout"] >= 1
     # We are still alive (the "kill its parent" program targeted this process) and no child is left.
     # (other children, e.g. the reward-deadline worker pool, are not sandboxes: only those are checked)
     assert not [

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from r1_lightning.rewards.accuracy import accuracy_reward
-from r1_lightning.rewards.limits import TIMEOUTS, TimeLimitedPool
+from r1_lightning.rewards.limits import TimeLimitedPool, count_reward_events
 from r1_lightning.rewards.registry import build_reward, score_completions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +53,11 @@ def test_adversarial_answers_are_bounded_in_another_process():
 
 
 def test_hard_deadline_kills_a_stuck_comparison_and_counts_it():
-    before = TIMEOUTS["accuracy_reward"]
     # A deadline shorter than math-verify's own soft limit: the worker is killed mid-comparison.
-    scores = accuracy_reward(_completions([ADVERSARIAL[0], "4"]), answer=["3", "4"], timeout_seconds=0.3)
+    with count_reward_events() as events:
+        scores = accuracy_reward(_completions([ADVERSARIAL[0], "4"]), answer=["3", "4"], timeout_seconds=0.3)
     assert scores == [0.0, 1.0]
-    assert TIMEOUTS["accuracy_reward"] == before + 1
+    assert events == {"reward_timeouts/accuracy_reward": 1}
     # The pool replaced the killed worker: the next comparison works.
     assert accuracy_reward(_completions(["1/2"]), answer=["0.5"]) == [1.0]
 
@@ -69,12 +69,15 @@ def test_slow_reward_function_times_out_scores_zero_and_training_values_go_on():
         quick = build_reward("quick", {"function": "reward_probes.quick_reward", "timeout": 5.0, "weight": 1.0})
     finally:
         sys.path.remove(str(ROOT / "tests"))
-    before = TIMEOUTS["slow"]
     started = time.monotonic()
-    totals, per_fn = score_completions([slow, quick], ["a", "b"], {})
+    with count_reward_events() as events:
+        totals, per_fn = score_completions([slow, quick], ["a", "b"], {})
     assert time.monotonic() - started < 10
     assert per_fn["slow"] == [0.0, 0.0] and per_fn["quick"] == [0.5, 0.5] and totals == [0.5, 0.5]
-    assert TIMEOUTS["slow"] == before + 1
+    assert events == {"reward_timeouts/slow": 1}
+    with count_reward_events() as later:  # each rollout counts its own: no tally carried over
+        pass
+    assert later == {}
 
 
 def test_timeout_must_be_positive_and_classes_are_refused():
@@ -103,6 +106,6 @@ def test_pool_survives_a_worker_that_dies_and_is_rebuilt_after_fork():
 def test_a_worker_that_dies_mid_call_scores_zero_and_is_counted():
     from r1_lightning.rewards.limits import call_with_deadline
 
-    before = TIMEOUTS["dying"]
-    assert call_with_deadline("dying", os._exit, [(3,)], timeout=30) == [None]
-    assert TIMEOUTS["dying"] == before + 1
+    with count_reward_events() as events:
+        assert call_with_deadline("dying", os._exit, [(3,)], timeout=30) == [None]
+    assert events == {"reward_timeouts/dying": 1}

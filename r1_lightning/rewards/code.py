@@ -6,18 +6,15 @@ import json
 import logging
 import os
 import re
-from collections import Counter
 from typing import Any
 
 from r1_lightning.rewards._text import Completion, completion_text
+from r1_lightning.rewards.limits import record_reward_event
 from r1_lightning.sandbox import SandboxLimits, run_many
 
 log = logging.getLogger(__name__)
 
 _CODE_BLOCK = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
-
-#: outcome -> count since the process started ("ok", "timeout", "crashed", "no_code").
-CODE_RUNS: Counter[str] = Counter()
 
 
 def extract_code(text: str) -> str | None:
@@ -65,7 +62,8 @@ def code_reward(
     Each completion runs in its own sandboxed process (``r1_lightning.sandbox``: CPU, wall-time and
     memory limits, no network, a throwaway directory, no access to the user's files), ``workers`` at a
     time. A completion that loops, crashes, exceeds a limit or does something forbidden scores 0;
-    outcomes are counted in ``CODE_RUNS``. Records without tests score ``None`` (not applicable).
+    outcomes are counted per rollout (``code_runs/<outcome>``, see ``limits.count_reward_events``).
+    Records without tests score ``None`` (not applicable).
 
     Args:
         tests: per record, the test statements (``assert solution(3) == 9``), MBPP's ``test_list`` style.
@@ -82,14 +80,14 @@ def code_reward(
             continue
         code = extract_code(completion_text(completion))
         if code is None:
-            CODE_RUNS["no_code"] += 1
+            record_reward_event("code_runs/no_code")
             scores[i] = 0.0
             continue
         setup = (test_setup[i] if test_setup else "") or ""
         jobs.append((code, _as_tests(record_tests, i), setup))
         rows.append(i)
     for i, result in zip(rows, run_many(jobs, limits, workers or os.cpu_count() or 1), strict=True):
-        CODE_RUNS[result.status] += 1
+        record_reward_event(f"code_runs/{result.status}")
         if result.status != "ok":
             log.info("code_reward: completion %d scored 0 (%s: %s)", i, result.status, result.detail)
         if result.total == 0:

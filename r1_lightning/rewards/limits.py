@@ -4,8 +4,8 @@ Why processes: answer verification (sympy, via math-verify) can spend hours insi
 adversarial string (``9^{9^{9^{9}}}``, thousands of nested braces); a signal-based timeout (what
 math-verify offers) only fires between bytecodes and only in the main thread, so it neither stops that
 nor works in worker threads. A child process can always be killed. A call past its deadline scores 0,
-is counted in ``TIMEOUTS`` (logged as ``train/reward_timeouts/<fn>``) and never holds training up for
-longer than its deadline.
+is counted against the rollout being scored (``count_reward_events``; logged as
+``train/reward_timeouts/<fn>``) and never holds training up for longer than its deadline.
 
 The pool is per process (rebuilt after a fork, e.g. in DDP ranks or data-loader workers); its children
 are fresh interpreters (``r1_lightning.rewards._worker``), so they inherit no CUDA context or thread pool.
@@ -14,6 +14,7 @@ are fresh interpreters (``r1_lightning.rewards._worker``), so they inherit no CU
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import selectors
@@ -21,7 +22,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from r1_lightning.rewards import _worker
@@ -29,8 +31,27 @@ from r1_lightning.rewards._worker import read_message, write_message
 
 log = logging.getLogger(__name__)
 
-#: reward-function name -> calls that hit their deadline since the process started.
-TIMEOUTS: Counter[str] = Counter()
+#: The counter of the rollout being scored (``count_reward_events``); None outside one. A context
+#: variable, not a global tally: each rollout (and each pipeline stage's module) counts its own.
+_EVENTS: ContextVar[Counter[str] | None] = ContextVar("reward_events", default=None)
+
+
+def record_reward_event(key: str, count: int = 1) -> None:
+    """Count an event (``reward_timeouts/<fn>``, ``code_runs/<outcome>``) against the current rollout."""
+    counter = _EVENTS.get()
+    if counter is not None:
+        counter[key] += count
+
+
+@contextlib.contextmanager
+def count_reward_events() -> Iterator[Counter[str]]:
+    """``with count_reward_events() as events: score(...)``: the events recorded while scoring."""
+    counter: Counter[str] = Counter()
+    token = _EVENTS.set(counter)
+    try:
+        yield counter
+    finally:
+        _EVENTS.reset(token)
 
 
 class _Worker:
@@ -185,9 +206,9 @@ def call_with_deadline(
     values = []
     for args, (status, value) in zip(calls, shared_pool().map(fn, calls, timeout, kwargs), strict=True):
         if status in ("timeout", "died"):  # past the deadline, or killed (e.g. out of memory) before it
-            TIMEOUTS[name] += 1
+            record_reward_event(f"reward_timeouts/{name}")
             what = f"timed out after {timeout:.1f}s" if status == "timeout" else "died in its worker process"
-            log.warning("reward %r %s (scored 0; %d so far): %.200r", name, what, TIMEOUTS[name], args)
+            log.warning("reward %r %s (scored 0): %.200r", name, what, args)
             values.append(None)
         elif status == "error":
             raise RuntimeError(f"reward {name!r} raised {value} on arguments {str(args)[:300]!r}")

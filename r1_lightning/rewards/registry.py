@@ -22,6 +22,16 @@ def builtin_rewards() -> dict[str, RewardFn]:
     from r1_lightning.rewards.format import format_reward, tag_count_reward
     from r1_lightning.rewards.language import language_consistency_reward
     from r1_lightning.rewards.reward_model import RewardModelReward
+    from r1_lightning.rewards.shaping import (
+        get_code_format_reward,
+        get_cosine_scaled_reward,
+        get_repetition_penalty_reward,
+        get_soft_overlong_punishment,
+        len_reward,
+        reasoning_accuracy_reward,
+        reasoning_steps_reward,
+        think_format_reward,
+    )
 
     functions = (
         accuracy_reward,
@@ -30,6 +40,15 @@ def builtin_rewards() -> dict[str, RewardFn]:
         format_reward,
         tag_count_reward,
         language_consistency_reward,
+        think_format_reward,
+        reasoning_steps_reward,
+        len_reward,
+        reasoning_accuracy_reward,
+        # factories: configure with `factory_args`
+        get_cosine_scaled_reward,
+        get_repetition_penalty_reward,
+        get_soft_overlong_punishment,
+        get_code_format_reward,
     )
     return {**{fn.__name__: fn for fn in functions}, "reward_model": RewardModelReward}
 
@@ -74,6 +93,9 @@ def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
     """One entry of ``rewards``: ``name: weight``, or ``name: {weight: w, function: f, <arguments>}``.
 
     The long form configures a reward: ``function`` (default: ``name``) is a built-in or dotted path;
+    ``factory_args`` calls ``function`` with them first and uses the reward function it returns (TRL's
+    and open-r1's ``get_soft_overlong_punishment(max_completion_len, soft_punish_cache)``,
+    ``get_repetition_penalty_reward(ngram_size, max_penalty)``, ``get_cosine_scaled_reward(...)``);
     ``timeout`` (seconds) runs each call in a child process killed at that deadline (the batch then
     scores 0 and the timeout is counted; see ``limits.py``); the other keys are keyword arguments, bound
     with ``functools.partial`` for a function, or passed to the constructor when ``function`` names a
@@ -90,7 +112,17 @@ def build_reward(name: str, spec: float | dict[str, Any]) -> WeightedReward:
     arguments = dict(spec)
     weight = float(arguments.pop("weight", 1.0))
     timeout = arguments.pop("timeout", None)
+    factory_args = arguments.pop("factory_args", None)
     target = resolve_reward(str(arguments.pop("function", name)))
+    if factory_args is not None:
+        try:
+            target = target(**dict(factory_args))
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"reward {name!r}: calling its factory with factory_args {dict(factory_args)} failed: {err}"
+            ) from err
+        if not callable(target):
+            raise ValueError(f"reward {name!r}: its factory returned {type(target).__name__}, not a reward function")
     if isinstance(target, type):
         try:
             fn = target(**arguments)

@@ -1,0 +1,100 @@
+"""GRPO's held-out evaluation (pass@1 over k samples, maj@k, format rate, length), as a mixin of
+``GRPOModule``: inside Lightning's validation loop, before the first step, after the last, and the
+validation a resumed checkpoint preceded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
+
+from r1_lightning.evaluation import group_scores
+from r1_lightning.rewards import format_reward
+from r1_lightning.rewards.contract import RewardState, completion_token_ids, reward_inputs
+from r1_lightning.rollout import isolated_rng, repeat_batch
+
+
+def validation_due(trainer: L.Trainer) -> bool:
+    """Whether the step-interval validation (``val_check_interval: N`` with
+    ``check_val_every_n_epoch: null``) falls on the trainer's current global step."""
+    interval = getattr(trainer, "val_check_batch", None)
+    if trainer.check_val_every_n_epoch is not None or not isinstance(interval, int) or interval <= 0:
+        return False
+    if not trainer.enable_validation or trainer.limit_val_batches == 0:
+        return False
+    return trainer.global_step % interval == 0
+
+
+class GRPOEvaluation:
+    """Evaluation methods of ``GRPOModule`` (which owns the metrics, ``val_reward_fn`` and sampling)."""
+
+    hparams: Any
+    global_step: int
+    trainer: L.Trainer
+
+    def evaluate_batch(self, batch: dict[str, list], batch_index: int = 0) -> None:
+        """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length.
+
+        Sampling draws from a generator seeded by (step, batch) and leaves the training one untouched,
+        so an evaluation is reproducible and a run's training steps do not depend on when it evaluated
+        (which exact resume needs: a resumed run does not repeat the evaluation of its restart step).
+        """
+        k = self.hparams.val_num_samples
+        prompts, columns = repeat_batch(batch, k)
+        with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
+            generation = self.generate(prompts, self.val_sampling, group_size=k)
+        state = RewardState(self.global_step, self.trainer.max_steps if self._trainer else -1, 0.0)
+        ids = completion_token_ids(generation.input_ids[:, generation.prompt_length :], generation.completion_mask)
+        completions, kwargs = reward_inputs(generation.texts, columns, ids, state, rendered_prompts=prompts)
+        scores = self.val_reward_fn(completions=completions, **kwargs)
+        pass1, majority = group_scores(generation.texts, scores, k)
+        for value in pass1:
+            self.val_pass1.update(value)
+        for value in majority:
+            self.val_majk.update(value)
+        self.val_format.update(sum(format_reward(generation.texts)) / len(prompts))
+        self.val_length.update(generation.completion_mask.sum(1).float().mean())
+
+    def compute_val_metrics(self) -> dict[str, float]:
+        k = self.hparams.val_num_samples
+        metrics = {
+            "val/pass@1": self.val_pass1.compute().item(),
+            f"val/maj@{k}": self.val_majk.compute().item(),
+            "val/format": self.val_format.compute().item(),
+            "val/completion_length": self.val_length.compute().item(),
+        }
+        for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
+            metric.reset()
+        self.eval_history.append((self.global_step, metrics))
+        return metrics
+
+    @override
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate_batch(batch, batch_idx)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
+                metric.reset()
+            return
+        metrics = self.compute_val_metrics()
+        self.log_dict(metrics, sync_dist=False, batch_size=1)  # already aggregated over the whole set
+        rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+
+    def run_evaluation(self, log_step: int | None = None, epoch: int | None = None) -> dict[str, float]:
+        """Evaluate outside Lightning's validation loop (start and end of fit, and the validation a
+        resumed checkpoint preceded) and log the result at ``log_step`` (default: the global step)."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            return {}
+        for index, batch in enumerate(datamodule.val_dataloader()):
+            self.evaluate_batch(batch, index)
+        metrics = self.compute_val_metrics()
+        logged = metrics if epoch is None else {"epoch": epoch, **metrics}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(logged, step=self.global_step if log_step is None else log_step)
+        rank_zero_info(f"step {self.global_step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        return metrics
