@@ -41,7 +41,15 @@ from typing_extensions import override
 
 from r1_lightning.grpo_evaluation import GRPOEvaluation, validation_due
 from r1_lightning.lean_decode import causal_lm
-from r1_lightning.losses import LOSS_TYPES, LossType, group_advantages, grpo_loss
+from r1_lightning.losses import (
+    IMPORTANCE_SAMPLING_LEVELS,
+    LOSS_TYPES,
+    ImportanceSamplingLevel,
+    LossType,
+    RewardScaling,
+    group_advantages,
+    grpo_loss,
+)
 from r1_lightning.models import (
     OPTIMIZERS,
     LoraSettings,
@@ -119,7 +127,12 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         epsilon_low: lower clip range of the ratio (1 - epsilon_low).
         epsilon_high: upper clip range (1 + epsilon_high); larger than epsilon_low = clip-higher.
         loss_type: ``sequence`` (paper), ``token`` (DAPO) or ``dr_grpo``.
-        scale_rewards: divide advantages by the group std (False = Dr. GRPO).
+        scale_rewards: divide advantages by the std of each group (``group``, or true), of the whole
+            batch (``batch``), or not at all (``none``, or false: Dr. GRPO); TRL's ``scale_rewards``.
+        importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one length-normalised ratio
+            per completion); TRL's ``importance_sampling_level``.
+        kl_bias_correction: multiply the k3 KL by the importance ratio (TRL's ``use_bias_correction_kl``,
+            its default; DeepSeek-V3.2). Off by default here: the R1 paper's plain k3.
         mask_truncated_completions: completions that hit max_new_tokens contribute no loss (DAPO).
         num_iterations: optimizer steps per rollout batch (mu in the paper).
         micro_batch_size: completions per forward/backward; gradients are accumulated so the result
@@ -164,7 +177,9 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         epsilon_low: float = 0.2,
         epsilon_high: float = 0.2,
         loss_type: LossType = "sequence",
-        scale_rewards: bool = True,
+        scale_rewards: bool | RewardScaling = True,
+        importance_sampling_level: ImportanceSamplingLevel = "token",
+        kl_bias_correction: bool = False,
         mask_truncated_completions: bool = False,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
@@ -189,6 +204,13 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             raise ValueError(f"`num_generations` must be >= 2 (group-relative advantages), got {num_generations}")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(
+                f"`importance_sampling_level` must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
+                f"got {importance_sampling_level!r}"
+            )
+        if scale_rewards not in (True, False, "group", "batch", "none"):
+            raise ValueError(f"`scale_rewards` must be group, batch or none (or true/false), got {scale_rewards!r}")
         if num_iterations < 1:
             raise ValueError(f"`num_iterations` must be >= 1, got {num_iterations}")
         if beta < 0 or epsilon_low < 0 or epsilon_high < 0:
@@ -425,6 +447,8 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
                         epsilon_low=self.hparams.epsilon_low,
                         epsilon_high=self.hparams.epsilon_high,
                         loss_type=self.hparams.loss_type,
+                        importance_sampling_level=self.hparams.importance_sampling_level,
+                        kl_bias_correction=self.hparams.kl_bias_correction,
                         **totals,
                     )
                     self.manual_backward(out.loss)

@@ -22,6 +22,9 @@ import torch
 
 LossType = Literal["sequence", "token", "dr_grpo"]
 LOSS_TYPES: tuple[str, ...] = ("sequence", "token", "dr_grpo")
+ImportanceSamplingLevel = Literal["token", "sequence"]
+IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = ("token", "sequence")
+RewardScaling = Literal["group", "batch", "none"]
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -56,14 +59,19 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-4
+    rewards: torch.Tensor, group_size: int, scale_by_std: bool | RewardScaling = True, eps: float = 1e-4
 ) -> torch.Tensor:
     """Group-relative advantages (R1 eq. 3): ``(r_i - mean_G(r)) / (std_G(r) + eps)``.
 
     ``rewards`` is ``[B * G]`` with each group's ``G`` completions contiguous. ``std`` is the population
     standard deviation of the group, as the paper's formula reads (TRL uses the sample std; the two differ
-    by ``sqrt(G / (G - 1))``). ``scale_by_std=False`` is Dr. GRPO's unbiased variant. A group whose
+    by ``sqrt(G / (G - 1))``). ``scale_by_std`` is TRL's ``scale_rewards``: ``group`` (or True) divides
+    by each group's std, ``batch`` by the std of the whole batch's rewards (more robust when a group's
+    rewards barely differ), ``none`` (or False) does not scale: Dr. GRPO's unbiased variant. A group whose
     rewards are all equal gets zero advantage (no NaN): it carries no learning signal.
+
+    >>> group_advantages(torch.tensor([1.0, 0.0, 3.0, 3.0]), group_size=2, scale_by_std="batch", eps=0.0)
+    tensor([ 0.3849, -0.3849,  0.0000,  0.0000])
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), group_size=4, eps=0.0)
     tensor([ 1.7321, -0.5774, -0.5774, -0.5774])
@@ -75,9 +83,15 @@ def group_advantages(
             f"rewards must be a flat tensor of B * G values with G = num_generations = {group_size}; "
             f"got shape {tuple(rewards.shape)}"
         )
+    scaling = {True: "group", False: "none"}.get(scale_by_std, scale_by_std)
+    if scaling not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_by_std!r}")
     grouped = rewards.view(-1, group_size).float()
     centered = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale_by_std:
+    if scaling == "batch":
+        std = grouped.std(correction=0)
+        return (centered / (std + eps) if std > 0 else torch.zeros_like(centered)).view(-1)
+    if scaling == "group":
         std = grouped.std(dim=1, keepdim=True, correction=0)
         # An all-equal group has zero advantage even with eps = 0 (0 / 0 would be NaN).
         centered = torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
@@ -126,7 +140,7 @@ def aggregate_loss(
         num_tokens = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
         return (per_token * mask).sum() / num_tokens
     if loss_type == "dr_grpo":
-        length = per_token.shape[1] if max_completion_length is None else max_completion_length
+        length = mask.shape[1] if max_completion_length is None else max_completion_length
         return (per_token * mask).sum() / (num_sequences * length)
     raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
 
@@ -152,17 +166,32 @@ def grpo_loss(
     num_sequences: int | None = None,
     num_tokens: int | float | None = None,
     max_completion_length: int | None = None,
+    importance_sampling_level: ImportanceSamplingLevel = "token",
+    kl_bias_correction: bool = False,
 ) -> GRPOLossOutput:
     """GRPO objective (R1 eq. 1) as a loss to minimise.
 
     Shapes: ``logprobs``, ``old_logprobs``, ``ref_logprobs``, ``mask``: ``[B, L]`` over completion tokens;
     ``advantages``: ``[B]``. ``mask`` is 1 on tokens that count. The clip is active where the unclipped
     term was not the minimum, i.e. where the gradient of the surrogate is zeroed.
+
+    ``importance_sampling_level="sequence"`` is GSPO (Zheng et al. 2025): one ratio per completion,
+    ``s_i = exp(mean_t log(pi_theta / pi_old))`` over its tokens, clipped and applied to every token.
+    ``kl_bias_correction`` multiplies the per-token k3 KL by the importance ratio (DeepSeek-V3.2; TRL's
+    default since 1.x), which makes its gradient the unbiased reverse-KL gradient when ``pi_old !=
+    pi_theta``; the paper's plain k3 (``False``) is the default here.
     """
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs (log-probs of the frozen reference model)")
+    if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(
+            f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {importance_sampling_level!r}"
+        )
     mask = mask.to(logprobs.dtype)
-    ratio = torch.exp(logprobs - old_logprobs)
+    log_ratio = logprobs - old_logprobs
+    if importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
+    ratio = torch.exp(log_ratio)
     adv = advantages.to(logprobs.dtype).unsqueeze(1)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv
@@ -171,12 +200,14 @@ def grpo_loss(
     kl = torch.zeros_like(per_token)
     if beta != 0.0:
         kl = k3_kl(logprobs, ref_logprobs)
+        if kl_bias_correction:
+            kl = kl * ratio
         per_token = per_token + beta * kl
     reduce = dict(num_sequences=num_sequences, num_tokens=num_tokens, max_completion_length=max_completion_length)
     loss = aggregate_loss(per_token, mask, loss_type, **reduce)
     with torch.no_grad():
         tokens = mask.sum().clamp(min=1.0)
-        clip_active = ((clipped < unclipped).to(mask.dtype) * mask).sum() / tokens
+        clip_active = ((clipped < unclipped).to(mask.dtype).expand_as(mask) * mask).sum() / tokens
         policy_loss = aggregate_loss(-surrogate, mask, loss_type, **reduce)
         mean_kl = (kl * mask).sum() / tokens
     return GRPOLossOutput(loss, policy_loss.detach(), mean_kl.detach(), clip_active.detach())
