@@ -165,6 +165,9 @@ class DatasetSource(PromptSource):
         if answer is not None and self.answer_parser:
             answer = ANSWER_PARSERS[self.answer_parser](str(answer))
         record["answer"] = answer
+        if self.answer_column and self.answer_column not in ("answer", "prompt"):
+            # The column under its own name too: TRL's and open-r1's rewards read `solution`.
+            record[self.answer_column] = row[self.answer_column]
         keep = self.extra_columns
         for key, value in row.items():
             if key not in (self.prompt_column, self.answer_column) and (keep is None or key in keep):

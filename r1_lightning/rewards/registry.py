@@ -16,6 +16,7 @@ RewardFn = Callable[..., list]
 
 
 def builtin_rewards() -> dict[str, RewardFn]:
+    from r1_lightning.data.reasoning_gym import reasoning_gym_reward
     from r1_lightning.rewards.accuracy import accuracy_reward
     from r1_lightning.rewards.code import code_reward
     from r1_lightning.rewards.countdown import countdown_reward
@@ -42,6 +43,7 @@ def builtin_rewards() -> dict[str, RewardFn]:
         language_consistency_reward,
         think_format_reward,
         reasoning_steps_reward,
+        reasoning_gym_reward,
         len_reward,
         reasoning_accuracy_reward,
         # factories: configure with `factory_args`
