@@ -21,6 +21,9 @@ def _timeout() -> int | None:
 _MATH_DOLLAR = re.compile(r"(?<!\\)\$")
 #: a currency amount written with a bare dollar sign: ``$1,000``, ``$ 16386.17``
 _CURRENCY = re.compile(r"^\s*\$\s*(?=[\d.,]+\s*$)")
+#: a bare number with thousands separators (``1 000``, ``1,000.5``) or a two-digit decimal comma
+#: (``1000,99``); ``1,2`` is not one (a pair, as LaTeX reads it)
+_PLAIN_NUMBER = re.compile(r"^\s*[-+]?(?:\d{1,3}(?:[ ,]\d{3})+(?:\.\d+)?|\d+,\d{2}|\d+(?:\.\d+)?)\s*$")
 
 
 def _parse(text: str) -> list:
@@ -28,12 +31,19 @@ def _parse(text: str) -> list:
 
     Money is common in GSM8K and MATH answers: an escaped dollar (``\$16386.17``) is not a math
     delimiter, so such an answer is still read as LaTeX, and a bare currency prefix (``$1,000``) is
-    escaped first.
+    escaped first. A plain number is read by math-verify's expression extractor first, which knows
+    thousands separators and decimal commas (``1 000``, ``1000,99``).
 
-    >>> _parse(r"\$16386.17")[0], _parse("$1,000")[0]
-    (16386.1700000000, 1000)
+    >>> _parse(r"\$16386.17")[0], _parse("$1,000")[0], _parse("1 000")[0]
+    (16386.1700000000, 1000, 1000)
     """
+    from math_verify import ExprExtractionConfig
+
     text = _CURRENCY.sub(r"\\$", text)
+    if _PLAIN_NUMBER.match(text):
+        parsed = parse(text, extraction_config=[ExprExtractionConfig()], parsing_timeout=_timeout())
+        if parsed:
+            return parsed
     if not _MATH_DOLLAR.search(text) and "\\boxed" not in text:
         parsed = parse(f"${text}$", parsing_timeout=_timeout())
         if parsed:
