@@ -4,7 +4,7 @@ This folder is installed as ``r1_lightning.callbacks``.
 """
 
 from r1_lightning.callbacks.reward_logging import RewardLoggingCallback
-from r1_lightning.callbacks.rollout import RolloutCallback
+from r1_lightning.callbacks.rollout_callback import RolloutCallback
 from r1_lightning.callbacks.stage_schedule import StageScheduleCallback
 
 __all__ = ["RewardLoggingCallback", "RolloutCallback", "StageScheduleCallback"]

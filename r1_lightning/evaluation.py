@@ -1,9 +1,27 @@
-"""Evaluation metrics of the R1 paper: pass@1 averaged over k samples, pass@k, and maj@k."""
+"""Evaluation as the R1 paper does it: pass@1 averaged over k samples, pass@k, maj@k, and
+``Evaluator``, which scores an HF model folder on a held-out prompt set with R1's protocol:
+``num_samples`` samples per prompt at T = 0.6, top-p 0.95; pass@1 averaged over them, maj@k, format
+rate (strict ``<think>…</think><answer>…</answer>``), mean response length in tokens, and language
+consistency (the language reward, averaged).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from math import comb
+
+import torch
+
+from r1_lightning.data.sources import PromptSource
+from r1_lightning.data.tasks import ArithmeticTask
+from r1_lightning.data.templates import render_prompt
+from r1_lightning.models import load_policy
+from r1_lightning.rewards import format_reward, resolve_reward
+from r1_lightning.rewards.contract import RewardState, completion_token_ids, reward_inputs
+from r1_lightning.rewards.language import language_consistency_reward
+from r1_lightning.rollout import HFGenerator, SamplingConfig, isolated_rng, sample_records
+from r1_lightning.text import extract_answer
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -54,11 +72,73 @@ def group_scores(texts: list[str], scores: list[float | None], k: int) -> tuple[
     >>> group_scores(["<answer>4</answer>", "<answer>5</answer>"] * 2, [1.0, 0.0, 0.0, None], 2)
     ([0.5, 0.0], [1.0, 0.0])
     """
-    from r1_lightning.rewards import extract_answer
-
     correct = [s is not None and s >= 1.0 for s in scores]
     answers = [extract_answer(t) for t in texts]
     groups = [slice(i, i + k) for i in range(0, len(texts), k)]
     pass1 = [sum(correct[g]) / k for g in groups]
     majority = [float(majority_vote_correct(answers[g], correct[g])) for g in groups]
     return pass1, majority
+
+
+METRICS = ("pass@1", "maj@k", "format", "language", "length")
+
+
+class Evaluator:
+    """Held-out evaluation of a model folder.
+
+    Args:
+        source: prompt source; its held-out (validation) records are used, never its training ones.
+        template: prompt template (as in training).
+        num_samples: samples per prompt (k of pass@1-over-k and maj@k).
+        sampling: sampling for evaluation (the paper: T=0.6, top-p 0.95).
+        reward: reward whose score >= 1 means correct.
+        language: target language of chains of thought (a record's ``language`` column wins).
+        batch_size: prompts per generation batch.
+        seed: sampling seed (the same for every stage, so stages are compared on equal draws).
+    """
+
+    def __init__(
+        self,
+        source: PromptSource | None = None,
+        template: str = "r1_zero",
+        num_samples: int = 4,
+        sampling: SamplingConfig = SamplingConfig(
+            temperature=0.6, top_p=0.95, max_new_tokens=48, stop_strings=("</answer>",)
+        ),
+        reward: str = "accuracy_reward",
+        language: str = "en",
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        self.source = source if source is not None else ArithmeticTask(max_value=19)
+        self.template, self.k, self.batch_size, self.seed = template, num_samples, batch_size, seed
+        self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**dict(sampling))
+        self.reward, self.language = resolve_reward(reward), language
+
+    @torch.no_grad()
+    def __call__(self, model_path: str) -> dict[str, float]:
+        policy, tokenizer = load_policy(model_path)
+        policy = policy.to("cuda" if torch.cuda.is_available() else "cpu")
+        generator = HFGenerator(tokenizer)
+        records = self.source.val_records(self.seed)
+        if not records:
+            raise ValueError(f"evaluation: {self.source!r} has no held-out records (set its val_size)")
+        totals = dict.fromkeys(METRICS, 0.0)
+        render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
+        with isolated_rng(policy.device, self.seed):
+            for _, prompts, columns, generation in sample_records(
+                generator, policy, records, render, self.k, self.sampling, self.batch_size
+            ):
+                texts = generation.texts
+                ids = completion_token_ids(
+                    generation.input_ids[:, generation.prompt_length :], generation.completion_mask
+                )
+                completions, kwargs = reward_inputs(texts, columns, ids, RewardState(0, 0, 0.0), prompts)
+                pass1, majority = group_scores(texts, self.reward(completions=completions, **kwargs), self.k)
+                totals["pass@1"] += sum(pass1)
+                totals["maj@k"] += sum(majority)
+                languages = [lang or self.language for lang in columns.get("language", [None] * len(texts))]
+                totals["format"] += sum(format_reward(texts)) / self.k
+                totals["language"] += sum(language_consistency_reward(texts, language=languages)) / self.k
+                totals["length"] += float(generation.completion_mask.sum()) / self.k
+        return {name: value / len(records) for name, value in totals.items()}

@@ -39,6 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from r1_lightning.callbacks import RewardLoggingCallback, RolloutCallback
 from r1_lightning.grpo_evaluation import GRPOEvaluation, validation_due
 from r1_lightning.lean_decode import causal_lm
 from r1_lightning.losses import (
@@ -268,6 +269,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             if vllm:
                 raise ValueError("`model.vllm` settings apply only with `model.rollout_engine: vllm`")
             return HFGenerator(self.tokenizer, engine=engine)
+        # (function-local: the vLLM engine module is only for runs that ask for it)
         from r1_lightning import vllm_engine
 
         vllm_engine.require_vllm()
@@ -282,8 +284,6 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
-        from r1_lightning.callbacks import RewardLoggingCallback, RolloutCallback
-
         present = {type(c) for c in (self.trainer.callbacks if self._trainer else [])}
         return [cb() for cb in (RolloutCallback, RewardLoggingCallback) if cb not in present]
 

@@ -16,7 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 # Imported so that short class names (``--model GRPOModule``) and checkpoints' class paths resolve.
 import r1_lightning.data  # noqa: F401
-import r1_lightning.data.sft  # noqa: F401
+import r1_lightning.data.sft_data  # noqa: F401
 import r1_lightning.grpo  # noqa: F401
 import r1_lightning.reward_model  # noqa: F401
 import r1_lightning.sft  # noqa: F401

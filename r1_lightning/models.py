@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import torch
 
+from r1_lightning import tiny
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -119,8 +121,6 @@ def build_optimizer(
 
 def resolve_model_path(name_or_path: str) -> str:
     """``tiny:*`` names become cached local folders (built on first use); anything else is unchanged."""
-    from r1_lightning import tiny
-
     if name_or_path == "tiny:random":
         return str(tiny.tiny_random_path())
     if name_or_path == "tiny:arithmetic":

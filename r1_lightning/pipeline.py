@@ -37,9 +37,10 @@ from jsonargparse import ArgumentParser
 from r1_lightning.callbacks.preemption import Preempted
 from r1_lightning.checkpoints import newest_intact_checkpoint
 from r1_lightning.errors import ConfigError
+from r1_lightning.evaluation import Evaluator
 from r1_lightning.lightning_cli import run_lightning_cli
 from r1_lightning.rejection import RejectionSampler
-from r1_lightning.report import Evaluator, write_report
+from r1_lightning.report import write_report
 
 log = logging.getLogger(__name__)
 

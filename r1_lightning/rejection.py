@@ -28,6 +28,7 @@ import torch
 
 from r1_lightning.data.records import RecordSource
 from r1_lightning.data.sources import PromptSource
+from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
 from r1_lightning.models import load_policy
 from r1_lightning.rewards import format_reward, resolve_reward
@@ -171,8 +172,6 @@ class RejectionSampler:
         dtype: str = "float32",
         seed: int = 0,
     ) -> None:
-        from r1_lightning.data.tasks import ArithmeticTask
-
         if samples_per_prompt < 1 or keep_per_prompt < 1 or num_prompts < 1:
             raise ValueError("`num_prompts`, `samples_per_prompt` and `keep_per_prompt` must be >= 1")
         self.model_name, self.source = model, source if source is not None else ArithmeticTask(max_value=19)

@@ -1,95 +1,19 @@
-"""Per-stage evaluation and the pipeline report (the paper's Dev1 -> Dev2 -> Dev3 -> R1 table).
-
-``Evaluator`` scores an HF model folder on a held-out prompt set with R1's protocol: ``num_samples``
-samples per prompt at T = 0.6, top-p 0.95; pass@1 averaged over them, maj@k, format rate (strict
-``<think>…</think><answer>…</answer>``), mean response length in tokens, and language consistency (the
-language reward, averaged). ``write_report`` turns the stages' results into ``report.md``, ``report.csv``
-and ``report.png`` (each training stage's curves plus the evaluation metrics per stage); no W&B needed.
+"""The pipeline report (the paper's Dev1 -> Dev2 -> Dev3 -> R1 table): ``write_report`` turns the
+stages' results (``evaluation.Evaluator``'s metrics) into ``report.md``, ``report.csv`` and ``report.png``
+(each training stage's curves plus the evaluation metrics per stage); no W&B needed.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import glob
 import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from r1_lightning.data.sources import PromptSource
-from r1_lightning.data.templates import render_prompt
-from r1_lightning.evaluation import group_scores
-from r1_lightning.models import load_policy
-from r1_lightning.rewards import format_reward, resolve_reward
-from r1_lightning.rewards.language import language_consistency_reward
-from r1_lightning.rollout import HFGenerator, SamplingConfig, isolated_rng, sample_records
+from r1_lightning.evaluation import METRICS
 
 log = logging.getLogger(__name__)
-
-METRICS = ("pass@1", "maj@k", "format", "language", "length")
-
-
-class Evaluator:
-    """Held-out evaluation of a model folder.
-
-    Args:
-        source: prompt source; its held-out (validation) records are used, never its training ones.
-        template: prompt template (as in training).
-        num_samples: samples per prompt (k of pass@1-over-k and maj@k).
-        sampling: sampling for evaluation (the paper: T=0.6, top-p 0.95).
-        reward: reward whose score >= 1 means correct.
-        language: target language of chains of thought (a record's ``language`` column wins).
-        batch_size: prompts per generation batch.
-        seed: sampling seed (the same for every stage, so stages are compared on equal draws).
-    """
-
-    def __init__(
-        self,
-        source: PromptSource | None = None,
-        template: str = "r1_zero",
-        num_samples: int = 4,
-        sampling: SamplingConfig = SamplingConfig(
-            temperature=0.6, top_p=0.95, max_new_tokens=48, stop_strings=("</answer>",)
-        ),
-        reward: str = "accuracy_reward",
-        language: str = "en",
-        batch_size: int = 64,
-        seed: int = 0,
-    ) -> None:
-        from r1_lightning.data.tasks import ArithmeticTask
-
-        self.source = source if source is not None else ArithmeticTask(max_value=19)
-        self.template, self.k, self.batch_size, self.seed = template, num_samples, batch_size, seed
-        self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**dict(sampling))
-        self.reward, self.language = resolve_reward(reward), language
-
-    @torch.no_grad()
-    def __call__(self, model_path: str) -> dict[str, float]:
-        policy, tokenizer = load_policy(model_path)
-        policy = policy.to("cuda" if torch.cuda.is_available() else "cpu")
-        generator = HFGenerator(tokenizer)
-        records = self.source.val_records(self.seed)
-        if not records:
-            raise ValueError(f"evaluation: {self.source!r} has no held-out records (set its val_size)")
-        totals = dict.fromkeys(METRICS, 0.0)
-        render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
-        with isolated_rng(policy.device, self.seed):
-            for _, prompts, columns, generation in sample_records(
-                generator, policy, records, render, self.k, self.sampling, self.batch_size
-            ):
-                texts = generation.texts
-                pass1, majority = group_scores(
-                    texts, self.reward(completions=texts, prompts=prompts, **columns), self.k
-                )
-                totals["pass@1"] += sum(pass1)
-                totals["maj@k"] += sum(majority)
-                languages = [lang or self.language for lang in columns.get("language", [None] * len(texts))]
-                totals["format"] += sum(format_reward(texts)) / self.k
-                totals["language"] += sum(language_consistency_reward(texts, language=languages)) / self.k
-                totals["length"] += float(generation.completion_mask.sum()) / self.k
-        return {name: value / len(records) for name, value in totals.items()}
 
 
 def _training_curves(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:

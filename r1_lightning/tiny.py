@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
+from r1_lightning.data.tasks import ArithmeticTask, CountdownTask
+from r1_lightning.data.templates import R1_ZERO_TEMPLATE
 from r1_lightning.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,6 @@ def build_tokenizer(vocab_size: int = 640):
     """Byte-level BPE trained on generated prompts and completions, with a chat template; offline."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from r1_lightning.data.tasks import ArithmeticTask, CountdownTask
-    from r1_lightning.data.templates import R1_ZERO_TEMPLATE
 
     rng = random.Random(0)
     arithmetic, countdown = ArithmeticTask(max_value=99, operations=("+", "-", "*")), CountdownTask()
@@ -163,8 +162,6 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
     once per step and its key/value cache broadcast over the batch (gradients flow through it); only
     the short per-sample tails are run per sample. Same loss as full sequences, ~3x cheaper.
     """
-    from r1_lightning.data.templates import R1_ZERO_TEMPLATE
-
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, recipe.hidden_size, recipe.layers, seed=recipe.seed)
     head, tail_template = R1_ZERO_TEMPLATE.split(" User:")

@@ -42,6 +42,7 @@ import torch
 
 from r1_lightning.lean_decode import causal_lm
 from r1_lightning.rollout import Generation, SamplingConfig, eos_token_ids, prompt_groups
+from r1_lightning.strategies import full_state_dict, is_sharded
 
 
 def _free_port() -> int:
@@ -70,8 +71,6 @@ def hf_named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     wrapper prefixes, ``base_layer`` indirections and adapter tensors are dropped. An FSDP2 model
     yields its gathered full weights (a collective: every rank must iterate).
     """
-    from r1_lightning.strategies import full_state_dict, is_sharded
-
     if is_sharded(model):
         yield from full_state_dict(model).items()
         return

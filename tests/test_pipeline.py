@@ -80,7 +80,7 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
                         "init_args": {"model": "tiny:random", "lr": 0.001},
                     },
                     "data": {
-                        "class_path": "r1_lightning.data.sft.SFTDataModule",
+                        "class_path": "r1_lightning.data.sft_data.SFTDataModule",
                         "init_args": {
                             "source": {
                                 "class_path": "r1_lightning.data.records.ArithmeticCoTTask",

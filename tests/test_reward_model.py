@@ -7,9 +7,10 @@ import torch
 import yaml
 
 from r1_lightning.cli import main
-from r1_lightning.reward_model import PreferenceTask, bradley_terry_loss, load_reward_model, score_texts
+from r1_lightning.reward_model import PreferenceTask, bradley_terry_loss
+from r1_lightning.reward_model_io import load_reward_model, score_texts
 from r1_lightning.rewards import build_rewards
-from r1_lightning.rewards.reward_model import RewardModelReward, response_part
+from r1_lightning.rewards.reward_model_reward import RewardModelReward, response_part
 
 
 def test_bradley_terry_loss_and_gradient_by_hand():
@@ -97,8 +98,6 @@ def test_helpfulness_sees_the_summary_and_harmlessness_the_whole_response(harmle
 
 
 def test_export_takes_a_reward_model_checkpoint(harmlessness_rm, tmp_path):
-    from r1_lightning.reward_model import load_reward_model, score_texts
-
     cli, out = harmlessness_rm
     (checkpoint,) = Path(cli.trainer.log_dir, "checkpoints").glob("*.ckpt")
     main(["export", "--ckpt_path", str(checkpoint), "--out_dir", str(tmp_path / "exported")])

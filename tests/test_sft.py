@@ -5,7 +5,7 @@ import torch
 
 from r1_lightning.cli import main
 from r1_lightning.data.records import ArithmeticCoTTask, DatasetRecords, NonReasoningTask
-from r1_lightning.data.sft import SFTDataModule, pack_examples
+from r1_lightning.data.sft_data import SFTDataModule, pack_examples
 from r1_lightning.sft import SFTModule, packed_attention_mask, response_nll
 
 
@@ -107,7 +107,7 @@ def test_sft_cli_run_lowers_the_loss_and_exports(tmp_path):
             "init_args": {"model": "tiny:random", "lr": 0.003, "export_dir": str(tmp_path / "hf")},
         },
         "data": {
-            "class_path": "r1_lightning.data.sft.SFTDataModule",
+            "class_path": "r1_lightning.data.sft_data.SFTDataModule",
             "init_args": {
                 "source": {
                     "class_path": "r1_lightning.data.records.ArithmeticCoTTask",

@@ -2,8 +2,9 @@
 prompt source, and its verifier as the reward.
 
 ``ReasoningGymTask(task="basic_arithmetic", config={...})`` draws the task's questions;
-``reasoning_gym_reward`` scores a completion's final answer (``<answer>`` tag, else ``\\boxed{}``, else
-the last line) with the task's own ``score_answer`` (1.0 exact, partial credit where the task gives it).
+``r1_lightning.rewards.reasoning_gym.reasoning_gym_reward`` scores a completion's final answer
+(``<answer>`` tag, else ``\\boxed{}``, else the last line) with the task's own ``score_answer`` (1.0
+exact, partial credit where the task gives it).
 Validation questions come from a different seed and are held out of training by their text, as the
 project's other tasks are. Install with ``pip install -e '.[reasoning-gym]'``.
 """
@@ -14,13 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from r1_lightning.data.sources import PromptSource
-from r1_lightning.rewards._text import completion_text, extract_answer
 
 #: the record column carrying reasoning-gym's own entry (question, answer, metadata) to the reward
 ENTRY_COLUMN = "reasoning_gym_entry"
 
 
-def _reasoning_gym() -> Any:
+def import_reasoning_gym() -> Any:
     try:
         import reasoning_gym
     except ImportError as err:  # optional dependency
@@ -52,7 +52,7 @@ class ReasoningGymTask(PromptSource):
         self._val: list[dict] | None = None
 
     def _dataset(self, size: int, seed: int) -> Any:
-        rg = _reasoning_gym()
+        rg = import_reasoning_gym()
         try:
             return rg.create_dataset(self.task, size=size, seed=seed, **self.config)
         except (ValueError, TypeError, KeyError) as err:
@@ -73,34 +73,3 @@ class ReasoningGymTask(PromptSource):
         for entry in self._dataset(self.size, seed * 7919 + epoch):
             if entry["question"] not in held_out:
                 yield self.to_record(entry)
-
-
-def final_answer(text: str) -> str:
-    """The completion's final answer: ``<answer>`` tag, else ``\\boxed{}``, else its last line.
-
-    >>> final_answer("<think>5+3</think> <answer> 8 </answer>"), final_answer("so\\n8")
-    ('8', '8')
-    """
-    answer = extract_answer(text)
-    if answer is not None:
-        return answer
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def reasoning_gym_reward(
-    completions: list, reasoning_gym_entry: list[dict] | None = None, **kwargs: Any
-) -> list[float | None]:
-    """reasoning-gym's own verifier (``score_answer`` of the entry's task) on each completion's final
-    answer; ``None`` for records that are not from reasoning-gym."""
-    if reasoning_gym_entry is None:
-        return [None] * len(completions)
-    rg = _reasoning_gym()
-    scores: list[float | None] = []
-    for completion, entry in zip(completions, reasoning_gym_entry, strict=True):
-        if not entry:
-            scores.append(None)
-            continue
-        score = rg.get_score_answer_fn(entry["metadata"]["source_dataset"])
-        scores.append(float(score(final_answer(completion_text(completion)), entry)))
-    return scores

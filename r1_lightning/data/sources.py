@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r1_lightning.errors import ConfigError
+from r1_lightning.text import last_boxed
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ def parse_boxed_answer(solution: str) -> str:
     >>> parse_boxed_answer(r"... so $x = \boxed{\frac{1}{2}}$.")
     '\\frac{1}{2}'
     """
-    from r1_lightning.rewards._text import last_boxed
-
     boxed = last_boxed(solution)
     if boxed is None:
         raise BadRow("unparsable_answer", f"solution has no \\boxed{{}} answer: {solution[-80:]!r}")

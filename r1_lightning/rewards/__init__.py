@@ -1,6 +1,5 @@
 """Rule-based rewards with the TRL / open-r1 signature ``fn(completions, **columns) -> list[float | None]``."""
 
-from r1_lightning.rewards._text import completion_text, extract_answer
 from r1_lightning.rewards.accuracy import accuracy_reward, answers_match
 from r1_lightning.rewards.countdown import countdown_reward
 from r1_lightning.rewards.format import format_reward, tag_count_reward
@@ -15,6 +14,7 @@ from r1_lightning.rewards.shaping import (
     reasoning_steps_reward,
     think_format_reward,
 )
+from r1_lightning.text import completion_text, extract_answer
 
 __all__ = [
     "accuracy_reward",

@@ -8,9 +8,9 @@ import os
 import re
 from typing import Any
 
-from r1_lightning.rewards._text import Completion, completion_text
 from r1_lightning.rewards.limits import record_reward_event
 from r1_lightning.sandbox import SandboxLimits, run_many
+from r1_lightning.text import Completion, completion_text
 
 log = logging.getLogger(__name__)
 

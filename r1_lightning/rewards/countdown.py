@@ -7,7 +7,7 @@ import operator
 from collections import Counter
 from typing import Any
 
-from r1_lightning.rewards._text import Completion, completion_text, extract_answer
+from r1_lightning.text import Completion, completion_text, extract_answer
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from r1_lightning.rewards._text import Completion, completion_text
+from r1_lightning.text import Completion, completion_text
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 # Exactly one think block then exactly one answer block, nothing outside them but whitespace, no tag

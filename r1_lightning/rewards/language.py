@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from r1_lightning.rewards._text import Completion, completion_text
+from r1_lightning.text import Completion, completion_text
 
 DEFAULT_CANDIDATES = ("en", "zh", "es", "fr", "de", "ru", "ja", "pt", "it", "ko")
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)

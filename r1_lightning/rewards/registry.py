@@ -16,13 +16,15 @@ RewardFn = Callable[..., list]
 
 
 def builtin_rewards() -> dict[str, RewardFn]:
-    from r1_lightning.data.reasoning_gym import reasoning_gym_reward
+    # Imported on first lookup, not with the package: language detection (lingua's models), reward
+    # models and reasoning-gym are heavy, and a dotted-path reward of the user's needs none of them.
     from r1_lightning.rewards.accuracy import accuracy_reward
     from r1_lightning.rewards.code import code_reward
     from r1_lightning.rewards.countdown import countdown_reward
     from r1_lightning.rewards.format import format_reward, tag_count_reward
     from r1_lightning.rewards.language import language_consistency_reward
-    from r1_lightning.rewards.reward_model import RewardModelReward
+    from r1_lightning.rewards.reasoning_gym import reasoning_gym_reward
+    from r1_lightning.rewards.reward_model_reward import RewardModelReward
     from r1_lightning.rewards.shaping import (
         get_code_format_reward,
         get_cosine_scaled_reward,

@@ -18,8 +18,8 @@ import math
 import re
 from typing import Any, Literal
 
-from r1_lightning.rewards._text import completion_text
 from r1_lightning.rewards.accuracy import accuracy_reward
+from r1_lightning.text import completion_text
 from r1_lightning.verify import trl_gold_parses
 
 _THINK_FORMAT = re.compile(r"^<think>(?!.*<think>)(.*?)</think>.*$", re.DOTALL | re.MULTILINE)

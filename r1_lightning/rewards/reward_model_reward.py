@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import torch
 
-from r1_lightning.rewards._text import Completion, completion_text
+from r1_lightning.data.templates import render_prompt
+from r1_lightning.reward_model_io import load_reward_model, score_texts
+from r1_lightning.text import Completion, completion_text
 
 Scope = Literal["summary", "whole"]
 
@@ -62,8 +64,6 @@ class RewardModelReward:
 
     def _model(self) -> tuple[Any, Any, dict]:
         if self._loaded is None:
-            from r1_lightning.reward_model import load_reward_model
-
             model, tokenizer, settings = load_reward_model(self.path, self.dtype)
             model.requires_grad_(False).eval()
             self._loaded = (model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer, settings)
@@ -73,8 +73,6 @@ class RewardModelReward:
         self, completions: list[Completion], prompts: list[str], raw_prompt: list[str] | None = None
     ) -> list[str]:
         """What the reward model reads: the prompt in its own template, then the scoped response."""
-        from r1_lightning.data.templates import render_prompt
-
         _, tokenizer, settings = self._model()
         # The raw prompt goes into the reward model's own template; without it, the policy's rendering is used.
         rendered = (
@@ -92,8 +90,6 @@ class RewardModelReward:
         raw_prompt: list[str] | None = None,
         **columns: Any,
     ) -> list[float]:
-        from r1_lightning.reward_model import score_texts
-
         if prompts is None:
             prompts = [""] * len(completions)
         model, tokenizer, _ = self._model()

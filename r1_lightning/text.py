@@ -1,4 +1,5 @@
-"""Helpers shared by reward functions: completions arrive as strings or as chat message lists."""
+"""Reading completions and answers: the text of a completion (a string or chat messages), its final
+answer (`<answer>` tag, else the last `\\boxed{}`). Used by rewards, data parsing and evaluation alike."""
 
 from __future__ import annotations
 
