@@ -232,6 +232,33 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 ROLLOUT_ENGINES = ("auto", "lean", "hf")
 
 
+class HFDecodeStep:
+    """One decode step through the model's own forward and a ``DynamicCache``: the step interface of
+    :class:`r1_lightning.lean_decode.LeanDecoder` (``step(token) -> logits``, ``drop_finished``,
+    ``rows``) for the models and settings the lean step does not cover."""
+
+    rows = None  # every row stays in the batch (finished rows decode padding; their logits are unused)
+
+    def __init__(self, model: Any, cache: Any, attention: torch.Tensor, positions: torch.Tensor) -> None:
+        self.model, self.cache, self.attention, self.positions = model, cache, attention, positions
+
+    def drop_finished(self, finished: torch.Tensor) -> None:
+        return None
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        self.attention = torch.cat([self.attention, torch.ones_like(token[:, None])], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        out = self.model(
+            input_ids=token[:, None],
+            attention_mask=self.attention,
+            position_ids=self.positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :]
+
+
 @dataclass
 class HFGenerator:
     """Batched sampling with transformers models and a KV cache (the default rollout engine).
@@ -275,6 +302,17 @@ class HFGenerator:
             done = flag.bool()
         return bool(done)
 
+    def _processors(self, sampling: SamplingConfig) -> LogitsProcessorList:
+        processors = LogitsProcessorList()
+        if sampling.temperature > 0:
+            if sampling.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k > 0:
+                processors.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                processors.append(TopPLogitsWarper(sampling.top_p))
+        return processors
+
     @torch.no_grad()
     def generate(self, model: Any, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
         """Sample one completion per prompt. Model is put in eval mode.
@@ -286,48 +324,42 @@ class HFGenerator:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        distinct, group_size = prompt_groups(prompts, group_size)
-        encoded = tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False)
-        prompt_ids = encoded["input_ids"].to(device)
-        attention = encoded["attention_mask"].to(device)
-        processors = LogitsProcessorList()
-        if sampling.temperature > 0:
-            if sampling.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(sampling.temperature))
-            if sampling.top_k > 0:
-                processors.append(TopKLogitsWarper(sampling.top_k))
-            if sampling.top_p < 1.0:
-                processors.append(TopPLogitsWarper(sampling.top_p))
-        stopper = self._stopper(tuple(sampling.stop_strings))
+        processors, stopper = self._processors(sampling), self._stopper(tuple(sampling.stop_strings))
         eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
 
+        # 1. prefill: one forward per distinct prompt (left-padded), keeping only the last logits
+        distinct, group_size = prompt_groups(prompts, group_size)
+        encoded = tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_ids, attention = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         out = model(
             input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
         )
         cache, logits = out.past_key_values, out.logits[:, -1, :].float()
-        if group_size > 1:  # one prefill per distinct prompt, then the cache fans out to the group
+
+        # 2. fan out to the group and pick the decode step: the lean one where it applies, else the
+        #    model's own forward; both have the same interface and compute the same logits
+        if group_size > 1:
             logits, prompt_ids, attention, positions = (
                 t.repeat_interleave(group_size, dim=0) for t in (logits, prompt_ids, attention, positions)
             )
-        lean = None
         if self._lean_reason(model, prompt_ids.shape[1] + sampling.max_new_tokens) is None:
-            lean = LeanDecoder(model, cache, attention, positions, sampling.max_new_tokens, repeats=group_size)
-        elif group_size > 1:
-            cache.batch_repeat_interleave(group_size)
+            decoder: Any = LeanDecoder(model, cache, attention, positions, sampling.max_new_tokens, repeats=group_size)
+        else:
+            if group_size > 1:
+                cache.batch_repeat_interleave(group_size)
+            decoder = HFDecodeStep(model, cache, attention, positions)
+
+        # 3. decode: sample, append, mark rows that end (EOS or a stop string), step the live rows
         batch, prompt_length = prompt_ids.shape
-        prompt_attention = attention
         sequences = prompt_ids
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        lengths = torch.zeros(batch, dtype=torch.long, device=device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=device)
         for _ in range(sampling.max_new_tokens):
             scores = processors(sequences, logits)
-            if sampling.temperature > 0:
-                token = sample_categorical(scores)
-            else:
-                token = scores.argmax(dim=-1)
+            token = sample_categorical(scores) if sampling.temperature > 0 else scores.argmax(dim=-1)
             token = torch.where(finished, torch.full_like(token, pad), token)
             lengths += (~finished).long()
             sequences = torch.cat([sequences, token[:, None]], dim=1)
@@ -338,32 +370,20 @@ class HFGenerator:
             finished |= ends
             if self._all_done(finished):
                 break
-            if lean is not None:
-                lean.drop_finished(finished)  # finished rows leave the batch (their logits go stale, unused)
-                if lean.rows is None:
-                    logits = lean.step(token).float()
-                else:
-                    logits[lean.rows] = lean.step(token[lean.rows]).float()
-                continue
-            attention = torch.cat([attention, torch.ones_like(token[:, None])], dim=1)
-            positions = positions[:, -1:] + 1
-            out = model(
-                input_ids=token[:, None],
-                attention_mask=attention,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            decoder.drop_finished(finished)  # finished rows may leave the batch (their logits go stale, unused)
+            if decoder.rows is None:
+                logits = decoder.step(token).float()
+            else:
+                logits[decoder.rows] = decoder.step(token[decoder.rows]).float()
+
+        # 4. stop: completions, their masks (EOS included) and texts
         completion = sequences[:, prompt_length:]
-        steps = completion.shape[1]
-        completion_mask = (torch.arange(steps, device=device)[None, :] < lengths[:, None]).long()
-        full_attention = torch.cat([prompt_attention, completion_mask], dim=1)
+        completion_mask = (torch.arange(completion.shape[1], device=device)[None, :] < lengths[:, None]).long()
         texts = tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, pad), skip_special_tokens=True)
         model.train(was_training)
         return Generation(
             sequences,
-            full_attention,
+            torch.cat([attention, completion_mask], dim=1),
             completion_mask,
             prompt_length,
             ~stopped,
