@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from test_cli import TINY
+from helpers import TINY
 
 from r1_lightning.cli import main
 from r1_lightning.data import FileSource, PromptDataModule

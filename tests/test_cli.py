@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import fast_args as _fast
 
 from r1_lightning.cli import main
 
@@ -16,27 +17,6 @@ ALL_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.n
 # Complete run configs name a model class; the rest (strategy/, logger/, memory/) are fragments to compose.
 FULL_CONFIGS = [p for p in ALL_CONFIGS if "class_path" in (yaml.safe_load(p.read_text()).get("model") or {})]
 PARTIAL_CONFIGS = [p for p in ALL_CONFIGS if p not in FULL_CONFIGS]
-
-
-def varied_reward(completions, **kwargs):
-    """A reward that differs within groups even for a random model, so the policy gets a gradient."""
-    return [float(len(c) % 3) for c in completions]
-
-
-def _fast(tmp_path, *extra):
-    return [
-        "--config",
-        TINY,
-        "--model.init_args.model",
-        "tiny:random",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--model.init_args.export_dir",
-        str(tmp_path / "hf"),
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize("config", FULL_CONFIGS, ids=lambda p: p.name)
@@ -88,7 +68,7 @@ def test_short_run_logs_metrics_checkpoints_and_exports(tmp_path):
                 "--model.init_args.num_iterations",
                 "2",
                 "--model.init_args.rewards",
-                "{accuracy_reward: 1.0, format_reward: 0.5, test_cli.varied_reward: 0.1}",
+                "{accuracy_reward: 1.0, format_reward: 0.5, helpers.rewards.varied_reward: 0.1}",
             ),
         ]
     )

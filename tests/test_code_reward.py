@@ -161,7 +161,7 @@ def test_training_goes_on_when_the_code_reward_meets_hostile_programs(tmp_path):
                 "--model.init_args.export_dir",
                 str(tmp_path / "hf"),
                 "--model.init_args.rewards",
-                '{"reward_probes.hostile_code_reward": 1.0, "format_reward": 0.5}',
+                '{"helpers.reward_probes.hostile_code_reward": 1.0, "format_reward": 0.5}',
                 "--model.init_args.num_generations",
                 "4",
                 "--data.init_args.batch_size",

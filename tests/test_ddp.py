@@ -40,7 +40,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
         str(tmp_path),
         "--trainer.logger.init_args.save_dir",
         str(tmp_path),
-        "--trainer.callbacks+=ddp_probe.RankProbe",
+        "--trainer.callbacks+=helpers.ddp_probe.RankProbe",
         f"--trainer.callbacks.out_dir={probe}",
         "--model.init_args.model",
         "tiny:random",
@@ -53,7 +53,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
         "--model.init_args.micro_batch_tokens",
         "400",
         "--model.init_args.rewards",
-        "{test_cli.varied_reward: 1.0}",
+        "{helpers.rewards.varied_reward: 1.0}",
         "--data.init_args.batch_size",
         "4",
     ]

@@ -52,7 +52,7 @@ def _run(workdir: Path, strategy: str, max_steps: int, *extra: str) -> Path:
         "--model.init_args.export_dir",
         str(export),
         "--model.init_args.rewards",
-        "{test_cli.varied_reward: 1.0}",
+        "{helpers.rewards.varied_reward: 1.0}",
         "--model.init_args.lr",
         "1e-3",
         "--model.init_args.val_num_samples",
@@ -80,7 +80,7 @@ def test_fsdp2_trains_like_ddp_with_sharded_weights_and_resumes(tmp_path):
         tmp_path / "fsdp",
         "fsdp",
         3,
-        "--trainer.callbacks+=fsdp_probe.ShardProbe",
+        "--trainer.callbacks+=helpers.fsdp_probe.ShardProbe",
         f"--trainer.callbacks.out_dir={probe}",
     )
 

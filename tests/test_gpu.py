@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gpu_run(tmp_path, *extra):
-    from test_cli import _fast
+    from helpers import fast_args as _fast
 
     return main(
         [
@@ -24,7 +24,7 @@ def _gpu_run(tmp_path, *extra):
                 "--trainer.devices",
                 "1",
                 "--model.init_args.rewards",
-                "{test_cli.varied_reward: 1.0}",
+                "{helpers.rewards.varied_reward: 1.0}",
                 *extra,
             ),
         ]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import _fast  # noqa: E402  (tests/ is on sys.path via rootdir conftest)
+from helpers import fast_args as _fast
 
 from r1_lightning.cli import main
 from r1_lightning.grpo import GRPOModule
@@ -111,7 +111,7 @@ def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
                 "--model.init_args.lr",
                 "0.05",
                 "--model.init_args.rewards",
-                "{test_cli.varied_reward: 1.0}",
+                "{helpers.rewards.varied_reward: 1.0}",
             ),
         ]
     )
@@ -155,7 +155,7 @@ def test_qlora_4bit_trains_on_cpu(tmp_path):
                 "--model.init_args.quantization",
                 "4bit",
                 "--model.init_args.rewards",
-                "{test_cli.varied_reward: 1.0}",
+                "{helpers.rewards.varied_reward: 1.0}",
             ),
         ]
     )

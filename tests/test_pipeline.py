@@ -102,7 +102,7 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
                         **trainer,
                         "callbacks": [
                             {
-                                "class_path": "pipeline_probe.KillAtStep",
+                                "class_path": "helpers.pipeline_probe.KillAtStep",
                                 "init_args": {"step": 3, "marker": str(tmp_path / "killed")},
                             }
                         ],

@@ -31,7 +31,7 @@ ARGS = [
     "--trainer.enable_progress_bar",
     "false",
     "--model.init_args.rewards",
-    "{resume_probe.varied_reward: 1.0, accuracy_reward: 1.0}",
+    "{helpers.rewards.varied_reward: 1.0, accuracy_reward: 1.0}",
 ]
 TIMING = ("seconds", "per_s")  # wall-clock columns differ between any two runs
 

@@ -53,7 +53,7 @@ def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6
         num_generations=4,
         val_num_samples=2,
         export_dir=str(tmp_path / name / "hf_model"),
-        rewards={"resume_probe.varied_reward": 1.0, "accuracy_reward": 1.0},
+        rewards={"helpers.rewards.varied_reward": 1.0, "accuracy_reward": 1.0},
     )
     model["sampling"]["max_new_tokens"] = 16
     data = config["data"]["init_args"]
@@ -93,14 +93,17 @@ def _prompts(path: Path) -> list[tuple[int, list[str]]]:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     def recorder(name: str) -> dict:
         return {
-            "class_path": "resume_probe.PromptRecorder",
+            "class_path": "helpers.resume_probe.PromptRecorder",
             "init_args": {"path": str(tmp_path / f"{name}_prompts.jsonl")},
         }
 
     straight = _fit(_config(tmp_path, "straight", [recorder("straight")]))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killer = {"class_path": "pipeline_probe.KillAtStep", "init_args": {"step": 4, "marker": str(tmp_path / "killed")}}
+    killer = {
+        "class_path": "helpers.pipeline_probe.KillAtStep",
+        "init_args": {"step": 4, "marker": str(tmp_path / "killed")},
+    }
     crashed_config = _config(tmp_path, "crashed", [recorder("crashed"), killer])
     crashed = _fit(crashed_config)
     assert crashed.returncode == -9, "the probe should have SIGKILLed the run at step 4"

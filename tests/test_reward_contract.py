@@ -5,29 +5,14 @@ dotted path, a factory reward configured by ``factory_args``, and a reward that 
 import json
 
 import pytest
+from helpers.rewards import RECORDED
 
 from r1_lightning.cli import main
 from r1_lightning.rewards.contract import as_completions, completion_token_ids, reward_inputs
 
 pytest.importorskip("trl.rewards", reason="trl (the dev extra) provides the peer reward functions")
 
-SEEN: list[dict] = []
 CONFIG = "configs/r1_zero_tiny.yaml"
-
-
-def recording_reward(completions, prompts, completion_ids, trainer_state, solution, level, **kwargs):
-    """What a TRL-style reward reads; records it for the test."""
-    SEEN.append(
-        {
-            "completions": completions,
-            "prompts": prompts,
-            "ids": completion_ids,
-            "step": trainer_state.global_step,
-            "solution": solution,
-            "level": level,
-        }
-    )
-    return [float(len(c[0]["content"]) % 2) for c in completions]
 
 
 def test_peer_rewards_run_unchanged_on_a_chat_dataset(tmp_path):
@@ -48,13 +33,13 @@ def test_peer_rewards_run_unchanged_on_a_chat_dataset(tmp_path):
             "weight": 0.1,
             "factory_args": {"max_completion_len": 12, "soft_punish_cache": 4},
         },
-        "test_reward_contract.recording_reward": 0.1,
+        "helpers.rewards.recording_reward": 0.1,
     }
     source = {
         "class_path": "r1_lightning.data.FileSource",
         "init_args": {"path": str(data), "answer_column": "solution", "val_size": 4},
     }
-    SEEN.clear()
+    RECORDED.clear()
     cli = main(
         [
             "fit",
@@ -85,8 +70,8 @@ def test_peer_rewards_run_unchanged_on_a_chat_dataset(tmp_path):
         ]
     )
     assert cli.trainer.global_step == 2
-    first, second = SEEN
-    assert [s["step"] for s in SEEN] == [0, 1]  # trainer_state.global_step before each update
+    first, second = RECORDED
+    assert [s["step"] for s in RECORDED] == [0, 1]  # trainer_state.global_step before each update
     # chat prompts -> chat completions, as TRL passes them; prompts are the dataset's messages
     assert all(c == [{"role": "assistant", "content": c[0]["content"]}] for c in first["completions"])
     assert first["prompts"][0][0]["role"] == "user" and first["prompts"][0] == first["prompts"][1]  # G = 2 per prompt

@@ -65,8 +65,8 @@ def test_hard_deadline_kills_a_stuck_comparison_and_counts_it():
 def test_slow_reward_function_times_out_scores_zero_and_training_values_go_on():
     sys.path.insert(0, str(ROOT / "tests"))
     try:
-        slow = build_reward("slow", {"function": "reward_probes.slow_reward", "timeout": 1.0, "weight": 1.0})
-        quick = build_reward("quick", {"function": "reward_probes.quick_reward", "timeout": 5.0, "weight": 1.0})
+        slow = build_reward("slow", {"function": "helpers.reward_probes.slow_reward", "timeout": 1.0, "weight": 1.0})
+        quick = build_reward("quick", {"function": "helpers.reward_probes.quick_reward", "timeout": 5.0, "weight": 1.0})
     finally:
         sys.path.remove(str(ROOT / "tests"))
     started = time.monotonic()

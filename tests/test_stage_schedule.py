@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 import torch
-from test_cli import _fast
+from helpers import fast_args as _fast
 
 from r1_lightning.callbacks import StageScheduleCallback
 from r1_lightning.cli import main
@@ -28,7 +28,7 @@ def test_schedule_in_a_run(tmp_path):
                 "--trainer.log_every_n_steps",
                 "1",
                 "--model.init_args.rewards",
-                '{"test_cli.varied_reward": 1.0}',
+                '{"helpers.rewards.varied_reward": 1.0}',
                 "--trainer.callbacks",
                 callbacks,
             ),

@@ -144,7 +144,7 @@ def test_vllm_engine_errors_are_clear(monkeypatch):
 
 def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tmp_path):
     """Two GRPO steps with ``rollout_engine: vllm`` (stand-in engine): weights synced before every rollout."""
-    from test_cli import _fast
+    from helpers import fast_args as _fast
 
     from r1_lightning.cli import main
 
@@ -175,7 +175,7 @@ def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tm
                 "--model.init_args.vllm",
                 "{gpu_memory_utilization: 0.2}",
                 "--model.init_args.rewards",
-                "{test_cli.varied_reward: 1.0}",
+                "{helpers.rewards.varied_reward: 1.0}",
             ),
         ]
     )

@@ -1,4 +1,4 @@
-"""Callbacks for tests/test_resume.py: record which prompts each step trained on."""
+"""A callback for tests/test_resume.py: record which prompts each step trained on."""
 
 import json
 from pathlib import Path
@@ -15,8 +15,3 @@ class PromptRecorder(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": trainer.global_step, "prompts": batch["raw_prompt"]}) + "\n")
-
-
-def varied_reward(completions, **kwargs):
-    """Differs within groups even for a random-init model, so every step has a gradient."""
-    return [float(len(c) % 3) for c in completions]

@@ -1,0 +1,16 @@
+"""Shared test helpers (not tests): paths, a short-run command line, rewards and probe callbacks that
+runs name by dotted path (``helpers.rewards.varied_reward``; ``tests/`` is on the path)."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")
+
+
+def fast_args(tmp_path, *extra: str) -> list[str]:
+    """The shipped tiny config on a random-init model, writing only under ``tmp_path``."""
+    return [
+        "--config", TINY, "--model.init_args.model", "tiny:random",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--model.init_args.export_dir", str(tmp_path / "hf"), *extra,
+    ]  # fmt: skip

@@ -1,0 +1,15 @@
+"""Rewards for test runs."""
+
+RECORDED: list[dict] = []
+
+
+def varied_reward(completions, **kwargs):
+    """Differs within groups even for a random-init model, so every step has a gradient."""
+    return [float(len(c) % 3) for c in completions]
+
+
+def recording_reward(completions, prompts, completion_ids, trainer_state, solution, level, **kwargs):
+    """What a TRL-style reward reads; recorded in ``RECORDED`` for the test to inspect."""
+    RECORDED.append({"completions": completions, "prompts": prompts, "ids": completion_ids,
+                     "step": trainer_state.global_step, "solution": solution, "level": level})  # fmt: skip
+    return [float(len(c[0]["content"]) % 2) for c in completions]
