@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import TINY
+from helpers import fast_args
 
 from r1_lightning.cli import main
 from r1_lightning.data import FileSource, PromptDataModule
@@ -37,38 +37,31 @@ def test_a_file_with_bad_rows_trains_on_the_good_ones_and_counts_the_rest(tmp_pa
     cli = main(
         [
             "fit",
-            "--config",
-            TINY,
-            "--model.init_args.model",
-            "tiny:random",
-            "--trainer.max_steps",
-            "2",
-            "--model.init_args.validate_at_start",
-            "false",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-            "--trainer.log_every_n_steps",
-            "1",
-            "--model.init_args.export_dir",
-            str(tmp_path / "hf"),
-            "--data.init_args.batch_size",
-            "4",
-            "--data.init_args.max_prompt_tokens",
-            "512",
-            "--data.init_args.source",
-            json.dumps(
-                {
-                    "class_path": "r1_lightning.data.FileSource",
-                    "init_args": {
-                        "path": path,
-                        "prompt_column": "problem",
-                        "answer_column": "solution",
-                        "answer_parser": "boxed",
-                        "val_size": 4,
-                    },
-                }
+            *fast_args(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--trainer.log_every_n_steps",
+                "1",
+                "--data.init_args.batch_size",
+                "4",
+                "--data.init_args.max_prompt_tokens",
+                "512",
+                "--data.init_args.source",
+                json.dumps(
+                    {
+                        "class_path": "r1_lightning.data.FileSource",
+                        "init_args": {
+                            "path": path,
+                            "prompt_column": "problem",
+                            "answer_column": "solution",
+                            "answer_parser": "boxed",
+                            "val_size": 4,
+                        },
+                    }
+                ),
             ),
         ]
     )
@@ -135,29 +128,9 @@ def test_every_prompt_too_long_is_named():
 
 def test_all_zero_reward_weights_fail_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match="every weight in `rewards` is 0"):
-        main(
-            [
-                "fit",
-                "--config",
-                TINY,
-                "--model.init_args.model",
-                "tiny:random",
-                "--model.init_args.rewards",
-                "{accuracy_reward: 0.0, format_reward: 0}",
-            ]
-        )
+        main(["fit", *fast_args(tmp_path, "--model.init_args.rewards", "{accuracy_reward: 0.0, format_reward: 0}")])
 
 
 def test_num_generations_below_two_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"`num_generations` must be >= 2.*\(config: .*r1_zero_tiny.yaml\)"):
-        main(
-            [
-                "fit",
-                "--config",
-                TINY,
-                "--model.init_args.model",
-                "tiny:random",
-                "--model.init_args.num_generations",
-                "1",
-            ]
-        )
+        main(["fit", *fast_args(tmp_path, "--model.init_args.num_generations", "1")])

@@ -6,6 +6,8 @@ import pytest
 
 pytest.importorskip("reasoning_gym", reason="reasoning-gym (the dev extra) provides the tasks")
 
+from helpers import fast_args
+
 from r1_lightning.cli import main  # noqa: E402
 from r1_lightning.data import ReasoningGymTask  # noqa: E402
 from r1_lightning.rewards.registry import build_reward  # noqa: E402
@@ -51,22 +53,16 @@ def test_the_shipped_config_trains(tmp_path):
     cli = main(
         [
             "fit",
-            "--config",
-            str(ROOT / "configs" / "reasoning_gym_tiny.yaml"),
-            "--model.init_args.model",
-            "tiny:random",
-            "--trainer.max_steps",
-            "2",
-            "--model.init_args.validate_at_start",
-            "false",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-            "--model.init_args.export_dir",
-            str(tmp_path / "hf"),
-            "--data.init_args.batch_size",
-            "4",
+            *fast_args(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--data.init_args.batch_size",
+                "4",
+                config=str(ROOT / "configs" / "reasoning_gym_tiny.yaml"),
+            ),
         ]
     )
     assert cli.trainer.global_step == 2

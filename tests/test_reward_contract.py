@@ -5,6 +5,7 @@ dotted path, a factory reward configured by ``factory_args``, and a reward that 
 import json
 
 import pytest
+from helpers import fast_args
 from helpers.rewards import RECORDED
 
 from r1_lightning.cli import main
@@ -43,30 +44,24 @@ def test_peer_rewards_run_unchanged_on_a_chat_dataset(tmp_path):
     cli = main(
         [
             "fit",
-            "--config",
-            str(root / CONFIG),
-            "--model.init_args.model",
-            "tiny:random",
-            "--trainer.max_steps",
-            "2",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger.init_args.save_dir",
-            str(tmp_path),
-            "--model.init_args.export_dir",
-            str(tmp_path / "hf"),
-            "--model.init_args.validate_at_start",
-            "false",
-            "--model.init_args.num_generations",
-            "2",
-            "--model.init_args.rewards",
-            json.dumps(rewards),
-            "--data.init_args.template",
-            "chat",
-            "--data.init_args.batch_size",
-            "2",
-            "--data.init_args.source",
-            json.dumps(source),
+            *fast_args(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--model.init_args.num_generations",
+                "2",
+                "--model.init_args.rewards",
+                json.dumps(rewards),
+                "--data.init_args.template",
+                "chat",
+                "--data.init_args.batch_size",
+                "2",
+                "--data.init_args.source",
+                json.dumps(source),
+                config=str(root / CONFIG),
+            ),
         ]
     )
     assert cli.trainer.global_step == 2

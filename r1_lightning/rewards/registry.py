@@ -25,16 +25,7 @@ def builtin_rewards() -> dict[str, RewardFn]:
     from r1_lightning.rewards.language import language_consistency_reward
     from r1_lightning.rewards.reasoning_gym import reasoning_gym_reward
     from r1_lightning.rewards.reward_model_reward import RewardModelReward
-    from r1_lightning.rewards.shaping import (
-        get_code_format_reward,
-        get_cosine_scaled_reward,
-        get_repetition_penalty_reward,
-        get_soft_overlong_punishment,
-        len_reward,
-        reasoning_accuracy_reward,
-        reasoning_steps_reward,
-        think_format_reward,
-    )
+    from r1_lightning.rewards.shaping import PEER_REWARDS
 
     functions = (
         accuracy_reward,
@@ -43,16 +34,8 @@ def builtin_rewards() -> dict[str, RewardFn]:
         format_reward,
         tag_count_reward,
         language_consistency_reward,
-        think_format_reward,
-        reasoning_steps_reward,
         reasoning_gym_reward,
-        len_reward,
-        reasoning_accuracy_reward,
-        # factories: configure with `factory_args`
-        get_cosine_scaled_reward,
-        get_repetition_penalty_reward,
-        get_soft_overlong_punishment,
-        get_code_format_reward,
+        *PEER_REWARDS,
     )
     return {**{fn.__name__: fn for fn in functions}, "reward_model": RewardModelReward}
 

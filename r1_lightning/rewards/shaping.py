@@ -313,3 +313,16 @@ def reasoning_accuracy_reward(
     for i, score in zip(closed, scores, strict=True):
         rewards[i] = score
     return rewards
+
+
+#: the family by name, for the reward registry (factories are configured with ``factory_args``)
+PEER_REWARDS = (
+    think_format_reward,
+    reasoning_steps_reward,
+    len_reward,
+    reasoning_accuracy_reward,
+    get_cosine_scaled_reward,
+    get_repetition_penalty_reward,
+    get_soft_overlong_punishment,
+    get_code_format_reward,
+)
