@@ -7,9 +7,11 @@ filtering off, for debugging a library.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 # (message regex, why it is noise for this project)
 IGNORED_WARNINGS = (
@@ -66,3 +68,27 @@ def quiet_console() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
+
+
+class _DropNewHeadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        missing = [line.split("|")[0].strip() for line in message.splitlines() if "| MISSING" in line]
+        return not missing or any(not key.startswith("score.") for key in missing)
+
+
+@contextlib.contextmanager
+def expected_new_score_head() -> Iterator[None]:
+    """Silence transformers' load report while a reward model starts from a language model: its new
+    ``score`` head is missing from the checkpoint by design (any other missing weight still reports)."""
+    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    drop = _DropNewHeadReport()
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)

@@ -4,12 +4,14 @@ uses a trained model (``rewards/reward_model_reward.py``), so neither imports th
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from r1_lightning.console import expected_new_score_head
 from r1_lightning.models import DTYPES, load_tokenizer, resolve_model_path
 
 #: the file in a reward model's folder that records its prompt template
@@ -25,9 +27,12 @@ def load_reward_model(path: str, dtype: str = "float32") -> tuple[Any, Any, dict
         raise FileNotFoundError(f"reward model path {path!r} does not exist")
     tokenizer = load_tokenizer(path)
     tokenizer.padding_side = "left"  # the score is read at the last position
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
-    model.config.pad_token_id = tokenizer.pad_token_id
     settings_file = Path(path) / RM_SETTINGS_FILE
+    # Starting a reward model from a language model: its score head is new, and says so at length.
+    starting = expected_new_score_head() if not settings_file.exists() else contextlib.nullcontext()
+    with starting:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
+    model.config.pad_token_id = tokenizer.pad_token_id
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {"template": "plain"}
     return model, tokenizer, settings
 

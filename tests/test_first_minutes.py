@@ -109,3 +109,12 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
 def test_unknown_subcommand_says_which_was_meant(tmp_path):
     result = run_script("fti", cwd=tmp_path)
     assert result.returncode == 2 and "did you mean 'fit'?" in result.stderr
+
+
+def test_a_reward_model_started_from_a_language_model_loads_quietly(capfd):
+    from r1_lightning.reward_model_io import load_reward_model
+
+    capfd.readouterr()
+    load_reward_model("tiny:random")  # its new score head is missing from the checkpoint by design
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.out + captured.err
