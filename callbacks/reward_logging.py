@@ -7,8 +7,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 from typing_extensions import override
+
+from r1_lightning.behaviour import REFLECTIVE_WORDS, HackingAlarms, reflective_word_counts
+
+ALARM_STATE = "_alarms"  # key of the alarms' state among the window metrics in a checkpoint
 
 
 def counters(trainer: L.Trainer, pl_module: Any = None) -> dict[str, float]:
@@ -38,13 +43,30 @@ class RewardLoggingCallback(L.Callback):
     averaged over ranks too. With a W&B logger, a table of sample
     completions is logged every ``table_every_n_steps`` steps.
 
+    R1's behaviours: ``train/completion_length`` (response length over training),
+    ``train/reflective_words`` (mean count of reflective words per completion: "wait", "mistake",
+    "however", ...) and ``train/reflection_rate`` (share of completions with at least one). Alarms
+    (``r1_lightning.behaviour.HackingAlarms``) warn in the log, and log ``train/alarm/<name>`` = 1 while
+    active, when format reward rises as accuracy falls, when length collapses or explodes, or when
+    truncation dominates.
+
     Args:
         table_every_n_steps: how often to log sample completions to W&B (0 = never).
         table_rows: completions per table.
+        reflective_words: the words counted (default: the ones DeepSeek-R1 tracks).
+        alarms: watch the curves for reward hacking and collapse.
     """
 
-    def __init__(self, table_every_n_steps: int = 50, table_rows: int = 8) -> None:
+    def __init__(
+        self,
+        table_every_n_steps: int = 50,
+        table_rows: int = 8,
+        reflective_words: list[str] | None = None,
+        alarms: bool = True,
+    ) -> None:
         self.table_every_n_steps, self.table_rows = table_every_n_steps, table_rows
+        self.reflective_words = tuple(REFLECTIVE_WORDS if reflective_words is None else reflective_words)
+        self.alarms = HackingAlarms() if alarms else None
         self.metrics: dict[str, MeanMetric] = {}
         self._step_started = 0.0
         self._device = torch.device("cpu")
@@ -58,11 +80,20 @@ class RewardLoggingCallback(L.Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         # The running means of the current window, so a resumed run logs the same window means.
-        return {name: {"mean_value": m.mean_value.cpu(), "weight": m.weight.cpu()} for name, m in self.metrics.items()}
+        state: dict[str, Any] = {
+            name: {"mean_value": m.mean_value.cpu(), "weight": m.weight.cpu()} for name, m in self.metrics.items()
+        }
+        if self.alarms is not None:
+            state[ALARM_STATE] = self.alarms.state()
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.metrics = {}
+        state_dict = dict(state_dict)
+        alarm_state = state_dict.pop(ALARM_STATE, None)
+        if alarm_state is not None and self.alarms is not None:
+            self.alarms.restore(alarm_state)
         for name, state in state_dict.items():
             metric = MeanMetric(nan_strategy="ignore")
             metric.mean_value, metric.weight = state["mean_value"].clone(), state["weight"].clone()
@@ -92,6 +123,9 @@ class RewardLoggingCallback(L.Callback):
         grouped = rollout.rewards.view(-1, rollout.group_size)
         self._update("train/zero_std_groups", (grouped.max(1).values == grouped.min(1).values).float().mean())
         self._update("train/completion_length", lengths.mean())
+        reflective = reflective_word_counts(gen.texts, self.reflective_words)
+        self._update("train/reflective_words", sum(reflective) / max(len(reflective), 1))
+        self._update("train/reflection_rate", sum(c > 0 for c in reflective) / max(len(reflective), 1))
         self._update("train/truncated_fraction", gen.truncated.float().mean())
         self._update("train/rollout_tokens_per_s", lengths.sum() / max(gen.seconds, 1e-9))
         self._update("train/step_seconds", time.perf_counter() - self._step_started)
@@ -107,6 +141,10 @@ class RewardLoggingCallback(L.Callback):
             values = {name: float(metric.compute()) for name, metric in self.metrics.items()}
             for metric in self.metrics.values():
                 metric.reset()
+            if self.alarms is not None:
+                for warning in self.alarms.update(values):
+                    rank_zero_warn(f"step {step}: {warning}")
+                values.update({f"train/alarm/{name}": 1.0 for name in self.alarms.active})
             for logger in trainer.loggers:  # straight to the loggers: these are already window means
                 logger.log_metrics(values, step=step)
         if self.table_every_n_steps and step % self.table_every_n_steps == 0:

@@ -88,6 +88,8 @@ def test_short_run_logs_metrics_checkpoints_and_exports(tmp_path):
         "train/zero_std_groups",
         "train/rollout_tokens_per_s",
         "train/step_seconds",
+        "train/reflective_words",
+        "train/reflection_rate",
         "val/pass@1",
         "val/maj@4" if "val/maj@4" in metrics else "val/maj@2",
     ]:
