@@ -39,9 +39,10 @@ class RewardLoggingCallback(L.Callback):
     ``train/truncated_fraction``, ``train/zero_std_groups`` (groups whose rewards are all equal: no
     signal), ``train/skipped_long_prompts``, ``train/skipped_rows/<reason>``, ``train/reward_timeouts/<fn>``
     and ``train/code_runs/<outcome>`` (running totals), ``train/rollout_tokens_per_s``,
-    ``train/step_seconds``, ``train/lr``. Means are torchmetrics ``MeanMetric`` s, so under DDP they are
-    averaged over ranks too. With a W&B logger, a table of sample
-    completions is logged every ``table_every_n_steps`` steps.
+    ``train/step_seconds`` (rollout + rewards + update, with the parts as ``train/time/rollout``,
+    ``train/time/reward``, ``train/time/train``), ``train/lr``. Means are torchmetrics ``MeanMetric`` s,
+    so under DDP they are averaged over ranks too. With a W&B logger, a table of sample completions is
+    logged every ``table_every_n_steps`` steps.
 
     R1's behaviours: ``train/completion_length`` (response length over training),
     ``train/reflective_words`` (mean count of reflective words per completion: "wait", "mistake",
@@ -128,7 +129,13 @@ class RewardLoggingCallback(L.Callback):
         self._update("train/reflection_rate", sum(c > 0 for c in reflective) / max(len(reflective), 1))
         self._update("train/truncated_fraction", gen.truncated.float().mean())
         self._update("train/rollout_tokens_per_s", lengths.sum() / max(gen.seconds, 1e-9))
-        self._update("train/step_seconds", time.perf_counter() - self._step_started)
+        # A whole step: the rollout (sampling, the extra log-prob forwards), the rewards, the update; each
+        # part is logged too (the rollout runs in another callback's batch-start hook, before this one's).
+        parts = {"rollout": rollout.seconds.get("rollout", 0.0), "reward": rollout.seconds.get("reward", 0.0)}
+        parts["train"] = float((outputs or {}).get("train_seconds", time.perf_counter() - self._step_started))
+        for part, seconds in parts.items():
+            self._update(f"train/time/{part}", seconds)
+        self._update("train/step_seconds", sum(parts.values()))
         for key, value in (outputs or {}).items():
             if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
                 self._update(f"train/{key}", value)

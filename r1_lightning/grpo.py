@@ -382,20 +382,26 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         """One GRPO rollout for a batch of B prompt records, read top to bottom: sample G completions per
         prompt, score them (TRL's reward contract, ``rewards/contract.py``), group-relative advantages
         (eq. 3), the micro-batch plan, and the log-probs the loss needs besides the policy's own."""
-        group = self.hparams.num_generations
+        group, started = self.hparams.num_generations, time.perf_counter()
         prompts, columns = repeat_batch(batch, group)  # B*G rows, each group contiguous
         generation = self.generate(prompts, self.sampling, group_size=group)
+        scoring = time.perf_counter()
         state = RewardState(self.trainer.global_step, self.trainer.max_steps, float(self.trainer.current_epoch))
         ids = completion_token_ids(generation.input_ids[:, generation.prompt_length :], generation.completion_mask)
         completions, kwargs = reward_inputs(generation.texts, columns, ids, state, rendered_prompts=prompts)
         with count_reward_events() as events:  # timeouts, sandboxed code runs: this rollout's share
             totals, per_fn = score_completions(self.rewards, completions, kwargs)
+        scored = time.perf_counter()
         self.reward_events.update(events)
         rewards = torch.tensor(totals, dtype=torch.float32, device=generation.input_ids.device)
         advantages = group_advantages(rewards, group, scale_by_std=self.hparams.scale_rewards)
         plans = self.plan_micro_batches(generation)
         old_logprobs, ref_logprobs = self.old_logprobs(generation, plans), self.reference_logprobs(generation, plans)
-        return Rollout(generation, old_logprobs, ref_logprobs, rewards, advantages, per_fn, group, plans, dict(events))
+        # wall time of the rollout's parts: sampling plus the extra log-prob forwards, and the rewards
+        seconds = {"rollout": scoring - started + time.perf_counter() - scored, "reward": scored - scoring}
+        return Rollout(
+            generation, old_logprobs, ref_logprobs, rewards, advantages, per_fn, group, plans, dict(events), seconds
+        )
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, float]:

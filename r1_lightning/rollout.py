@@ -82,6 +82,7 @@ class Rollout(NamedTuple):
     group_size: int  # G
     micro_batches: list[MicroBatch] | None = None  # how forward/backward passes split it (None = one)
     reward_events: dict[str, int] = {}  # reward timeouts and code runs while scoring it, e.g. code_runs/ok
+    seconds: dict[str, float] = {}  # wall time of its parts: "rollout" (sampling, log-probs), "reward"
 
 
 class MicroBatch(NamedTuple):

@@ -89,6 +89,9 @@ def test_short_run_logs_metrics_checkpoints_and_exports(tmp_path):
         "train/rollout_tokens_per_s",
         "train/step_seconds",
         "train/reflective_words",
+        "train/time/rollout",
+        "train/time/reward",
+        "train/time/train",
         "train/reflection_rate",
         "val/pass@1",
         "val/maj@4" if "val/maj@4" in metrics else "val/maj@2",
@@ -96,6 +99,11 @@ def test_short_run_logs_metrics_checkpoints_and_exports(tmp_path):
         assert column in metrics.columns, column
     assert metrics["val/pass@1"].notna().sum() >= 2  # before training and after
     assert (log_dir / "config.yaml").exists()
+    # a step's time covers the rollout, the rewards and the update, and is the sum of its parts
+    timed = metrics.dropna(subset=["train/step_seconds"])
+    parts = timed["train/time/rollout"] + timed["train/time/reward"] + timed["train/time/train"]
+    assert ((timed["train/step_seconds"] - parts).abs() < 1e-3).all()
+    assert (timed["train/time/rollout"] > 0).all()
     # max_steps counts optimizer steps: one rollout x num_iterations 2
     assert cli.trainer.global_step == 2
     # the frozen reference did not move; the policy did
