@@ -33,7 +33,7 @@ ARGS = [
     "--model.init_args.rewards",
     "{helpers.rewards.varied_reward: 1.0, accuracy_reward: 1.0}",
 ]
-TIMING = ("seconds", "per_s")  # wall-clock columns differ between any two runs
+TIMING = ("seconds", "per_s", "train/time/")  # wall-clock columns differ between any two runs
 
 
 def _env() -> dict[str, str]:
