@@ -51,6 +51,7 @@ from r1_lightning.losses import (
     group_advantages,
     grpo_loss,
 )
+from r1_lightning.mismatch import MismatchMeter, truncated_importance_weights
 from r1_lightning.models import (
     OPTIMIZERS,
     LoraSettings,
@@ -134,6 +135,11 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             per completion); TRL's ``importance_sampling_level``.
         kl_bias_correction: multiply the k3 KL by the importance ratio (TRL's ``use_bias_correction_kl``,
             its default; DeepSeek-V3.2). Off by default here: the R1 paper's plain k3.
+        tis_cap: truncated importance sampling against the sampler (TRL's
+            ``vllm_importance_sampling_correction`` / veRL's TIS): weight each token's policy-gradient term
+            by ``min(pi_old / pi_sampler, tis_cap)``; null = off. The gap itself is always logged
+            (``train/mismatch/abs_logprob_diff``, ``.../kl``, ``.../frac_over_threshold``).
+        mismatch_threshold: a token's |log-prob gap| above this counts in ``frac_over_threshold``.
         mask_truncated_completions: completions that hit max_new_tokens contribute no loss (DAPO).
         num_iterations: optimizer steps per rollout batch (mu in the paper).
         micro_batch_size: completions per forward/backward; gradients are accumulated so the result
@@ -181,6 +187,8 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         scale_rewards: bool | RewardScaling = True,
         importance_sampling_level: ImportanceSamplingLevel = "token",
         kl_bias_correction: bool = False,
+        tis_cap: float | None = None,
+        mismatch_threshold: float = 0.1,
         mask_truncated_completions: bool = False,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
@@ -429,10 +437,11 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             num_sequences=mask.shape[0], num_tokens=num_tokens, max_completion_length=self.sampling.max_new_tokens
         )
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
+        mismatch, cap = MismatchMeter(self.hparams.mismatch_threshold), self.hparams.tis_cap
         started = time.perf_counter()
         # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
-        for _ in range(mu):
+        for iteration in range(mu):
             for index, mb in enumerate(plans):
                 rows, cols = mb.rows.to(mask.device), slice(0, mb.completion_length)
                 part_mask = mask[rows, cols]
@@ -443,6 +452,12 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
                     )
                     old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
                     ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]
+                    sampled = None if gen.sample_logprobs is None else gen.sample_logprobs[rows, cols]
+                    if sampled is not None and iteration == 0:  # same weights as the sampler: the gap is its own
+                        mismatch.add(logprobs.detach(), sampled, part_mask)
+                    weights = (
+                        None if cap is None or sampled is None else truncated_importance_weights(old, sampled, cap)
+                    )
                     out = grpo_loss(
                         logprobs,
                         old,
@@ -455,6 +470,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
                         loss_type=self.hparams.loss_type,
                         importance_sampling_level=self.hparams.importance_sampling_level,
                         kl_bias_correction=self.hparams.kl_bias_correction,
+                        is_weights=weights,
                         **totals,
                     )
                     self.manual_backward(out.loss)
@@ -472,6 +488,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             self._maybe_sync_reference()
         stats["lr"] = scheduler.get_last_lr()[0]
         stats["train_seconds"] = time.perf_counter() - started
+        stats.update(mismatch.summary())
         return {**stats, "loss": torch.tensor(stats["loss"])}  # Lightning wants the loss as a tensor
 
     def _clip_gradients(self, max_norm: float) -> float:

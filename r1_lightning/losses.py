@@ -168,6 +168,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     importance_sampling_level: ImportanceSamplingLevel = "token",
     kl_bias_correction: bool = False,
+    is_weights: torch.Tensor | None = None,
 ) -> GRPOLossOutput:
     """GRPO objective (R1 eq. 1) as a loss to minimise.
 
@@ -179,7 +180,9 @@ def grpo_loss(
     ``s_i = exp(mean_t log(pi_theta / pi_old))`` over its tokens, clipped and applied to every token.
     ``kl_bias_correction`` multiplies the per-token k3 KL by the importance ratio (DeepSeek-V3.2; TRL's
     default since 1.x), which makes its gradient the unbiased reverse-KL gradient when ``pi_old !=
-    pi_theta``; the paper's plain k3 (``False``) is the default here.
+    pi_theta``; the paper's plain k3 (``False``) is the default here. ``is_weights`` ([B, L], no
+    gradient) multiplies each token's policy-gradient term, not the KL: truncated importance sampling
+    against a sampler whose log-probs differ from the trainer's (``r1_lightning.mismatch``).
     """
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs (log-probs of the frozen reference model)")
@@ -197,6 +200,8 @@ def grpo_loss(
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv
     surrogate = torch.min(unclipped, clipped)
     per_token = -surrogate
+    if is_weights is not None:
+        per_token = per_token * is_weights
     kl = torch.zeros_like(per_token)
     if beta != 0.0:
         kl = k3_kl(logprobs, ref_logprobs)

@@ -68,6 +68,9 @@ class Generation(NamedTuple):
     truncated: torch.Tensor  # [N] bool: hit max_new_tokens without EOS or a stop string
     texts: list[str]  # N decoded completions, special tokens dropped
     seconds: float  # wall time of the decode
+    # [N, L] the sampler's log-probs of the tokens it drew (at the sampling temperature, before top-k/p
+    # truncation, so comparable with the trainer's); 0 off the mask; None when the engine gives none
+    sample_logprobs: torch.Tensor | None = None
 
 
 class Rollout(NamedTuple):
@@ -358,10 +361,14 @@ class HFGenerator:
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=device)
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        sampled_logprobs = []  # per step [N]: the sampler's view, to measure training-inference mismatch
+        temperature = sampling.temperature if sampling.temperature > 0 else 1.0
         for _ in range(sampling.max_new_tokens):
             scores = processors(sequences, logits)
             token = sample_categorical(scores) if sampling.temperature > 0 else scores.argmax(dim=-1)
             token = torch.where(finished, torch.full_like(token, pad), token)
+            step_logprobs = torch.log_softmax(logits / temperature, dim=-1).gather(1, token[:, None]).squeeze(1)
+            sampled_logprobs.append(torch.where(finished, torch.zeros_like(step_logprobs), step_logprobs))
             lengths += (~finished).long()
             sequences = torch.cat([sequences, token[:, None]], dim=1)
             ends = torch.isin(token, eos)
@@ -382,6 +389,7 @@ class HFGenerator:
         completion_mask = (torch.arange(completion.shape[1], device=device)[None, :] < lengths[:, None]).long()
         texts = tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, pad), skip_special_tokens=True)
         model.train(was_training)
+        sample_logprobs = torch.stack(sampled_logprobs, dim=1) if sampled_logprobs else None
         return Generation(
             sequences,
             torch.cat([attention, completion_mask], dim=1),
@@ -390,6 +398,7 @@ class HFGenerator:
             ~stopped,
             texts,
             time.perf_counter() - started,
+            sample_logprobs,
         )
 
 

@@ -90,6 +90,9 @@ def test_short_run_logs_metrics_checkpoints_and_exports(tmp_path):
         "train/step_seconds",
         "train/reflective_words",
         "train/time/rollout",
+        "train/mismatch/abs_logprob_diff",
+        "train/mismatch/kl",
+        "train/mismatch/frac_over_threshold",
         "train/time/reward",
         "train/time/train",
         "train/reflection_rate",
@@ -164,3 +167,23 @@ def test_console_script_exits_zero_after_a_run(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_truncated_importance_sampling_trains(tmp_path):
+    cli = main(
+        [
+            "fit",
+            *_fast(
+                tmp_path,
+                "--trainer.max_steps",
+                "2",
+                "--model.init_args.validate_at_start",
+                "false",
+                "--model.init_args.tis_cap",
+                "2.0",
+                "--model.init_args.rewards",
+                "{helpers.rewards.varied_reward: 1.0}",
+            ),
+        ]
+    )
+    assert cli.trainer.global_step == 2 and cli.model.hparams.tis_cap == 2.0

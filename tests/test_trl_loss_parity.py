@@ -34,7 +34,9 @@ class _Accelerator:
         return x
 
 
-def trl_loss(logprobs, old, ref, advantages, mask, *, loss_type, beta, eps_low, eps_high, level, bias_kl):
+def trl_loss(
+    logprobs, old, ref, advantages, mask, *, loss_type, beta, eps_low, eps_high, level, bias_kl, is_ratio=None
+):
     """TRL's ``_compute_loss`` on given per-token log-probs (its model forward is stood in for)."""
     stub = SimpleNamespace(
         loss_type=TRL_LOSS[loss_type],
@@ -44,8 +46,8 @@ def trl_loss(logprobs, old, ref, advantages, mask, *, loss_type, beta, eps_low, 
         importance_sampling_level=level,
         top_entropy_quantile=1.0,
         off_policy_mask_threshold=None,
-        use_vllm=False,
-        vllm_importance_sampling_correction=False,
+        use_vllm=is_ratio is not None,
+        vllm_importance_sampling_correction=is_ratio is not None,
         _entropy_bonus_enabled=False,
         aux_loss_enabled=False,
         current_gradient_accumulation_steps=1,
@@ -66,6 +68,7 @@ def trl_loss(logprobs, old, ref, advantages, mask, *, loss_type, beta, eps_low, 
         "old_per_token_logps": old,
         "ref_per_token_logps": ref,
         "num_items_in_batch": mask.sum(),
+        "importance_sampling_ratio": is_ratio,
     }
     return trl_grpo.GRPOTrainer._compute_loss(stub, None, inputs)
 
@@ -153,3 +156,46 @@ def test_gspo_ratio_is_one_per_sequence_by_hand():
         [-s[0] / 6 * torch.ones(3, dtype=torch.float64), torch.tensor([-s[1] / 4, -s[1] / 4, 0.0], dtype=torch.float64)]
     )
     torch.testing.assert_close(current.grad, expected)
+
+
+@pytest.mark.parametrize("loss_type,level", [("sequence", "token"), ("token", "token"), ("dr_grpo", "sequence")])
+def test_truncated_importance_sampling_equals_trl(loss_type, level):
+    """TIS against the sampler (TRL's vllm_importance_sampling_correction): the same weights, multiplied
+    into the policy term (not the KL), give the same loss and gradient as TRL's."""
+    from r1_lightning.mismatch import truncated_importance_weights
+
+    current, old, ref, advantages, mask = _rollout(seed=7)
+    sampler = old + torch.randn(old.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.5
+    weights = truncated_importance_weights(old, sampler, cap=2.0)
+    assert (weights == 2.0).any() and (weights < 1.0).any()  # the cap binds somewhere, and weights vary
+    ours_in, theirs_in = current.clone().requires_grad_(True), current.clone().requires_grad_(True)
+    ours = grpo_loss(
+        ours_in,
+        old,
+        advantages,
+        mask,
+        ref_logprobs=ref,
+        beta=0.04,
+        epsilon_high=0.28,
+        loss_type=loss_type,
+        importance_sampling_level=level,
+        is_weights=weights,
+    ).loss
+    theirs = trl_loss(
+        theirs_in,
+        old,
+        ref,
+        advantages,
+        mask,
+        loss_type=loss_type,
+        beta=0.04,
+        eps_low=0.2,
+        eps_high=0.28,
+        level=level,
+        bias_kl=False,
+        is_ratio=weights,
+    )
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-12, atol=1e-14)
