@@ -80,7 +80,21 @@ def group_scores(texts: list[str], scores: list[float | None], k: int) -> tuple[
     return pass1, majority
 
 
-METRICS = ("pass@1", "maj@k", "format", "language", "length")
+METRICS = ("pass@1", "pass@1_ci95", "pass@k", "maj@k", "format", "language", "length")
+
+
+def mean_ci95(values: list[float]) -> float:
+    """Half-width of the normal 95% interval of the mean of ``values`` (per-prompt scores).
+
+    >>> round(mean_ci95([0.0, 1.0, 0.0, 1.0]), 4)
+    0.5658
+    """
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return 1.96 * (variance / n) ** 0.5
 
 
 class Evaluator:
@@ -124,6 +138,7 @@ class Evaluator:
         if not records:
             raise ValueError(f"evaluation: {self.source!r} has no held-out records (set its val_size)")
         totals = dict.fromkeys(METRICS, 0.0)
+        per_prompt: list[float] = []  # pass@1 of each prompt, for the interval
         render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
         with isolated_rng(policy.device, self.seed):
             for _, prompts, columns, generation in sample_records(
@@ -136,9 +151,14 @@ class Evaluator:
                 completions, kwargs = reward_inputs(texts, columns, ids, RewardState(0, 0, 0.0), prompts)
                 pass1, majority = group_scores(texts, self.reward(completions=completions, **kwargs), self.k)
                 totals["pass@1"] += sum(pass1)
+                per_prompt += pass1
+                # unbiased pass@k (Chen et al.) with n = k samples: any of them correct
+                totals["pass@k"] += sum(pass_at_k(self.k, round(p * self.k), self.k) for p in pass1)
                 totals["maj@k"] += sum(majority)
                 languages = [lang or self.language for lang in columns.get("language", [None] * len(texts))]
                 totals["format"] += sum(format_reward(texts)) / self.k
                 totals["language"] += sum(language_consistency_reward(texts, language=languages)) / self.k
                 totals["length"] += float(generation.completion_mask.sum()) / self.k
-        return {name: value / len(records) for name, value in totals.items()}
+        metrics = {name: value / len(records) for name, value in totals.items()}
+        metrics["pass@1_ci95"] = mean_ci95(per_prompt)
+        return metrics

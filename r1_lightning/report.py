@@ -37,27 +37,29 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
     import matplotlib.pyplot as plt
 
     rows = [s for s in stages if s.get("metrics")]
-    header = ["stage", "kind", "pass@1", f"maj@{k}", "format", "language", "length", "minutes"]
+    nan = float("nan")  # (records of an earlier version lack the newer metrics)
+    csv_header = ["stage", "kind", *(x.replace("@k", f"@{k}") for x in METRICS), "minutes"]
     with open(output_dir / "report.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(header)
+        writer.writerow(csv_header)
         for s in rows:
             m = s["metrics"]
-            writer.writerow([s["name"], s["kind"], *(round(m[x], 4) for x in METRICS), round(s["seconds"] / 60, 2)])
+            values = (round(m.get(x, nan), 4) for x in METRICS)
+            writer.writerow([s["name"], s["kind"], *values, round(s["seconds"] / 60, 2)])
+    header = ["stage", "kind", "pass@1 (95% CI)", f"pass@{k}", f"maj@{k}", "format", "language", "length", "minutes"]
     lines = [f"| {' | '.join(header)} |", "|" + "|".join(["---"] * len(header)) + "|"]
     for s in rows:
         m = s["metrics"]
         lines.append(
-            f"| {s['name']} | {s['kind']} | {m['pass@1']:.3f} | {m['maj@k']:.3f} | {m['format']:.3f} | "
-            f"{m['language']:.3f} | {m['length']:.1f} | {s['seconds'] / 60:.1f} |"
+            f"| {s['name']} | {s['kind']} | {m['pass@1']:.3f} ± {m.get('pass@1_ci95', nan):.3f} | "
+            f"{m.get('pass@k', nan):.3f} | {m['maj@k']:.3f} | {m['format']:.3f} | {m['language']:.3f} | "
+            f"{m['length']:.1f} | {s['seconds'] / 60:.1f} |"
         )
     extra = [f"- {s['name']}: {s['summary']}" for s in stages if s.get("summary")]
     (output_dir / "report.md").write_text(
-        "# Pipeline report\n\nHeld-out evaluation after each stage (pass@1 over k samples, maj@k, strict format "
-        "rate, language consistency of the chain of thought, mean response length in tokens).\n\n"
-        + "\n".join(lines)
-        + ("\n\n" + "\n".join(extra) if extra else "")
-        + "\n"
+        "# Pipeline report\n\nHeld-out evaluation after each stage (pass@1 over k samples with its 95% interval "
+        "over prompts, unbiased pass@k, maj@k, strict format rate, language consistency of the chain of thought, "
+        "mean response length in tokens).\n\n" + "\n".join(lines) + ("\n\n" + "\n".join(extra) if extra else "") + "\n"
     )
     trained = [(s, _training_curves(output_dir / s["name"])) for s in stages if s["kind"] == "fit"]
     trained = [(s, c) for s, c in trained if c]
@@ -72,8 +74,12 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
             ax.set_title(stage["name"]), ax.set_xlabel("step"), ax.legend(fontsize=6)
         if rows:
             ax = axes[0][-1]
-            for metric in ("pass@1", "maj@k", "format", "language"):
-                ax.plot([s["name"] for s in rows], [s["metrics"][metric] for s in rows], marker="o", label=metric)
+            names = [s["name"] for s in rows]
+            ci = [s["metrics"].get("pass@1_ci95", 0.0) for s in rows]
+            ax.errorbar(names, [s["metrics"]["pass@1"] for s in rows], yerr=ci, marker="o", capsize=3,
+                        label="pass@1 (95% CI)")  # fmt: skip
+            for metric in ("pass@k", "maj@k", "format", "language"):
+                ax.plot(names, [s["metrics"].get(metric, nan) for s in rows], marker="o", label=metric)
             ax.set_title("held-out evaluation"), ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=6)
             ax.tick_params(axis="x", rotation=30, labelsize=7)
         fig.tight_layout()
