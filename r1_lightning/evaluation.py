@@ -18,7 +18,7 @@ from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
 from r1_lightning.models import load_policy
 from r1_lightning.rewards import format_reward, resolve_reward
-from r1_lightning.rewards.contract import RewardState, completion_token_ids, reward_inputs
+from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.language import language_consistency_reward
 from r1_lightning.rollout import HFGenerator, SamplingConfig, isolated_rng, sample_records
 from r1_lightning.text import extract_answer
@@ -145,10 +145,7 @@ class Evaluator:
                 generator, policy, records, render, self.k, self.sampling, self.batch_size
             ):
                 texts = generation.texts
-                ids = completion_token_ids(
-                    generation.input_ids[:, generation.prompt_length :], generation.completion_mask
-                )
-                completions, kwargs = reward_inputs(texts, columns, ids, RewardState(0, 0, 0.0), prompts)
+                completions, kwargs = generation_reward_inputs(generation, columns, RewardState(0, 0, 0.0), prompts)
                 pass1, majority = group_scores(texts, self.reward(completions=completions, **kwargs), self.k)
                 totals["pass@1"] += sum(pass1)
                 per_prompt += pass1

@@ -64,7 +64,7 @@ from r1_lightning.models import (
     save_policy,
 )
 from r1_lightning.rewards import resolve_reward, score_completions
-from r1_lightning.rewards.contract import RewardState, completion_token_ids, reward_inputs
+from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.limits import count_reward_events
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.rollout import (
@@ -395,8 +395,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         generation = self.generate(prompts, self.sampling, group_size=group)
         scoring = time.perf_counter()
         state = RewardState(self.trainer.global_step, self.trainer.max_steps, float(self.trainer.current_epoch))
-        ids = completion_token_ids(generation.input_ids[:, generation.prompt_length :], generation.completion_mask)
-        completions, kwargs = reward_inputs(generation.texts, columns, ids, state, rendered_prompts=prompts)
+        completions, kwargs = generation_reward_inputs(generation, columns, state, rendered_prompts=prompts)
         with count_reward_events() as events:  # timeouts, sandboxed code runs: this rollout's share
             totals, per_fn = score_completions(self.rewards, completions, kwargs)
         scored = time.perf_counter()

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from r1_lightning.evaluation import group_scores
 from r1_lightning.rewards import format_reward
-from r1_lightning.rewards.contract import RewardState, completion_token_ids, reward_inputs
+from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rollout import isolated_rng, repeat_batch
 
 
@@ -46,8 +46,7 @@ class GRPOEvaluation:
         with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
             generation = self.generate(prompts, self.val_sampling, group_size=k)
         state = RewardState(self.global_step, self.trainer.max_steps if self._trainer else -1, 0.0)
-        ids = completion_token_ids(generation.input_ids[:, generation.prompt_length :], generation.completion_mask)
-        completions, kwargs = reward_inputs(generation.texts, columns, ids, state, rendered_prompts=prompts)
+        completions, kwargs = generation_reward_inputs(generation, columns, state, rendered_prompts=prompts)
         scores = self.val_reward_fn(completions=completions, **kwargs)
         pass1, majority = group_scores(generation.texts, scores, k)
         for value in pass1:

@@ -59,6 +59,15 @@ def completion_token_ids(completion_ids: torch.Tensor, completion_mask: torch.Te
     return [row[mask.bool()].tolist() for row, mask in zip(completion_ids, completion_mask, strict=True)]
 
 
+def generation_reward_inputs(
+    generation: Any, columns: dict[str, list], state: RewardState, rendered_prompts: list[str] | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """:func:`reward_inputs` for a sampled ``Generation`` (its texts and completion token ids)."""
+    completion = generation.input_ids[:, generation.prompt_length :]
+    ids = completion_token_ids(completion, generation.completion_mask)
+    return reward_inputs(generation.texts, columns, ids, state, rendered_prompts)
+
+
 def reward_inputs(
     texts: list[str],
     columns: dict[str, list],
