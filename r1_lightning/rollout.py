@@ -367,7 +367,9 @@ class HFGenerator:
             scores = processors(sequences, logits)
             token = sample_categorical(scores) if sampling.temperature > 0 else scores.argmax(dim=-1)
             token = torch.where(finished, torch.full_like(token, pad), token)
-            step_logprobs = torch.log_softmax(logits / temperature, dim=-1).gather(1, token[:, None]).squeeze(1)
+            # log p(token) = logit/T - logsumexp(logits/T): no [N, vocab] log-softmax on the decode path
+            scaled = logits / temperature
+            step_logprobs = scaled.gather(1, token[:, None]).squeeze(1) - torch.logsumexp(scaled, dim=-1)
             sampled_logprobs.append(torch.where(finished, torch.zeros_like(step_logprobs), step_logprobs))
             lengths += (~finished).long()
             sequences = torch.cat([sequences, token[:, None]], dim=1)
