@@ -76,6 +76,10 @@ class R1LightningCLI(LightningCLI):
 
     _resume: dict | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._argv = list(kwargs.get("args") or [])  # the command line, to name its config files in errors
+        super().__init__(*args, **kwargs)
+
     def _parse_ckpt_path(self) -> None:
         # Lightning reads an explicit checkpoint here (for its hyperparameters): check it first, so a
         # bad file is named with what is wrong with it instead of a torch unpickling error.
@@ -96,9 +100,9 @@ class R1LightningCLI(LightningCLI):
             if get_key(node, "class_path", "").endswith("CSVLogger") and args is not None:
                 if get_key(args, "flush_logs_every_n_steps") in (None, CSV_FLUSH_DEFAULT):
                     set_key(args, "flush_logs_every_n_steps", 1)
-        self._resume = resolve_resume(config) if self.subcommand in ("fit", None) else None
-        if self.subcommand in ("validate", "test", "predict"):
-            resolve_resume(config)  # checks an explicit checkpoint; `last` as for fit
+        # `last` resolves for every subcommand; only fit continues a run's logs
+        resume = resolve_resume(config)
+        self._resume = resume if self.subcommand in ("fit", None) else None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -137,7 +141,6 @@ def run_lightning_cli(args: list[str]) -> LightningCLI:
     """``fit``/``validate``/``test``/``predict`` through :class:`R1LightningCLI`."""
     # Tokenizers' thread pool and forked DataLoader workers do not mix; prompts are cheap to tokenize.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    R1LightningCLI._argv = list(args)
     # Any LightningModule / DataModule by class_path: GRPOModule, SFTModule, RewardModelModule with
     # PromptDataModule, SFTDataModule, PreferenceDataModule.
     return R1LightningCLI(
