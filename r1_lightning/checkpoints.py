@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -122,25 +123,18 @@ def newest_intact_checkpoint(folder: str | Path) -> Path | None:
     Ordered by the training step recorded in the name (``step=N`` / ``step-N``), ``last.ckpt`` first
     among equals, then by modification time.
     """
-    import re
-
     folder = Path(folder)
     if not folder.is_dir():
         return None
     candidates = [p for p in folder.iterdir() if p.suffix == ".ckpt" and not p.name.startswith(".")]
+    steps = {p: int(m.group(1)) if (m := re.search(r"step[=-](\d+)", p.name)) else -1 for p in candidates}
+    newest = max(steps.values(), default=-1)
 
-    def order(path: Path) -> tuple[int, int, float]:
-        match = re.search(r"step[=-](\d+)", path.name)
-        step = int(match.group(1)) if match else -1
-        return (step, 1 if path.name.startswith("last") else 0, path.stat().st_mtime)
+    def order(path: Path) -> tuple[int, bool, float]:
+        is_last = path.name.startswith("last")  # no step in its name: at least as new as any step file
+        return (newest if is_last else steps[path], is_last, path.stat().st_mtime)
 
-    if any(p.name.startswith("last") for p in candidates):
-        # last.ckpt carries no step in its name: it is at least as new as any step file
-        top = max((order(p)[0] for p in candidates), default=-1)
-        candidates.sort(key=lambda p: (top if p.name.startswith("last") else order(p)[0],) + order(p)[1:], reverse=True)
-    else:
-        candidates.sort(key=order, reverse=True)
-    for path in candidates:
+    for path in sorted(candidates, key=order, reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:
             return path
@@ -166,8 +160,8 @@ def load_module_from_checkpoint(path: str | Path) -> Any:
     import importlib
 
     check_checkpoint(path)
-    # Our own checkpoints hold plain Python types (hyperparameters, RNG states), loaded with weights_only.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # Only its class is read here (memory-mapped: the weights are not read until the module loads them).
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
         raise ConfigError(
             f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict); "

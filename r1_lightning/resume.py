@@ -19,8 +19,12 @@ import csv
 import logging
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
+
+import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from r1_lightning.checkpoints import newest_intact_checkpoint
 
@@ -88,8 +92,6 @@ def checkpoint_folders(trainer_config: Any) -> list[tuple[Path, int | None]]:
 
 def checkpoint_step(path: Path) -> int:
     """The ``global_step`` a checkpoint was written at (memory-mapped: the weights are not read)."""
-    import torch
-
     if path.is_dir():  # a sharded checkpoint: its step is in the name Lightning gave it, if any
         match = re.search(r"step[=-](\d+)", path.name)
         return int(match.group(1)) if match else -1
@@ -169,10 +171,6 @@ def attach_to_resumed_run(trainer: Any, step: int) -> None:
     Lightning's CSV writer deletes an existing ``metrics.csv`` when it is created; the rows to keep
     are read first and written back under the writer, which then appends.
     """
-    import warnings
-
-    from lightning.pytorch.loggers import CSVLogger
-
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger):
             continue
