@@ -35,7 +35,6 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from r1_lightning.callbacks.preemption import Preempted
-from r1_lightning.checkpoints import newest_intact_checkpoint
 from r1_lightning.errors import ConfigError
 from r1_lightning.evaluation import Evaluator
 from r1_lightning.lightning_cli import run_lightning_cli
@@ -270,7 +269,7 @@ class Pipeline:
         # One log folder per stage (version 0): a resumed stage continues its metrics.csv.
         csv_logger = {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": str(directory), "name": "logs", "version": 0, "flush_logs_every_n_steps": 1},
+            "init_args": {"save_dir": str(directory), "name": "logs", "version": 0},
         }
         user_logger = trainer.get("logger")
         trainer["logger"] = [csv_logger] + ([user_logger] if isinstance(user_logger, dict) else list(user_logger or []))
@@ -292,9 +291,12 @@ class Pipeline:
         config_path = directory / "fit_config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         args = ["fit", "--config", str(config_path)]
-        last = newest_intact_checkpoint(directory / "checkpoints")  # (a truncated one is skipped, with a warning)
-        if last is not None:  # `last` (not the path): the CLI then continues the stage's metrics.csv too
-            log.warning("pipeline %s: stage %r resumes from %s", self.name, stage["name"], last)
+        checkpoints = directory / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+            # `last`: the CLI picks the newest intact checkpoint and continues the stage's metrics.csv
+            log.warning(
+                "pipeline %s: stage %r resumes from its checkpoints in %s", self.name, stage["name"], checkpoints
+            )
             args += ["--ckpt_path", "last"]
         run_lightning_cli(args)
         if not (export / "config.json").exists():

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from r1_lightning.data.sources import DatasetSource, PromptSource
+from r1_lightning.data.sources import SHOWN_BAD_ROWS, DatasetSource, PromptSource
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
 from r1_lightning.errors import ConfigError
@@ -178,13 +178,13 @@ class PromptDataModule(L.LightningDataModule):
                 if not count_skips:  # replaying records a resumed run already went through
                     return None
                 self.skipped_long_prompts += 1
-                if self.skipped_long_prompts <= 5:
+                if self.skipped_long_prompts <= SHOWN_BAD_ROWS:
                     log.warning(
                         "skipped a prompt of %d tokens > data.max_prompt_tokens=%d (%d skipped so far%s): %r",
                         length,
                         self.max_prompt_tokens,
                         self.skipped_long_prompts,
-                        "; further ones are only counted" if self.skipped_long_prompts == 5 else "",
+                        "; further ones are only counted" if self.skipped_long_prompts == SHOWN_BAD_ROWS else "",
                         str(record["prompt"])[:80],
                     )
                 return None
