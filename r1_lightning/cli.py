@@ -7,9 +7,14 @@ subcommand imports what it needs (Lightning, torch, transformers take seconds to
 
 from __future__ import annotations
 
+import difflib
 import os
+import shlex
 import sys
 from typing import Any
+
+# (errors.py imports only the standard library: --help stays instant)
+from r1_lightning.errors import ConfigError, check_yaml_file, config_files
 
 SUBCOMMANDS = {
     "fit": "train a model from a config: GRPO (R1-Zero / reasoning RL), SFT, reward model",
@@ -97,14 +102,9 @@ def main(args: list[str] | None = None) -> Any:
         pipeline_main(argv[1:])
         return None
     if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
-        import difflib
-
         close = difflib.get_close_matches(argv[0], list(SUBCOMMANDS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        from r1_lightning.errors import ConfigError
-
         raise ConfigError(f"unknown subcommand {argv[0]!r}{hint} (subcommands: {', '.join(SUBCOMMANDS)})")
-    from r1_lightning.errors import check_yaml_file, config_files
     from r1_lightning.lightning_cli import run_lightning_cli
 
     for path in config_files(argv):
@@ -121,8 +121,6 @@ def resume_command(argv: list[str]) -> str:
     >>> resume_command(["pipeline", "--config", "p.yaml"])
     'r1-lightning pipeline --config p.yaml'
     """
-    import shlex
-
     args, skip = [], False
     for arg in argv:
         if skip:
@@ -143,8 +141,6 @@ def console_main() -> int:
     """The ``r1-lightning`` console script: exit 0 after a run; 2 with a one-paragraph message on a
     configuration error (``R1_LIGHTNING_TRACEBACK=1`` shows its traceback); 128 + the signal (143 for
     SIGTERM, 130 for Ctrl-C) when a signal stopped the run after a checkpoint, with the resume command."""
-    from r1_lightning.errors import ConfigError
-
     try:
         main()
     except ConfigError as err:
