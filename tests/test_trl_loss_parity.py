@@ -96,42 +96,27 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("loss_type,beta,level,bias_kl,clip", VARIANTS)
-def test_loss_and_gradient_equal_trl(loss_type, beta, level, bias_kl, clip):
-    current, old, ref, advantages, mask = _rollout(seed=len(loss_type) + int(beta * 100))
-    ours_in = current.clone().requires_grad_(True)
-    theirs_in = current.clone().requires_grad_(True)
-    ours = grpo_loss(
-        ours_in,
-        old,
-        advantages,
-        mask,
-        ref_logprobs=ref,
-        beta=beta,
-        epsilon_low=clip[0],
-        epsilon_high=clip[1],
-        loss_type=loss_type,
-        importance_sampling_level=level,
-        kl_bias_correction=bias_kl,
-    ).loss
-    theirs = trl_loss(
-        theirs_in,
-        old,
-        ref,
-        advantages,
-        mask,
-        loss_type=loss_type,
-        beta=beta,
-        eps_low=clip[0],
-        eps_high=clip[1],
-        level=level,
-        bias_kl=bias_kl,
-    )
+def assert_equal_to_trl(current, old, ref, advantages, mask, *, loss_type, beta, clip, level, bias_kl=False,
+                        is_weights=None):  # fmt: skip
+    """This project's loss and TRL's on the same inputs: equal loss and gradient to float64 rounding."""
+    ours_in, theirs_in = current.clone().requires_grad_(True), current.clone().requires_grad_(True)
+    ours = grpo_loss(ours_in, old, advantages, mask, ref_logprobs=ref, beta=beta, epsilon_low=clip[0],
+                     epsilon_high=clip[1], loss_type=loss_type, importance_sampling_level=level,
+                     kl_bias_correction=bias_kl, is_weights=is_weights).loss  # fmt: skip
+    theirs = trl_loss(theirs_in, old, ref, advantages, mask, loss_type=loss_type, beta=beta, eps_low=clip[0],
+                      eps_high=clip[1], level=level, bias_kl=bias_kl, is_ratio=is_weights)  # fmt: skip
     ours.backward()
     theirs.backward()
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-12, atol=1e-14)
     assert ours_in.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss_type,beta,level,bias_kl,clip", VARIANTS)
+def test_loss_and_gradient_equal_trl(loss_type, beta, level, bias_kl, clip):
+    current, old, ref, advantages, mask = _rollout(seed=len(loss_type) + int(beta * 100))
+    assert_equal_to_trl(current, old, ref, advantages, mask, loss_type=loss_type, beta=beta, clip=clip, level=level,
+                        bias_kl=bias_kl)  # fmt: skip
 
 
 def test_gspo_ratio_is_one_per_sequence_by_hand():
@@ -168,34 +153,5 @@ def test_truncated_importance_sampling_equals_trl(loss_type, level):
     sampler = old + torch.randn(old.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.5
     weights = truncated_importance_weights(old, sampler, cap=2.0)
     assert (weights == 2.0).any() and (weights < 1.0).any()  # the cap binds somewhere, and weights vary
-    ours_in, theirs_in = current.clone().requires_grad_(True), current.clone().requires_grad_(True)
-    ours = grpo_loss(
-        ours_in,
-        old,
-        advantages,
-        mask,
-        ref_logprobs=ref,
-        beta=0.04,
-        epsilon_high=0.28,
-        loss_type=loss_type,
-        importance_sampling_level=level,
-        is_weights=weights,
-    ).loss
-    theirs = trl_loss(
-        theirs_in,
-        old,
-        ref,
-        advantages,
-        mask,
-        loss_type=loss_type,
-        beta=0.04,
-        eps_low=0.2,
-        eps_high=0.28,
-        level=level,
-        bias_kl=False,
-        is_ratio=weights,
-    )
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-12, atol=1e-14)
+    assert_equal_to_trl(current, old, ref, advantages, mask, loss_type=loss_type, beta=0.04, clip=(0.2, 0.28),
+                        level=level, is_weights=weights)  # fmt: skip
