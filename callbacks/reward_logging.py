@@ -46,7 +46,10 @@ class RewardLoggingCallback(L.Callback):
 
     R1's behaviours: ``train/completion_length`` (response length over training),
     ``train/reflective_words`` (mean count of reflective words per completion: "wait", "mistake",
-    "however", ...) and ``train/reflection_rate`` (share of completions with at least one). Alarms
+    "however", ...), ``train/reflection_rate`` (share of completions with at least one) and
+    ``train/cot_language/<code>`` (the language mix of the chains of thought: each candidate language's
+    share of their words, read by lingua on each logging step's batch, not on every step, since
+    detection costs more than the other metrics). Alarms
     (``r1_lightning.behaviour.HackingAlarms``) warn in the log, and log ``train/alarm/<name>`` = 1 while
     active, when format reward rises as accuracy falls, when length collapses or explodes, or when
     truncation dominates.
@@ -55,6 +58,8 @@ class RewardLoggingCallback(L.Callback):
         table_every_n_steps: how often to log sample completions to W&B (0 = never).
         table_rows: completions per table.
         reflective_words: the words counted (default: the ones DeepSeek-R1 tracks).
+        language_mix: candidate languages (ISO 639-1) of the chain-of-thought language mix; ``[]`` turns
+            the metric off (default: the ten of the language reward).
         alarms: watch the curves for reward hacking and collapse.
     """
 
@@ -63,8 +68,12 @@ class RewardLoggingCallback(L.Callback):
         table_every_n_steps: int = 50,
         table_rows: int = 8,
         reflective_words: list[str] | None = None,
+        language_mix: list[str] | None = None,
         alarms: bool = True,
     ) -> None:
+        from r1_lightning.rewards.language import DEFAULT_CANDIDATES
+
+        self.language_mix = tuple(DEFAULT_CANDIDATES if language_mix is None else language_mix)
         self.table_every_n_steps, self.table_rows = table_every_n_steps, table_rows
         self.reflective_words = tuple(REFLECTIVE_WORDS if reflective_words is None else reflective_words)
         self.alarms = HackingAlarms() if alarms else None
@@ -144,6 +153,12 @@ class RewardLoggingCallback(L.Callback):
         step = trainer.global_step
         pl_module.log("reward", rollout.rewards.mean(), prog_bar=True, on_step=True, logger=False)
         if step % max(trainer.log_every_n_steps, 1) == 0 or step == 1:
+            if self.language_mix:
+                from r1_lightning.rewards.language import language_mix
+
+                # the same keys on every rank and step (zeros included): compute() below is a collective
+                for code, share in language_mix(gen.texts, self.language_mix).items():
+                    self._update(f"train/cot_language/{code}", share)
             # compute() is a collective under DDP: every rank reaches it at the same steps.
             values = {name: float(metric.compute()) for name, metric in self.metrics.items()}
             for metric in self.metrics.values():

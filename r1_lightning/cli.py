@@ -23,9 +23,10 @@ SUBCOMMANDS = {
     "predict": "run a model's predict loop",
     "pipeline": "run a multi-stage R1 recipe from one YAML (cold start, RL, rejection sampling, SFT, ...)",
     "export": "write a fit checkpoint (GRPO, SFT or reward model) as a Hugging Face folder",
+    "evaluate": "score a Hugging Face model folder on a benchmark file (problem/answer columns), R1's protocol",
 }
 
-USAGE = """usage: r1-lightning {fit,validate,test,predict,pipeline,export} [options]
+USAGE = """usage: r1-lightning {fit,validate,test,predict,pipeline,export,evaluate} [options]
 
 DeepSeek-R1's reinforcement-learning recipe (GRPO, rule rewards, R1-Zero) on PyTorch Lightning.
 
@@ -39,7 +40,8 @@ Examples:
   r1-lightning fit --help                                      trainer and config options
   r1-lightning fit --model GRPOModule --help                   every GRPO option (or SFTModule,
                                                                RewardModelModule; --data PromptDataModule)
-  r1-lightning pipeline --help / r1-lightning export --help
+  r1-lightning evaluate --model runs/.../hf_model --benchmark math500.jsonl   pass@1 ± CI, pass@k, cons@k
+  r1-lightning pipeline --help / r1-lightning export --help / r1-lightning evaluate --help
 """
 
 
@@ -95,6 +97,11 @@ def main(args: list[str] | None = None) -> Any:
     quiet_console()
     if argv[0] == "export":
         export_main(argv[1:])
+        return None
+    if argv[0] == "evaluate":
+        from r1_lightning.benchmark import evaluate_main
+
+        evaluate_main(argv[1:])
         return None
     if argv[0] == "pipeline":
         from r1_lightning.pipeline import pipeline_main

@@ -68,6 +68,15 @@ def quiet_console() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
+    # datasets' "Saving the dataset (1/1 shards)" / "Map" bars for the small files a pipeline stage
+    # writes (rejection sampling's dataset): carriage-return noise in a log file; our own progress
+    # lines say what the stage is doing.
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
 
 
 class _DropNewHeadReport(logging.Filter):

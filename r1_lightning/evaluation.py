@@ -17,6 +17,7 @@ from r1_lightning.data.sources import PromptSource
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
 from r1_lightning.models import load_policy
+from r1_lightning.progress import Progress
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.language import language_consistency_reward
@@ -80,11 +81,12 @@ def group_scores(texts: list[str], scores: list[float | None], k: int) -> tuple[
     return pass1, majority
 
 
-METRICS = ("pass@1", "pass@1_ci95", "pass@k", "maj@k", "format", "language", "length")
+METRICS = ("pass@1", "pass@1_ci95", "pass@1_ci95_problems", "pass@k", "maj@k", "format", "language", "length")
 
 
 def mean_ci95(values: list[float]) -> float:
-    """Half-width of the normal 95% interval of the mean of ``values`` (per-prompt scores).
+    """Half-width of the normal 95% interval of the mean of ``values`` (per-prompt scores), treating the
+    prompts as a sample of a larger problem population (problem-to-problem variation included).
 
     >>> round(mean_ci95([0.0, 1.0, 0.0, 1.0]), 4)
     0.5658
@@ -95,6 +97,29 @@ def mean_ci95(values: list[float]) -> float:
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     return 1.96 * (variance / n) ** 0.5
+
+
+def sampling_ci95(pass1: list[float], num_samples: int) -> float:
+    """Half-width of the 95% interval of pass@1 on *this* problem set, from sampling alone.
+
+    Each problem's pass@1 ``p_i`` is the mean of ``k`` Bernoulli draws, whose variance is estimated
+    without bias by ``p_i (1 - p_i) / (k - 1)``; the set's pass@1 is the mean over ``N`` problems, so
+
+        CI95 = 1.96 * sqrt(sum_i p_i (1 - p_i) / (k - 1)) / N
+
+    This is the interval that decides whether two models differ on the same benchmark (the question the
+    pipeline report asks of its stages); :func:`mean_ci95` is the wider one for generalising to unseen
+    problems of the same kind.
+
+    >>> round(sampling_ci95([0.5, 0.5, 1.0, 0.0], 4), 4)  # two coin-flip problems, two settled ones
+    0.2
+    >>> sampling_ci95([1.0, 0.0], 8)
+    0.0
+    """
+    if num_samples < 2 or not pass1:
+        return 0.0
+    variance = sum(p * (1.0 - p) / (num_samples - 1) for p in pass1)
+    return 1.96 * variance**0.5 / len(pass1)
 
 
 class Evaluator:
@@ -109,6 +134,14 @@ class Evaluator:
         language: target language of chains of thought (a record's ``language`` column wins).
         batch_size: prompts per generation batch.
         seed: sampling seed (the same for every stage, so stages are compared on equal draws).
+        pass_at: the k of the extra ``pass@k`` metrics (unbiased estimator from the ``num_samples``
+            draws, so each k must be <= ``num_samples``); ``pass@k`` with k = ``num_samples`` is always
+            reported.
+
+    Metrics: ``pass@1`` with ``pass@1_ci95`` (the interval from sampling on this problem set, see
+    :func:`sampling_ci95`) and ``pass@1_ci95_problems`` (with problem-to-problem variation), ``pass@k``
+    and ``pass@<j>`` for each ``pass_at``, ``maj@k`` (the paper's cons@k: majority vote over the k
+    answers), ``format``, ``language``, ``length`` (mean completion tokens), ``problems`` and ``samples``.
     """
 
     def __init__(
@@ -123,24 +156,36 @@ class Evaluator:
         language: str = "en",
         batch_size: int = 64,
         seed: int = 0,
+        pass_at: list[int] | None = None,
     ) -> None:
+        self.pass_at = sorted(set(pass_at or []))
+        bad = [k for k in self.pass_at if not 1 <= k <= num_samples]
+        if bad:
+            raise ValueError(
+                f"evaluation.pass_at {bad}: pass@k from {num_samples} samples per problem needs 1 <= k <= "
+                f"{num_samples}; raise evaluation.num_samples or drop those k"
+            )
         self.source = source if source is not None else ArithmeticTask(max_value=19)
         self.template, self.k, self.batch_size, self.seed = template, num_samples, batch_size, seed
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**dict(sampling))
         self.reward, self.language = resolve_reward(reward), language
 
     @torch.no_grad()
-    def __call__(self, model_path: str) -> dict[str, float]:
+    def __call__(self, model_path: str, label: str | None = None) -> dict[str, float]:
+        """Metrics of the model folder ``model_path``; progress lines (with an ETA) say ``label``."""
         policy, tokenizer = load_policy(model_path)
         policy = policy.to("cuda" if torch.cuda.is_available() else "cpu")
         generator = HFGenerator(tokenizer)
         records = self.source.val_records(self.seed)
         if not records:
             raise ValueError(f"evaluation: {self.source!r} has no held-out records (set its val_size)")
-        totals = dict.fromkeys(METRICS, 0.0)
+        totals = dict.fromkeys([*METRICS, *(f"pass@{j}" for j in self.pass_at)], 0.0)
         per_prompt: list[float] = []  # pass@1 of each prompt, for the interval
         render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
-        with isolated_rng(policy.device, self.seed):
+        progress = Progress(
+            len(records), f"{label or model_path}: evaluation, problems x {self.k} samples", every=self.batch_size
+        )
+        with progress, isolated_rng(policy.device, self.seed):
             for _, prompts, columns, generation in sample_records(
                 generator, policy, records, render, self.k, self.sampling, self.batch_size
             ):
@@ -151,11 +196,16 @@ class Evaluator:
                 per_prompt += pass1
                 # unbiased pass@k (Chen et al.) with n = k samples: any of them correct
                 totals["pass@k"] += sum(pass_at_k(self.k, round(p * self.k), self.k) for p in pass1)
+                for j in self.pass_at:
+                    totals[f"pass@{j}"] += sum(pass_at_k(self.k, round(p * self.k), j) for p in pass1)
                 totals["maj@k"] += sum(majority)
                 languages = [lang or self.language for lang in columns.get("language", [None] * len(texts))]
                 totals["format"] += sum(format_reward(texts)) / self.k
                 totals["language"] += sum(language_consistency_reward(texts, language=languages)) / self.k
                 totals["length"] += float(generation.completion_mask.sum()) / self.k
+                progress.update(len(pass1), pass1=totals["pass@1"] / max(len(per_prompt), 1))
         metrics = {name: value / len(records) for name, value in totals.items()}
-        metrics["pass@1_ci95"] = mean_ci95(per_prompt)
+        metrics["pass@1_ci95"] = sampling_ci95(per_prompt, self.k)
+        metrics["pass@1_ci95_problems"] = mean_ci95(per_prompt)
+        metrics["problems"], metrics["samples"] = float(len(records)), float(len(records) * self.k)
         return metrics

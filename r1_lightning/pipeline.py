@@ -6,7 +6,10 @@ A pipeline is a list of stages. Each stage is one of
   path relative to the pipeline file): SFT, GRPO, reward-model training. It hands on the HF folder it
   exports (``<stage>/hf_model``).
 - ``rejection_sampling``: ``RejectionSampler`` arguments; hands on ``<stage>/dataset``.
-- ``evaluate``: evaluates ``model`` (e.g. the base) without training; hands on the model.
+- ``evaluate``: evaluates ``model`` (e.g. the base) without training; hands on the model. With
+  ``benchmark: file.jsonl`` (or ``{path, prompt_column: problem, answer_column: answer}``) it scores the
+  model on every row of that file instead of the held-out set (MATH-500 / AIME-style files; see
+  :mod:`r1_lightning.benchmark`), with the ``evaluation`` section's protocol.
 
 ``inputs`` wires stages together: ``{dotted.config.key: earlier_stage_name}`` writes that stage's output
 path into this stage's config, e.g. ``model.init_args.model: cold_start`` or
@@ -34,17 +37,19 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser
 
+from r1_lightning.benchmark import benchmark_source
 from r1_lightning.callbacks.preemption import Preempted
 from r1_lightning.errors import ConfigError
 from r1_lightning.evaluation import Evaluator
 from r1_lightning.lightning_cli import run_lightning_cli
+from r1_lightning.progress import format_seconds
 from r1_lightning.rejection import RejectionSampler
 from r1_lightning.report import write_report
 
 log = logging.getLogger(__name__)
 
 STAGE_KINDS = ("fit", "rejection_sampling", "evaluate")
-STAGE_KEYS = ("name", "kind", "config", "inputs", "model", "evaluate", "checkpoint_every")
+STAGE_KEYS = ("name", "kind", "config", "inputs", "model", "evaluate", "checkpoint_every", "benchmark")
 REWARD_MODEL_CLASS = "r1_lightning.reward_model.RewardModelModule"
 
 
@@ -58,6 +63,13 @@ def pipeline_parser() -> ArgumentParser:
         "--output_dir", type=str | None, default=None, help="default: the YAML's, else runs/pipeline/<name>"
     )
     parser.add_argument("--from_stage", type=str | None, default=None, help="redo this stage and all after it")
+    parser.add_argument(
+        "--seed",
+        type=int | None,
+        default=None,
+        help="run every stage with this seed (fit stages' seed_everything, rejection sampling's seed); "
+        "the evaluation keeps its own seed, so runs are scored on the same draws",
+    )
     return parser
 
 
@@ -68,7 +80,7 @@ def build_evaluator(settings: dict[str, Any] | None) -> Evaluator:
     return parser.instantiate_classes(parser.parse_object({"evaluation": settings or {}})).evaluation
 
 
-def load_pipeline(path: str | Path, output_dir: str | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, output_dir: str | None = None, seed: int | None = None) -> Pipeline:
     """Read and check a pipeline YAML; stage configs stay plain mappings until their stage runs."""
     import difflib
 
@@ -91,6 +103,7 @@ def load_pipeline(path: str | Path, output_dir: str | None = None) -> Pipeline:
         build_evaluator(spec.get("evaluation")),
         output_dir or spec.get("output_dir"),
         str(path.parent),
+        seed,
     )
 
 
@@ -148,6 +161,8 @@ def validate_stages(stages: list[dict[str, Any]]) -> None:
                 )
         if stage.get("kind") == "evaluate" and not stage.get("model") and not stage.get("inputs"):
             raise ValueError(f"stage {name!r}: an `evaluate` stage needs `model` (or `inputs: {{model: stage}}`)")
+        if stage.get("benchmark") is not None and stage.get("kind") != "evaluate":
+            raise ValueError(f"stage {name!r}: `benchmark` belongs to `kind: evaluate` stages")
         if stage.get("kind", "fit") != "evaluate" and stage.get("config") is None:
             raise ValueError(f"stage {name!r}: needs a `config` (inline mapping or YAML path)")
         seen.append(name)
@@ -163,14 +178,17 @@ class Pipeline:
         evaluation: Evaluator,
         output_dir: str | None = None,
         base_dir: str | None = None,
+        seed: int | None = None,
     ) -> None:
         stages = copy.deepcopy(stages)
+        self.seed = seed
         validate_stages(stages)
         self.name, self.stages, self.evaluator = name, stages, evaluation
         self.output_dir = Path(output_dir or Path("runs") / "pipeline" / name)
         self.base_dir = Path(base_dir or ".")
         self.outputs: dict[str, str] = {}
         self.records: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
 
     def stage_dir(self, stage: dict) -> Path:
         return self.output_dir / stage["name"]
@@ -185,6 +203,8 @@ class Pipeline:
         config = copy.deepcopy(config)
         for key, source in (stage.get("inputs") or {}).items():
             set_dotted(config, key, self.outputs[source])
+        if self.seed is not None:
+            config["seed_everything" if stage.get("kind", "fit") == "fit" else "seed"] = self.seed
         return config
 
     def run(self, from_stage: str | None = None) -> list[dict[str, Any]]:
@@ -240,7 +260,16 @@ class Pipeline:
         kind, directory = stage.get("kind", "fit"), self.stage_dir(stage)
         directory.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        log.warning("pipeline %s: stage %r (%s) starting", self.name, stage["name"], kind)
+        position = next(i for i, s in enumerate(self.stages) if s["name"] == stage["name"]) + 1
+        log.warning(
+            "pipeline %s: stage %d/%d %r (%s) starting; %s elapsed since the pipeline started",
+            self.name,
+            position,
+            len(self.stages),
+            stage["name"],
+            kind,
+            format_seconds(time.perf_counter() - self.started),
+        )
         summary = None
         evaluate = stage.get("evaluate", True)
         if kind == "fit":
@@ -252,7 +281,8 @@ class Pipeline:
             evaluate = False
         else:
             output = self.outputs[stage["inputs"]["model"]] if stage.get("inputs") else stage["model"]
-        metrics = self.evaluator(output) if evaluate else None
+        evaluator = self.benchmark_evaluator(stage) if stage.get("benchmark") is not None else self.evaluator
+        metrics = evaluator(output, label=f"pipeline {self.name}: stage {stage['name']!r}") if evaluate else None
         return {
             "name": stage["name"],
             "kind": kind,
@@ -261,6 +291,18 @@ class Pipeline:
             "summary": summary,
             "seconds": time.perf_counter() - started,
         }
+
+    def benchmark_evaluator(self, stage: dict) -> Evaluator:
+        """The pipeline's evaluation protocol on every row of the stage's benchmark file (a relative
+        path is looked up from the working directory, then beside the pipeline YAML)."""
+        spec = stage["benchmark"]
+        spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+        path = Path(str(spec.get("path", "")))
+        if not path.is_absolute() and not path.exists() and (self.base_dir / path).exists():
+            spec["path"] = str(self.base_dir / path)
+        evaluator = copy.copy(self.evaluator)
+        evaluator.source = benchmark_source(spec, where=f"stage {stage['name']!r} benchmark")
+        return evaluator
 
     def run_fit(self, stage: dict, config: dict, directory: Path) -> str:
         export = directory / "hf_model"
@@ -287,6 +329,13 @@ class Pipeline:
                 },
             }
         )
+        if not any("StepProgressCallback" in cb.get("class_path", "") for cb in checkpoints):
+            checkpoints.append(
+                {
+                    "class_path": "r1_lightning.callbacks.StepProgressCallback",
+                    "init_args": {"description": f"pipeline {self.name}: stage {stage['name']!r}"},
+                }
+            )
         trainer["callbacks"] = checkpoints
         config_path = directory / "fit_config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -306,6 +355,7 @@ class Pipeline:
     def run_rejection_sampling(self, stage: dict, directory: Path) -> tuple[str, str]:
         config = self.load_config(stage)
         config["output_dir"] = str(directory)
+        config.setdefault("progress_label", f"pipeline {self.name}: stage {stage['name']!r}")
         parser = ArgumentParser()
         parser.add_class_arguments(RejectionSampler, "sampler")
         sampler = parser.instantiate_classes(parser.parse_object({"sampler": config})).sampler
@@ -361,4 +411,4 @@ def pipeline_main(args: list[str]) -> list[dict[str, Any]]:
     """Entry point of ``r1-lightning pipeline``."""
     cfg = pipeline_parser().parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return load_pipeline(cfg.config, cfg.output_dir).run(cfg.from_stage)
+    return load_pipeline(cfg.config, cfg.output_dir, cfg.seed).run(cfg.from_stage)

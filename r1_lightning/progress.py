@@ -32,6 +32,7 @@ class Progress:
         every: plain-line mode prints every this many items (default: every 10%).
         stream: where to write (default ``sys.stderr``).
         bar: force (True) or refuse (False) the tqdm bar; default: only on a terminal.
+        start: items already done (a resumed run): counted in the position, not in the rate.
     """
 
     def __init__(
@@ -41,22 +42,26 @@ class Progress:
         every: int | None = None,
         stream: TextIO | None = None,
         bar: bool | None = None,
+        start: int = 0,
     ) -> None:
         self.total, self.description = max(int(total), 1), description
         self.every = every or max(self.total // 10, 1)
         self.stream = stream or sys.stderr
-        self.done, self.started = 0, time.perf_counter()
+        self.start = self.done = min(max(int(start), 0), self.total)
+        self.started = time.perf_counter()
         use_bar = bar if bar is not None else bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar = None
         if use_bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, desc=description, file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=self.total, initial=self.start, desc=description, file=self.stream, dynamic_ncols=True
+            )
 
     def line(self, **fields: float) -> str:
         """The plain progress line for the current count."""
         elapsed = time.perf_counter() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.start) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         extra = "".join(f" {k} {v:.4g}" for k, v in fields.items())
         eta_text = format_seconds(eta) if eta == eta else "?"

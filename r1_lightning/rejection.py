@@ -31,6 +31,7 @@ from r1_lightning.data.sources import PromptSource
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
 from r1_lightning.models import load_policy
+from r1_lightning.progress import Progress
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.language import DEFAULT_CANDIDATES, chain_of_thought, target_word_fraction
 from r1_lightning.rollout import HFGenerator, SamplingConfig, sample_records
@@ -151,6 +152,7 @@ class RejectionSampler:
         output_dir: where ``dataset/``, ``stats.json`` and ``samples.jsonl`` are written.
         dtype: model dtype.
         seed: sampling and prompt-order seed.
+        progress_label: what the progress lines (prompts done, kept so far, ETA) start with.
     """
 
     def __init__(
@@ -171,7 +173,9 @@ class RejectionSampler:
         output_dir: str = "rejection_sampling",
         dtype: str = "float32",
         seed: int = 0,
+        progress_label: str = "rejection sampling",
     ) -> None:
+        self.progress_label = progress_label
         if samples_per_prompt < 1 or keep_per_prompt < 1 or num_prompts < 1:
             raise ValueError("`num_prompts`, `samples_per_prompt` and `keep_per_prompt` must be >= 1")
         self.model_name, self.source = model, source if source is not None else ArithmeticTask(max_value=19)
@@ -185,10 +189,19 @@ class RejectionSampler:
     def prompts(self) -> list[dict]:
         """The first ``num_prompts`` distinct training prompts of the source."""
         seen: dict[str, dict] = {}
+        stale = 0  # draws since the last new prompt: an endless source of a small problem space runs out
         for record in self.source.iter_train(self.seed, 0):
+            stale = 0 if str(record["prompt"]) not in seen else stale + 1
             seen.setdefault(str(record["prompt"]), record)
-            if len(seen) >= self.num_prompts:
+            if len(seen) >= self.num_prompts or stale >= 20_000:
                 break
+        if len(seen) < self.num_prompts:
+            log.warning(
+                "rejection sampling: the prompt source has %d distinct training prompts, fewer than "
+                "num_prompts=%d; sampling all of them",
+                len(seen),
+                self.num_prompts,
+            )
         if not seen:
             raise ValueError(f"rejection sampling: the prompt source {self.source!r} yielded no records")
         return list(seen.values())
@@ -216,6 +229,7 @@ class RejectionSampler:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "samples.jsonl", "w") as samples_file:
             render = functools.partial(render_prompt, template=self.template, tokenizer=tokenizer)
+            progress = Progress(len(records), f"{self.progress_label}: prompts x {self.k} samples")
             for chunk, prompts, columns, generation in sample_records(
                 generator, policy, records, render, self.k, self.sampling, self.batch_size
             ):
@@ -251,6 +265,8 @@ class RejectionSampler:
                             }
                         )
                     stats["prompts_with_kept"] += bool(kept_here)
+                progress.update(len(chunk), kept=len(kept_rows))
+            progress.close()
         stats["kept"] = len(kept_rows)
         non_reasoning = self._non_reasoning_rows()
         stats["non_reasoning"] = len(non_reasoning)

@@ -16,73 +16,136 @@ from r1_lightning.evaluation import METRICS
 log = logging.getLogger(__name__)
 
 
+#: the curves drawn per training stage
+STAGE_CURVES = ("train/reward", "train/loss", "train/reward/language_consistency_reward", "val/loss", "val/accuracy")
+#: R1's behaviours over RL, drawn across every GRPO stage (the paper's response-length and reflection plots)
+BEHAVIOUR_CURVES = ("train/completion_length", "train/reflective_words")
+LANGUAGE_PREFIX = "train/cot_language/"
+
+
 def _training_curves(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Curves worth plotting from a stage's CSV logs (every version, in step order)."""
-    wanted = ("train/reward", "train/loss", "train/reward/language_consistency_reward", "val/loss", "val/accuracy")
     curves: dict[str, dict[int, float]] = {}
     for path in sorted(glob.glob(str(stage_dir / "logs" / "version_*" / "metrics.csv"))):
         with open(path) as handle:
             for row in csv.DictReader(handle):
-                for key in wanted:
-                    if row.get(key) not in (None, ""):
-                        curves.setdefault(key, {})[int(row["step"])] = float(row[key])
+                for key, value in row.items():
+                    wanted = key in STAGE_CURVES or key in BEHAVIOUR_CURVES or key.startswith(LANGUAGE_PREFIX)
+                    if wanted and value not in (None, ""):
+                        curves.setdefault(key, {})[int(row["step"])] = float(value)
     return {key: sorted(points.items()) for key, points in curves.items()}
+
+
+def _pass_at_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The ``pass@<j>`` metrics some stage has (``Evaluator(pass_at=...)``), in order of j."""
+    keys = {
+        key for s in rows for key in s["metrics"] if key.startswith("pass@") and key[5:].isdigit() and key != "pass@1"
+    }
+    return sorted(keys, key=lambda key: int(key[5:]))
 
 
 def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path:
     """``report.md`` / ``report.csv`` / ``report.png`` from finished stages' records (``stage.json``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [s for s in stages if s.get("metrics")]
     nan = float("nan")  # (records of an earlier version lack the newer metrics)
-    csv_header = ["stage", "kind", *(x.replace("@k", f"@{k}") for x in METRICS), "minutes"]
+    extra_pass = _pass_at_keys(rows)
+    columns = [*METRICS, *extra_pass]
+    csv_header = ["stage", "kind", *(x.replace("@k", f"@{k}") for x in columns), "problems", "samples", "minutes"]
     with open(output_dir / "report.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(csv_header)
         for s in rows:
             m = s["metrics"]
-            values = (round(m.get(x, nan), 4) for x in METRICS)
-            writer.writerow([s["name"], s["kind"], *values, round(s["seconds"] / 60, 2)])
-    header = ["stage", "kind", "pass@1 (95% CI)", f"pass@{k}", f"maj@{k}", "format", "language", "length", "minutes"]
+            values = (round(m.get(x, nan), 4) for x in columns)
+            counts = (int(m.get("problems", 0)), int(m.get("samples", 0)))
+            writer.writerow([s["name"], s["kind"], *values, *counts, round(s["seconds"] / 60, 2)])
+    header = ["stage", "kind", "pass@1 (95% CI)", *extra_pass, f"pass@{k}", f"cons@{k}", "format", "language"]
+    header += ["length", "problems x samples", "minutes"]
     lines = [f"| {' | '.join(header)} |", "|" + "|".join(["---"] * len(header)) + "|"]
     for s in rows:
         m = s["metrics"]
-        lines.append(
-            f"| {s['name']} | {s['kind']} | {m['pass@1']:.3f} ± {m.get('pass@1_ci95', nan):.3f} | "
-            f"{m.get('pass@k', nan):.3f} | {m['maj@k']:.3f} | {m['format']:.3f} | {m['language']:.3f} | "
-            f"{m['length']:.1f} | {s['seconds'] / 60:.1f} |"
-        )
+        cells = [s["name"], s["kind"], f"{m['pass@1']:.3f} ± {m.get('pass@1_ci95', nan):.3f}"]
+        cells += [f"{m.get(key, nan):.3f}" for key in extra_pass]
+        cells += [f"{m.get('pass@k', nan):.3f}", f"{m['maj@k']:.3f}", f"{m['format']:.3f}", f"{m['language']:.3f}"]
+        cells += [f"{m['length']:.1f}", f"{int(m.get('problems', 0))} x {k}", f"{s['seconds'] / 60:.1f}"]
+        lines.append(f"| {' | '.join(cells)} |")
     extra = [f"- {s['name']}: {s['summary']}" for s in stages if s.get("summary")]
+    intervals = [
+        f"- {s['name']}: ± {s['metrics']['pass@1_ci95_problems']:.3f} with problem-to-problem variation"
+        for s in rows
+        if "pass@1_ci95_problems" in s["metrics"]
+    ]
     (output_dir / "report.md").write_text(
-        "# Pipeline report\n\nHeld-out evaluation after each stage (pass@1 over k samples with its 95% interval "
-        "over prompts, unbiased pass@k, maj@k, strict format rate, language consistency of the chain of thought, "
-        "mean response length in tokens).\n\n" + "\n".join(lines) + ("\n\n" + "\n".join(extra) if extra else "") + "\n"
+        "# Pipeline report\n\nEvaluation after each stage: pass@1 averaged over k samples per problem, with "
+        "the 95% interval of this problem set's pass@1 from sampling (what decides whether two stages differ "
+        "on it); unbiased pass@k; cons@k (majority vote over the k answers); strict format rate; language "
+        "consistency of the chain of thought; mean response length in tokens.\n\n"
+        + "\n".join(lines)
+        + ("\n\n" + "\n".join(extra) if extra else "")
+        + ("\n\nWider intervals, for unseen problems of the same kind:\n" + "\n".join(intervals) if intervals else "")
+        + "\n"
     )
+    _plot(output_dir, stages, rows)
+    return output_dir / "report.md"
+
+
+def _plot(output_dir: Path, stages: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """``report.png``: a panel per training stage, the held-out evaluation per stage, and R1's
+    behaviours (response length, reflective words, chain-of-thought languages) across the RL stages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nan = float("nan")
     trained = [(s, _training_curves(output_dir / s["name"])) for s in stages if s["kind"] == "fit"]
     trained = [(s, c) for s, c in trained if c]
-    panels = len(trained) + (1 if rows else 0)
-    if panels:
-        fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
-        for ax, (stage, curves) in zip(axes[0], trained, strict=False):
+    rl = [(s, c) for s, c in trained if "train/completion_length" in c]
+    top = len(trained) + (1 if rows else 0)
+    if not top:
+        return
+    width = max(top, 3 if rl else 0)
+    fig, axes = plt.subplots(2 if rl else 1, width, figsize=(4 * width, 3.2 * (2 if rl else 1)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, (stage, curves) in zip(axes[0], trained, strict=False):
+        ax.set_visible(True)
+        for key, points in curves.items():
+            if key in STAGE_CURVES:
+                xs, ys = [p[0] for p in points], [p[1] for p in points]
+                ax.plot(xs, ys, label=key, marker="." if len(points) < 20 else None)
+        ax.set_title(stage["name"]), ax.set_xlabel("step"), ax.legend(fontsize=6)
+    if rows:
+        ax = axes[0][top - 1]
+        ax.set_visible(True)
+        names = [s["name"] for s in rows]
+        ci = [s["metrics"].get("pass@1_ci95", 0.0) for s in rows]
+        ax.errorbar(names, [s["metrics"]["pass@1"] for s in rows], yerr=ci, marker="o", capsize=3,
+                    label="pass@1 (95% CI)")  # fmt: skip
+        for metric in ("pass@k", "maj@k", "format", "language"):
+            ax.plot(names, [s["metrics"].get(metric, nan) for s in rows], marker="o", label=metric)
+        ax.set_title("evaluation per stage"), ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=6)
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+    if rl:
+        panels = (
+            ("train/completion_length", "response length (tokens)"),
+            ("train/reflective_words", "reflective words per response"),
+        )
+        for ax, (key, title) in zip(axes[1], panels, strict=False):
+            ax.set_visible(True)
+            for stage, curves in rl:
+                points = curves.get(key, [])
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=stage["name"])
+            ax.set_title(title), ax.set_xlabel("RL step"), ax.legend(fontsize=6)
+        ax = axes[1][2]
+        ax.set_visible(True)
+        for stage, curves in rl:
             for key, points in curves.items():
-                ax.plot(
-                    [p[0] for p in points], [p[1] for p in points], label=key, marker="." if len(points) < 20 else None
-                )
-            ax.set_title(stage["name"]), ax.set_xlabel("step"), ax.legend(fontsize=6)
-        if rows:
-            ax = axes[0][-1]
-            names = [s["name"] for s in rows]
-            ci = [s["metrics"].get("pass@1_ci95", 0.0) for s in rows]
-            ax.errorbar(names, [s["metrics"]["pass@1"] for s in rows], yerr=ci, marker="o", capsize=3,
-                        label="pass@1 (95% CI)")  # fmt: skip
-            for metric in ("pass@k", "maj@k", "format", "language"):
-                ax.plot(names, [s["metrics"].get(metric, nan) for s in rows], marker="o", label=metric)
-            ax.set_title("held-out evaluation"), ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=6)
-            ax.tick_params(axis="x", rotation=30, labelsize=7)
-        fig.tight_layout()
-        fig.savefig(output_dir / "report.png", dpi=110)
-        plt.close(fig)
-    return output_dir / "report.md"
+                if key.startswith(LANGUAGE_PREFIX) and any(p[1] > 0.01 for p in points):
+                    label = f"{stage['name']}: {key.removeprefix(LANGUAGE_PREFIX)}"
+                    ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
+        ax.set_title("chain-of-thought languages (share of words)"), ax.set_xlabel("RL step")
+        ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(output_dir / "report.png", dpi=110)
+    plt.close(fig)

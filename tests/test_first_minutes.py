@@ -26,10 +26,10 @@ def test_top_level_help_lists_every_subcommand_without_importing_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    for name in ("fit", "validate", "test", "predict", "pipeline", "export"):
+    for name in ("fit", "validate", "test", "predict", "pipeline", "export", "evaluate"):
         assert f"\n  {name} " in result.stdout, name
     assert "HEAVY []" in result.stdout  # instant: nothing heavy imported for the help
-    assert set(SUBCOMMANDS) == {"fit", "validate", "test", "predict", "pipeline", "export"}
+    assert set(SUBCOMMANDS) == {"fit", "validate", "test", "predict", "pipeline", "export", "evaluate"}
 
 
 def test_model_class_help_shows_the_grpo_options(capsys):

@@ -154,7 +154,18 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     assert (run / "sft" / "stage.json").read_text() == sft_record
     assert (run / "sft" / "hf_model" / "model.safetensors").stat().st_mtime == sft_mtime
     record = json.loads((run / "rl" / "stage.json").read_text())
-    assert set(record["metrics"]) == {"pass@1", "pass@1_ci95", "pass@k", "maj@k", "format", "language", "length"}
+    assert set(record["metrics"]) == {
+        "pass@1",
+        "pass@1_ci95",
+        "pass@1_ci95_problems",
+        "pass@k",
+        "maj@k",
+        "format",
+        "language",
+        "length",
+        "problems",
+        "samples",
+    }
     assert record["metrics"]["pass@k"] >= record["metrics"]["pass@1"] and record["metrics"]["pass@1_ci95"] >= 0
     # the resumed attempt continued the stage's metrics.csv after the checkpoint (step 2): every step
     # is logged once, nothing was redone, no second log folder
@@ -166,4 +177,5 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     assert not (run / "rl" / "logs" / "version_1").exists()
     report = (run / "report.md").read_text()
     assert "| sft | fit |" in report and "| rl | fit |" in report
+    assert "stage 'rl': step" in second.stderr and "ETA" in second.stderr  # progress lines, output in a file
     assert (run / "report.csv").exists() and (run / "report.png").stat().st_size > 0

@@ -99,7 +99,8 @@ class DatasetSource(PromptSource):
         extra_columns: more columns to pass to reward functions (all other columns by default).
         val_split: split used for validation; if None, the first ``val_size`` training records are
             held out (and never trained on).
-        val_size: number of validation prompts.
+        val_size: number of validation prompts (``None``: every row of the validation split, as a
+            benchmark file is scored).
         shuffle_buffer: streaming shuffle buffer size (0 = no shuffling).
         on_bad_row: what to do with a row that cannot be used (empty prompt; missing, null or
             unparsable answer when ``answer_column`` is set): ``skip`` it (counted per reason as
@@ -114,7 +115,7 @@ class DatasetSource(PromptSource):
         answer_parser: AnswerParser = None,
         extra_columns: list[str] | None = None,
         val_split: str | None = None,
-        val_size: int = 64,
+        val_size: int | None = 64,
         shuffle_buffer: int = 1000,
         on_bad_row: OnBadRow = "skip",
     ) -> None:

@@ -20,8 +20,13 @@ class ProceduralTask(PromptSource):
     Args:
         val_fraction: share of the problem space reserved for validation (by a hash of the prompt),
             so a held-out problem is never trained on, however long the run.
-        val_size: number of held-out prompts in the validation set.
+        val_size: number of held-out prompts in the validation set; a larger number than the held-out
+            part of the problem space has takes all of them (e.g. ``val_size: 1000`` on addition of 0-19
+            gives its 80 held-out problems: the whole held-out set, as a benchmark would).
     """
+
+    #: consecutive draws without a new held-out problem after which the held-out space counts as exhausted
+    exhausted_after = 20_000
 
     def __init__(self, val_fraction: float = 0.2, val_size: int = 64) -> None:
         if not 0.0 < val_fraction < 1.0:
@@ -42,12 +47,14 @@ class ProceduralTask(PromptSource):
     def val_records(self, seed: int) -> list[dict]:
         rng = random.Random(f"{seed}-val")
         seen: dict[str, dict] = {}
+        stale = 0  # draws since the last new held-out problem: a small problem space runs out
         for _ in range(1000 * max(self.val_size, 1)):
-            if len(seen) >= self.val_size:
+            if len(seen) >= self.val_size or stale >= self.exhausted_after:
                 break
             record = self.sample(rng)
-            if _held_out(record["prompt"], self.val_fraction):
-                seen.setdefault(record["prompt"], record)
+            stale += 1
+            if _held_out(record["prompt"], self.val_fraction) and record["prompt"] not in seen:
+                seen[record["prompt"]], stale = record, 0
         return list(seen.values())
 
 

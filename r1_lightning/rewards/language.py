@@ -97,6 +97,38 @@ def target_word_fraction(text: str, target: str, candidates: Sequence[str] = DEF
     return in_target / total
 
 
+def language_word_counts(text: str, candidates: Sequence[str] = DEFAULT_CANDIDATES) -> dict[str, int]:
+    """Words of ``text`` per detected language (ISO 639-1 code), sentence by sentence as the reward reads.
+
+    >>> language_word_counts("We add 3 and 13. Sumamos 3 y 13.", ["en", "es"])
+    {'en': 3, 'es': 2}
+    """
+    detector = language_detector(tuple(dict.fromkeys(c.lower() for c in candidates)))
+    counts: dict[str, int] = {}
+    for sentence in _SENTENCE_END.split(text):
+        if sentence.strip():
+            for run in detector.detect_multiple_languages_of(sentence):
+                code = run.language.iso_code_639_1.name.lower()
+                counts[code] = counts.get(code, 0) + run.word_count
+    return counts
+
+
+def language_mix(texts: list[str], candidates: Sequence[str] = DEFAULT_CANDIDATES) -> dict[str, float]:
+    """The language mix of the chains of thought in ``texts``: each candidate's share of all their words
+    (every candidate is present, 0.0 included, so the keys are the same at every call; all zeros when
+    the chains of thought have no words).
+
+    >>> language_mix(["<think>We add the numbers.</think>", "<think>Sumamos los números.</think>"], ["en", "es"])
+    {'en': 0.5714285714285714, 'es': 0.42857142857142855}
+    """
+    totals = dict.fromkeys((c.lower() for c in candidates), 0)
+    for text in texts:
+        for code, words in language_word_counts(chain_of_thought(text), candidates).items():
+            totals[code] = totals.get(code, 0) + words
+    all_words = sum(totals.values())
+    return {code: words / all_words if all_words else 0.0 for code, words in totals.items()}
+
+
 def language_consistency_reward(
     completions: list[Completion],
     language: list[str | None] | None = None,
