@@ -137,8 +137,9 @@ class R1LightningCLI(LightningCLI):
             parser.epilog = epilog
 
 
-def run_lightning_cli(args: list[str]) -> LightningCLI:
-    """``fit``/``validate``/``test``/``predict`` through :class:`R1LightningCLI`."""
+def run_lightning_cli(args: list[str], run: bool = True) -> LightningCLI:
+    """``fit``/``validate``/``test``/``predict`` through :class:`R1LightningCLI` (``run=False``: build the
+    trainer, model and data from ``args`` without running, ``args`` then without the subcommand)."""
     # Tokenizers' thread pool and forked DataLoader workers do not mix; prompts are cheap to tokenize.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Any LightningModule / DataModule by class_path: GRPOModule, SFTModule, RewardModelModule with
@@ -151,4 +152,5 @@ def run_lightning_cli(args: list[str]) -> LightningCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        run=run,
     )

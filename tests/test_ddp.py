@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.ddp_probe import probe_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,34 +29,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
         str(ROOT / "configs" / "r1_zero_tiny.yaml"),
         "--config",
         str(ROOT / "configs" / "strategy" / "ddp.yaml"),
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.max_steps",
-        "2",
-        "--trainer.val_check_interval",
-        "null",
-        "--trainer.limit_val_batches",
-        "0",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path),
-        "--trainer.callbacks+=helpers.ddp_probe.RankProbe",
-        f"--trainer.callbacks.out_dir={probe}",
-        "--model.init_args.model",
-        "tiny:random",
-        "--model.init_args.validate_at_start",
-        "false",
-        "--model.init_args.export_dir",
-        str(tmp_path / "hf"),
-        "--model.init_args.loss_type",
-        "token",
-        "--model.init_args.micro_batch_tokens",
-        "400",
-        "--model.init_args.rewards",
-        "{helpers.rewards.varied_reward: 1.0}",
-        "--data.init_args.batch_size",
-        "4",
+        *probe_args(tmp_path, probe),
     ]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -15,6 +15,7 @@ positions restart at each example: the loss is that of the unpacked batch, with 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Any
 
@@ -65,7 +66,8 @@ class SFTDataModule(L.LightningDataModule):
         packing: pack several examples per row (block-diagonal attention; no padding compute).
         batch_size: rows per step.
         val_size: records held out to measure the validation loss.
-        seed: shuffling seed.
+        seed: shuffling seed (None: the run's ``seed_everything``, so one seed controls the whole run;
+            without it 0).
     """
 
     def __init__(
@@ -79,7 +81,7 @@ class SFTDataModule(L.LightningDataModule):
         packing: bool = False,
         batch_size: int = 16,
         val_size: int = 32,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.source = source if source is not None else ArithmeticCoTTask()
@@ -119,6 +121,8 @@ class SFTDataModule(L.LightningDataModule):
                     f"SFT data from {self.source!r} has no column {column!r} (columns: {sorted(records[0])}); "
                     "set `data.prompt_column` / `data.response_column`"
                 )
+        if self.seed is None:  # the run's seed_everything (Lightning exports it), resolved once it is set
+            self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         random.Random(self.seed).shuffle(records)
         if len(records) <= self.val_size:
             raise ValueError(f"SFT data has {len(records)} records, not more than `data.val_size`={self.val_size}")

@@ -32,3 +32,18 @@ class RankProbe(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+
+def probe_args(tmp_path: Path, probe: Path) -> list[str]:
+    """What the data-parallel tests add to a shipped command line: 2 steps of a random tiny model with
+    varied rewards, the probe, and every file under ``tmp_path``."""
+    return [
+        "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.val_check_interval", "null",
+        "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.callbacks+=helpers.ddp_probe.RankProbe", f"--trainer.callbacks.out_dir={probe}",
+        "--model.init_args.model", "tiny:random", "--model.init_args.validate_at_start", "false",
+        "--model.init_args.export_dir", str(tmp_path / "hf"), "--model.init_args.loss_type", "token",
+        "--model.init_args.micro_batch_tokens", "400", "--model.init_args.rewards",
+        "{helpers.rewards.varied_reward: 1.0}", "--data.init_args.batch_size", "4",
+    ]  # fmt: skip
