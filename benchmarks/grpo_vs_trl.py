@@ -10,7 +10,9 @@ Both frameworks load the *same* saved random-init Qwen2 model and tokenizer, get
 a gradient), group size,
 completion length, batch (prompts x G completions, one optimizer step per rollout, the whole batch in
 one forward/backward), temperature 1, beta 0.04 with a frozen reference, the per-sequence ("grpo")
-loss and AdamW. Random weights rarely sample EOS, so every completion runs to the length limit and
+loss and AdamW, and gradient checkpointing set explicitly on both sides (off unless
+``--gradient_checkpointing``; TRL's GRPOConfig would default to on, which slows its step).
+Random weights rarely sample EOS, so every completion runs to the length limit and
 both generate the same number of tokens. The first step of each (warm-up, allocator, kernel choice)
 is excluded; the median of the rest is reported.
 
@@ -74,6 +76,7 @@ class Setting:
     beta: float = 0.04
     lr: float = 1e-6
     rollout_engine: str = "auto"
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -163,6 +166,7 @@ def run_ours(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> R
         rewards={"benchmarks.grpo_vs_trl.varied_reward": 1.0},
         num_generations=s.group_size,
         rollout_engine=s.rollout_engine,
+        gradient_checkpointing=s.gradient_checkpointing,
         beta=s.beta,
         lr=s.lr,
         loss_type="sequence",
@@ -247,6 +251,8 @@ def run_trl(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> Re
         disable_tqdm=True,
         lr_scheduler_type="constant",
         warmup_steps=0,
+        # explicit: TRL's GRPOConfig defaults to True (recompute activations), r1-lightning to False
+        gradient_checkpointing=s.gradient_checkpointing,
         log_completions=False,
     )
     trainer = GRPOTrainer(
@@ -339,6 +345,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         choices=["auto", "lean", "hf", "vllm"],
         help="r1-lightning's decode step (see GRPOModule.rollout_engine)",
     )
+    parser.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute activations on both sides (default: off on both; TRL's own default is on)",
+    )
     parser.add_argument("--out_dir", default="benchmarks/results")
     args = parser.parse_args(argv)
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
                     args.device,
                     args.dtype,
                     rollout_engine=args.rollout_engine,
+                    gradient_checkpointing=args.gradient_checkpointing,
                 )
                 prompts = make_prompts(s.prompts_per_step * s.steps)
                 pair = {}
