@@ -77,6 +77,7 @@ class RewardLoggingCallback(L.Callback):
         self.table_every_n_steps, self.table_rows = table_every_n_steps, table_rows
         self.reflective_words = tuple(REFLECTIVE_WORDS if reflective_words is None else reflective_words)
         self.alarms = HackingAlarms() if alarms else None
+        self._difficulty_sums: dict[str, list] = {}
         self.metrics: dict[str, MeanMetric] = {}
         self._step_started = 0.0
         self._device = torch.device("cpu")
@@ -137,6 +138,7 @@ class RewardLoggingCallback(L.Callback):
         self._update("train/reflective_words", sum(reflective) / max(len(reflective), 1))
         self._update("train/reflection_rate", sum(c > 0 for c in reflective) / max(len(reflective), 1))
         self._update("train/truncated_fraction", gen.truncated.float().mean())
+        self._by_difficulty(batch, rollout, lengths)
         self._update("train/rollout_tokens_per_s", lengths.sum() / max(gen.seconds, 1e-9))
         # A whole step: the rollout (sampling, the extra log-prob forwards), the rewards, the update; each
         # part is logged too (the rollout runs in another callback's batch-start hook, before this one's).
@@ -167,10 +169,37 @@ class RewardLoggingCallback(L.Callback):
                 for warning in self.alarms.update(values):
                     rank_zero_warn(f"step {step}: {warning}")
                 values.update({f"train/alarm/{name}": 1.0 for name in self.alarms.active})
+            values.update(self._difficulty_values(trainer))
             for logger in trainer.loggers:  # straight to the loggers: these are already window means
                 logger.log_metrics(values, step=step)
         if self.table_every_n_steps and step % self.table_every_n_steps == 0:
             self._log_table(trainer, batch, rollout, step)
+
+    def _by_difficulty(self, batch: Any, rollout: Any, lengths: torch.Tensor) -> None:
+        """Window sums of response length and accuracy per ``difficulty`` (when the records have it)."""
+        levels = batch.get("difficulty") if isinstance(batch, dict) else None
+        if not levels:
+            return
+        group = rollout.group_size
+        accuracy = rollout.reward_scores.get("accuracy_reward") or [None] * len(lengths)
+        for i, level in enumerate(levels):
+            rows = range(i * group, (i + 1) * group)
+            sums = self._difficulty_sums.setdefault(str(level), [0.0, 0.0, 0])
+            sums[0] += float(lengths[i * group : (i + 1) * group].sum())
+            sums[1] += sum(float(accuracy[r] or 0.0) for r in rows)
+            sums[2] += group
+
+    def _difficulty_values(self, trainer: L.Trainer) -> dict[str, float]:
+        """``train/completion_length/difficulty_<d>`` and ``train/accuracy/difficulty_<d>``: means over
+        the window, from this rank's rollouts (not reduced across ranks: the set of difficulties a rank
+        drew differs, and a collective needs the same keys everywhere)."""
+        sums, self._difficulty_sums = self._difficulty_sums, {}
+        values = {}
+        for level in sorted(sums, key=lambda v: (len(v), v)):
+            length, accuracy, n = sums[level]
+            values[f"train/completion_length/difficulty_{level}"] = length / n
+            values[f"train/accuracy/difficulty_{level}"] = accuracy / n
+        return values
 
     def _log_table(self, trainer: L.Trainer, batch: dict, rollout: Any, step: int) -> None:
         from lightning.pytorch.loggers import WandbLogger

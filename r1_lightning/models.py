@@ -15,7 +15,7 @@ from r1_lightning import tiny
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TINY_MODELS = ("tiny:random", "tiny:arithmetic")
+TINY_MODELS = ("tiny:random", "tiny:arithmetic", "tiny:reasoning")
 Quantization = Literal["4bit", "8bit"]
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw")
 
@@ -125,6 +125,10 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(tiny.tiny_random_path())
     if name_or_path == "tiny:arithmetic":
         return str(tiny.tiny_base_path())
+    if name_or_path == "tiny:reasoning":
+        from r1_lightning.tiny_reasoning import tiny_reasoning_path
+
+        return str(tiny_reasoning_path())
     if name_or_path.startswith("tiny:"):
         raise ValueError(f"unknown tiny model {name_or_path!r}; choose one of {TINY_MODELS}")
     return name_or_path

@@ -3,11 +3,12 @@
 from r1_lightning.data.datamodule import PromptDataModule, collate_records
 from r1_lightning.data.reasoning_gym import ReasoningGymTask
 from r1_lightning.data.sources import FileSource, HubSource, PromptSource, parse_gsm8k_answer
-from r1_lightning.data.tasks import ArithmeticTask, CountdownTask
+from r1_lightning.data.tasks import ArithmeticTask, CarryAdditionTask, CountdownTask
 from r1_lightning.data.templates import R1_ZERO_TEMPLATE, render_prompt
 
 __all__ = [
     "ArithmeticTask",
+    "CarryAdditionTask",
     "CountdownTask",
     "FileSource",
     "HubSource",

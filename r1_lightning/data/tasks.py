@@ -142,3 +142,28 @@ class CountdownTask(ProceduralTask):
             "<think> </think> tags and return the final equation in <answer> </answer> tags"
         )
         return {"prompt": prompt, "answer": expression, "numbers": numbers, "target": value}
+
+
+class CarryAdditionTask(ProceduralTask):
+    """Multi-digit addition with graded difficulty, where writing the column sums out helps.
+
+    A problem adds two numbers of ``d`` digits each, ``d`` drawn from ``[min_digits, max_digits]``;
+    ``difficulty`` = ``d`` is a column (per-difficulty metrics group by it). One-digit sums can be
+    answered at once; three-digit ones need carries, which a small model gets right far more often
+    column by column than in one go: the task on which R1-Zero's longer reasoning can pay.
+
+    >>> CarryAdditionTask(min_digits=2, max_digits=2).sample(random.Random(0))
+    {'prompt': '63 + 15', 'answer': '78', 'difficulty': 2}
+    """
+
+    def __init__(self, min_digits: int = 1, max_digits: int = 3, val_fraction: float = 0.2, val_size: int = 64) -> None:
+        super().__init__(val_fraction, val_size)
+        if not 1 <= min_digits <= max_digits:
+            raise ValueError(f"need 1 <= min_digits ({min_digits}) <= max_digits ({max_digits})")
+        self.min_digits, self.max_digits = min_digits, max_digits
+
+    def sample(self, rng: random.Random) -> dict:
+        digits = rng.randint(self.min_digits, self.max_digits)
+        low, high = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+        a, b = rng.randint(low, high), rng.randint(low, high)
+        return {"prompt": f"{a} + {b}", "answer": str(a + b), "difficulty": digits}

@@ -1,0 +1,172 @@
+"""``tiny:reasoning``: a tiny base in which R1-Zero's longer, reflective reasoning *can* emerge.
+
+The default tiny base (:mod:`r1_lightning.tiny`) only ever saw one-line answers, so RL has nothing to
+lengthen. This one is pretrained offline on multi-digit addition "web text" (:class:`CarryAdditionTask`
+problems) in which the work is *sometimes* written out:
+
+- ``direct`` (most of the text): ``<think>47+85=132</think> <answer>132</answer>``;
+- ``columns``: the column sums, right to left, with the carries:
+  ``<think>7+5=12 carry 1. 4+8+1=13 carry 1. so 132</think> <answer>132</answer>``;
+- ``recheck``: the same, with one slip that is caught and redone:
+  ``... 4+8+1=12 wait, 4+8+1=13 carry 1. ...``;
+- ``untagged``: ``The answer is 132.`` (no format).
+
+Every worked text is correct; nothing in the corpus ties length to reward. A small model adds three-digit
+numbers far less reliably in one go than column by column, so the accuracy reward alone can favour the
+longer style, more so on harder problems (the shape of DeepSeek-R1's Figure 3), and re-checking can pay
+where a column slips. Whether it does is measured, not assumed: ``configs/r1_zero_reasoning_tiny.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from r1_lightning.data.templates import R1_ZERO_TEMPLATE
+from r1_lightning.progress import Progress
+
+STYLES = ("direct", "columns", "recheck", "untagged")
+
+
+@dataclass(frozen=True)
+class ReasoningBaseRecipe:
+    """Corpus mix (probabilities of :data:`STYLES`), problem sizes and the pretraining run."""
+
+    min_digits: int = 1
+    max_digits: int = 3
+    direct: float = 0.60
+    columns: float = 0.25
+    recheck: float = 0.05
+    untagged: float = 0.10
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    seed: int = 0
+
+
+def column_steps(a: int, b: int) -> list[tuple[int, int, int, int]]:
+    """``(digit_a, digit_b, carry_in, column_sum)`` from the ones column up.
+
+    >>> column_steps(47, 85)
+    [(7, 5, 0, 12), (4, 8, 1, 13)]
+    """
+    steps, carry, i = [], 0, 0
+    while a // 10**i or b // 10**i or i == 0:
+        x, y = a // 10**i % 10, b // 10**i % 10
+        total = x + y + carry
+        steps.append((x, y, carry, total))
+        carry, i = total // 10, i + 1
+    return steps
+
+
+def worked_text(a: int, b: int, style: str, rng: random.Random) -> str:
+    """The reasoning inside ``<think>`` in one of the written styles.
+
+    >>> worked_text(47, 85, "columns", random.Random(0))
+    '7+5=12 carry 1. 4+8+1=13 carry 1. so 132'
+    >>> worked_text(47, 85, "direct", random.Random(0))
+    '47+85=132'
+    """
+    if style == "direct":
+        return f"{a}+{b}={a + b}"
+    steps = column_steps(a, b)
+    slip = rng.randrange(len(steps)) if style == "recheck" else None
+    parts = []
+    for i, (x, y, carry, total) in enumerate(steps):
+        expression = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        line = f"{expression}={total}"
+        if i == slip:
+            wrong = total + rng.choice((-1, 1)) if total > 0 else total + 1
+            line = f"{expression}={wrong} wait, {expression}={total}"
+        parts.append(line + (" carry 1" if total >= 10 else ""))
+    return ". ".join(parts) + f". so {a + b}"
+
+
+def completion(a: int, b: int, recipe: ReasoningBaseRecipe, rng: random.Random) -> str:
+    """One pretraining completion for ``a + b``, its style drawn from the recipe's mix."""
+    draw, edge = rng.random(), 0.0
+    for style in STYLES:
+        edge += getattr(recipe, style)
+        if draw < edge:
+            break
+    if style == "untagged":
+        return f" The answer is {a + b}."
+    return f" <think>{worked_text(a, b, style, rng)}</think> <answer>{a + b}</answer>"
+
+
+def build_reasoning_tokenizer():
+    """The tiny tokenizer, with the words of the worked texts (``carry``, ``wait``, ``so``) as tokens."""
+    from r1_lightning.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens([" carry", " wait", " so"])
+    return tokenizer
+
+
+@torch.enable_grad()
+def pretrain_reasoning(recipe: ReasoningBaseRecipe, out_dir: Path) -> None:
+    """Causal-LM pretraining on the corpus above (loss on completions only); saves HF format."""
+    from r1_lightning.data.tasks import CarryAdditionTask
+    from r1_lightning.tiny import build_model
+
+    tokenizer = build_reasoning_tokenizer()
+    model = build_model(tokenizer, recipe.hidden_size, recipe.layers, recipe.heads, seed=recipe.seed)
+    task = CarryAdditionTask(recipe.min_digits, recipe.max_digits)
+    rng = random.Random(recipe.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
+    model.train()
+    progress = Progress(recipe.steps, "building the tiny reasoning base (one-off): pretraining")
+    for _ in range(recipe.steps):
+        rows, prompt_lengths = [], []
+        for _ in range(recipe.batch_size):
+            problem = task.sample(rng)  # (held-out problems too: pretraining text, as the web has them)
+            a, b = (int(x) for x in problem["prompt"].split(" + "))
+            prompt = tokenizer(R1_ZERO_TEMPLATE.replace("{prompt}", problem["prompt"]))["input_ids"]
+            answer = tokenizer(completion(a, b, recipe, rng))["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(prompt + answer)
+            prompt_lengths.append(len(prompt))
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        labels = torch.full((len(rows), width), -100)
+        attention = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (row, prompt_length) in enumerate(zip(rows, prompt_lengths, strict=True)):
+            ids[i, : len(row)] = torch.tensor(row)
+            labels[i, prompt_length : len(row)] = torch.tensor(row[prompt_length:])
+            attention[i, : len(row)] = 1
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.update(1, loss=loss.item())
+    progress.close()
+    tokenizer.padding_side = "left"
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+
+
+def tiny_reasoning_path(recipe: ReasoningBaseRecipe | None = None) -> Path:
+    """Path of the cached reasoning base, pretrained first if it is not cached yet (a few minutes)."""
+    import hashlib
+    import sys
+
+    from r1_lightning.tiny import _VERSION, _build_once, cache_dir
+
+    recipe = recipe or ReasoningBaseRecipe()
+    key = hashlib.sha256(json.dumps({**asdict(recipe), "v": _VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_dir() / f"tiny-reasoning-{key}"
+    if not (target / "config.json").exists():
+        print(
+            f"building the tiny reasoning base (one-off, a few minutes on 2 CPU cores) into {target}", file=sys.stderr
+        )
+    return _build_once(target, lambda folder: pretrain_reasoning(recipe, folder))
