@@ -44,6 +44,20 @@ def _pass_at_keys(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(keys, key=lambda key: int(key[5:]))
 
 
+def stage_change(before: dict[str, float], after: dict[str, float]) -> str:
+    """pass@1's change from one stage to the next with the 95% interval of the difference: the two are
+    scored on the same problems with independent samples, so the variances add,
+    ``CI(diff) = sqrt(CI_1^2 + CI_2^2)``; a change inside it is not a change.
+
+    >>> stage_change({"pass@1": 0.534, "pass@1_ci95": 0.018}, {"pass@1": 0.510, "pass@1_ci95": 0.017})
+    '-0.024 ± 0.025'
+    """
+    if "pass@1_ci95" not in before or "pass@1_ci95" not in after:
+        return ""
+    spread = (before["pass@1_ci95"] ** 2 + after["pass@1_ci95"] ** 2) ** 0.5
+    return f"{after['pass@1'] - before['pass@1']:+.3f} ± {spread:.3f}"
+
+
 def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path:
     """``report.md`` / ``report.csv`` / ``report.png`` from finished stages' records (``stage.json``)."""
     rows = [s for s in stages if s.get("metrics")]
@@ -60,14 +74,15 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
             counts = (int(m.get("problems", 0)), int(m.get("samples", 0)))
             writer.writerow([s["name"], s["kind"], *values, *counts, round(s["seconds"] / 60, 2)])
     header = ["stage", "kind", "pass@1 (95% CI)", *extra_pass, f"pass@{k}", f"cons@{k}", "format", "language"]
-    header += ["length", "problems x samples", "minutes"]
+    header += ["length", "problems x samples", "Δ pass@1 vs previous (95% CI)", "minutes"]
     lines = [f"| {' | '.join(header)} |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for s in rows:
+    for index, s in enumerate(rows):
         m = s["metrics"]
         cells = [s["name"], s["kind"], f"{m['pass@1']:.3f} ± {m.get('pass@1_ci95', nan):.3f}"]
         cells += [f"{m.get(key, nan):.3f}" for key in extra_pass]
         cells += [f"{m.get('pass@k', nan):.3f}", f"{m['maj@k']:.3f}", f"{m['format']:.3f}", f"{m['language']:.3f}"]
-        cells += [f"{m['length']:.1f}", f"{int(m.get('problems', 0))} x {k}", f"{s['seconds'] / 60:.1f}"]
+        cells += [f"{m['length']:.1f}", f"{int(m.get('problems', 0))} x {k}"]
+        cells += [stage_change(rows[index - 1]["metrics"], m) if index else "", f"{s['seconds'] / 60:.1f}"]
         lines.append(f"| {' | '.join(cells)} |")
     extra = [f"- {s['name']}: {s['summary']}" for s in stages if s.get("summary")]
     intervals = [
@@ -78,7 +93,8 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
     (output_dir / "report.md").write_text(
         "# Pipeline report\n\nEvaluation after each stage: pass@1 averaged over k samples per problem, with "
         "the 95% interval of this problem set's pass@1 from sampling (what decides whether two stages differ "
-        "on it); unbiased pass@k; cons@k (majority vote over the k answers); strict format rate; language "
+        "on it) and its change from the stage before (with the interval of the difference); unbiased pass@k; "
+        "cons@k (majority vote over the k answers); strict format rate; language "
         "consistency of the chain of thought; mean response length in tokens.\n\n"
         + "\n".join(lines)
         + ("\n\n" + "\n".join(extra) if extra else "")

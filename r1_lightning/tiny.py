@@ -179,20 +179,7 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
             completion = tokenizer(noisy_completion(a, b, recipe, rng))["input_ids"] + [tokenizer.eos_token_id]
             rows.append(prompt + completion)
             prompt_lengths.append(len(prompt))
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        labels = torch.full((len(rows), width), -100)
-        for i, (row, plen) in enumerate(zip(rows, prompt_lengths, strict=True)):
-            ids[i, : len(row)] = torch.tensor(row)
-            labels[i, plen : len(row)] = torch.tensor(row[plen:])
-        cache = model(input_ids=prefix, use_cache=True).past_key_values
-        cache.batch_repeat_interleave(len(rows))
-        start = prefix.shape[1]
-        positions = torch.arange(start, start + width).expand(len(rows), -1)
-        attention = torch.ones(len(rows), start + width, dtype=torch.long)
-        loss = model(
-            input_ids=ids, past_key_values=cache, attention_mask=attention, position_ids=positions, labels=labels
-        ).loss
+        loss = shared_prefix_loss(model, prefix, rows, prompt_lengths, tokenizer.pad_token_id)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -204,6 +191,28 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+
+
+def shared_prefix_loss(
+    model, prefix: torch.Tensor, rows: list[list[int]], prompt_lengths: list[int], pad_id: int
+) -> torch.Tensor:
+    """Causal-LM loss on the completions of ``rows`` (token ids after ``prefix``; the first
+    ``prompt_lengths[i]`` of each are prompt, not scored). The prefix common to every row runs once and
+    its key/value cache is broadcast over the batch (gradients flow through it)."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), -100)
+    for i, (row, plen) in enumerate(zip(rows, prompt_lengths, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row)
+        labels[i, plen : len(row)] = torch.tensor(row[plen:])
+    cache = model(input_ids=prefix, use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(rows))
+    start = prefix.shape[1]
+    positions = torch.arange(start, start + width).expand(len(rows), -1)
+    attention = torch.ones(len(rows), start + width, dtype=torch.long)
+    return model(
+        input_ids=ids, past_key_values=cache, attention_mask=attention, position_ids=positions, labels=labels
+    ).loss
 
 
 def _pid_alive(pid: int) -> bool:

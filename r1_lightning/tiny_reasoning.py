@@ -42,7 +42,7 @@ class ReasoningBaseRecipe:
     columns: float = 0.25
     recheck: float = 0.05
     untagged: float = 0.10
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
     hidden_size: int = 128
@@ -114,9 +114,11 @@ def build_reasoning_tokenizer():
 def pretrain_reasoning(recipe: ReasoningBaseRecipe, out_dir: Path) -> None:
     """Causal-LM pretraining on the corpus above (loss on completions only); saves HF format."""
     from r1_lightning.data.tasks import CarryAdditionTask
-    from r1_lightning.tiny import build_model
+    from r1_lightning.tiny import build_model, shared_prefix_loss
 
     tokenizer = build_reasoning_tokenizer()
+    head, tail_template = R1_ZERO_TEMPLATE.split(" User:")
+    prefix = torch.tensor([tokenizer(head)["input_ids"]])
     model = build_model(tokenizer, recipe.hidden_size, recipe.layers, recipe.heads, seed=recipe.seed)
     task = CarryAdditionTask(recipe.min_digits, recipe.max_digits)
     rng = random.Random(recipe.seed)
@@ -129,19 +131,11 @@ def pretrain_reasoning(recipe: ReasoningBaseRecipe, out_dir: Path) -> None:
         for _ in range(recipe.batch_size):
             problem = task.sample(rng)  # (held-out problems too: pretraining text, as the web has them)
             a, b = (int(x) for x in problem["prompt"].split(" + "))
-            prompt = tokenizer(R1_ZERO_TEMPLATE.replace("{prompt}", problem["prompt"]))["input_ids"]
+            prompt = tokenizer(" User:" + tail_template.replace("{prompt}", problem["prompt"]))["input_ids"]
             answer = tokenizer(completion(a, b, recipe, rng))["input_ids"] + [tokenizer.eos_token_id]
             rows.append(prompt + answer)
             prompt_lengths.append(len(prompt))
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        labels = torch.full((len(rows), width), -100)
-        attention = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, (row, prompt_length) in enumerate(zip(rows, prompt_lengths, strict=True)):
-            ids[i, : len(row)] = torch.tensor(row)
-            labels[i, prompt_length : len(row)] = torch.tensor(row[prompt_length:])
-            attention[i, : len(row)] = 1
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        loss = shared_prefix_loss(model, prefix, rows, prompt_lengths, tokenizer.pad_token_id)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -127,7 +127,7 @@ def test_report_has_intervals_pass_at_columns_and_behaviour_panels(tmp_path):
     write_report(tmp_path, stages, 16)
     report = (tmp_path / "report.md").read_text()
     assert "| pass@1 (95% CI) | pass@4 | pass@16 | cons@16 |" in report
-    assert "| rl | fit | 0.500 ± 0.020 | 0.800 | 0.900 | 0.600 |" in report and "80 x 16" in report
+    assert "| rl | fit | 0.500 ± 0.020 | 0.800 | 0.900 | 0.600 |" in report and "80 x 16 |  | 1.0 |" in report
     assert "± 0.070 with problem-to-problem variation" in report
     import matplotlib.image
 
