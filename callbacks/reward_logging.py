@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from r1_lightning.behaviour import REFLECTIVE_WORDS, HackingAlarms, reflective_word_counts
+from r1_lightning.behaviour import REFLECTIVE_WORDS, HackingAlarms, PerDifficulty, reflective_word_counts
 
 ALARM_STATE = "_alarms"  # key of the alarms' state among the window metrics in a checkpoint
 
@@ -77,7 +77,7 @@ class RewardLoggingCallback(L.Callback):
         self.table_every_n_steps, self.table_rows = table_every_n_steps, table_rows
         self.reflective_words = tuple(REFLECTIVE_WORDS if reflective_words is None else reflective_words)
         self.alarms = HackingAlarms() if alarms else None
-        self._difficulty_sums: dict[str, list] = {}
+        self._difficulty = PerDifficulty({"length": "train/completion_length", "accuracy": "train/accuracy"})
         self.metrics: dict[str, MeanMetric] = {}
         self._step_started = 0.0
         self._device = torch.device("cpu")
@@ -183,23 +183,15 @@ class RewardLoggingCallback(L.Callback):
         group = rollout.group_size
         accuracy = rollout.reward_scores.get("accuracy_reward") or [None] * len(lengths)
         for i, level in enumerate(levels):
-            rows = range(i * group, (i + 1) * group)
-            sums = self._difficulty_sums.setdefault(str(level), [0.0, 0.0, 0])
-            sums[0] += float(lengths[i * group : (i + 1) * group].sum())
-            sums[1] += sum(float(accuracy[r] or 0.0) for r in rows)
-            sums[2] += group
+            rows = slice(i * group, (i + 1) * group)
+            hits = sum(float(score or 0.0) for score in accuracy[rows])
+            self._difficulty.add(level, group, length=float(lengths[rows].sum()), accuracy=hits)
 
     def _difficulty_values(self, trainer: L.Trainer) -> dict[str, float]:
         """``train/completion_length/difficulty_<d>`` and ``train/accuracy/difficulty_<d>``: means over
         the window, from this rank's rollouts (not reduced across ranks: the set of difficulties a rank
         drew differs, and a collective needs the same keys everywhere)."""
-        sums, self._difficulty_sums = self._difficulty_sums, {}
-        values = {}
-        for level in sorted(sums, key=lambda v: (len(v), v)):
-            length, accuracy, n = sums[level]
-            values[f"train/completion_length/difficulty_{level}"] = length / n
-            values[f"train/accuracy/difficulty_{level}"] = accuracy / n
-        return values
+        return self._difficulty.pop_means()
 
     def _log_table(self, trainer: L.Trainer, batch: dict, rollout: Any, step: int) -> None:
         from lightning.pytorch.loggers import WandbLogger

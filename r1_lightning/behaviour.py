@@ -101,3 +101,45 @@ class HackingAlarms:
         self.history = list(state.get("history", []))
         self.first_length = state.get("first_length")
         self.active = set(state.get("active", []))
+
+
+class PerDifficulty:
+    """Sums of per-item quantities grouped by a record's ``difficulty``, turned into means per level:
+    does RL spend more tokens, and win more, on harder problems?
+
+    >>> tally = PerDifficulty({"length": "val/completion_length", "pass@1": "val/pass@1"})
+    >>> tally.add(2, 1, length=30.0, **{"pass@1": 0.5}); tally.add(1, 2, length=26.0, **{"pass@1": 2.0})
+    >>> for key, value in tally.pop_means().items(): print(key, value)
+    val/completion_length/difficulty_1 13.0
+    val/pass@1/difficulty_1 1.0
+    val/completion_length/difficulty_2 30.0
+    val/pass@1/difficulty_2 0.5
+    >>> tally.pop_means()
+    {}
+    """
+
+    def __init__(self, metric_names: dict[str, str]) -> None:
+        self.metric_names = metric_names  # quantity -> metric prefix
+        self.sums: dict[str, dict[str, float]] = {}
+
+    def add(self, level: Any, count: int, **totals: float) -> None:
+        """``count`` more items at ``level`` whose quantities sum to ``totals``."""
+        sums = self.sums.setdefault(str(level), dict.fromkeys([*self.metric_names, "count"], 0.0))
+        for name, value in totals.items():
+            sums[name] += value
+        sums["count"] += count
+
+    def merge(self, parts: list[dict[str, dict[str, float]]]) -> None:
+        """Add other tallies' ``sums`` (e.g. gathered from the other ranks) to this one."""
+        for part in parts:
+            for level, sums in part.items():
+                self.add(level, int(sums["count"]), **{k: v for k, v in sums.items() if k != "count"})
+
+    def pop_means(self) -> dict[str, float]:
+        """``<prefix>/difficulty_<level>`` means (levels in numeric order), and start over."""
+        sums, self.sums = self.sums, {}
+        means = {}
+        for level in sorted(sums, key=lambda v: (len(v), v)):
+            for name, prefix in self.metric_names.items():
+                means[f"{prefix}/difficulty_{level}"] = sums[level][name] / max(sums[level]["count"], 1)
+        return means

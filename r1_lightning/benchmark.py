@@ -36,8 +36,10 @@ def benchmark_source(spec: str | dict[str, Any], where: str = "benchmark") -> Fi
 
     ``spec`` is a path, or ``{path, prompt_column: problem, answer_column: answer, answer_parser}``.
 
-    >>> benchmark_source({"path": "aime.jsonl", "prompt_column": "question"}).prompt_column
-    'question'
+    >>> benchmark_source({"path": "aime.jsonl", "prompt_column": "question"})
+    Traceback (most recent call last):
+    ...
+    r1_lightning.errors.ConfigError: benchmark: benchmark file 'aime.jsonl' does not exist
     """
     settings = {"path": spec} if isinstance(spec, str) else dict(spec or {})
     unknown = set(settings) - set(BENCHMARK_KEYS)

@@ -37,6 +37,9 @@ IGNORED_LOG_RECORDS = (
     # bitsandbytes on an AVX-512 BF16 CPU tries to download an optional kernel from a hub at import time;
     # without it, it uses its built-in CPU kernel (the same results).
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
+    # vLLM's in-place weight reload (the vllm engine's sync before every rollout) warns for each rotary
+    # embedding, whose cos/sin table is a buffer no checkpoint carries; it puts the table back itself.
+    ("vllm.model_executor.model_loader.reload.layerwise", "RotaryEmbedding: Failed to load weights"),
 )
 
 

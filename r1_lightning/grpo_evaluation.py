@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from r1_lightning.behaviour import PerDifficulty
 from r1_lightning.evaluation import group_scores
 from r1_lightning.rewards import format_reward
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
@@ -54,8 +55,7 @@ class GRPOEvaluation:
         pass1, majority = group_scores(generation.texts, scores, k)
         lengths = generation.completion_mask.sum(1).float().view(-1, k).mean(1).tolist()
         for level, p1, length in zip(batch.get(GROUP_COLUMN) or [], pass1, lengths, strict=False):
-            totals = self._by_difficulty().setdefault(str(level), [0.0, 0.0, 0])
-            totals[0], totals[1], totals[2] = totals[0] + p1, totals[1] + length, totals[2] + 1
+            self._by_difficulty().add(level, 1, length=length, **{"pass@1": p1})
         for value in pass1:
             self.val_pass1.update(value)
         for value in majority:
@@ -77,32 +77,24 @@ class GRPOEvaluation:
         self.eval_history.append((self.global_step, metrics))
         return metrics
 
-    def _by_difficulty(self) -> dict[str, list]:
+    def _by_difficulty(self) -> PerDifficulty:
         if not hasattr(self, "_val_by_difficulty"):
-            self._val_by_difficulty: dict[str, list] = {}
+            self._val_by_difficulty = PerDifficulty({"pass@1": "val/pass@1", "length": "val/completion_length"})
         return self._val_by_difficulty
 
     def _difficulty_metrics(self) -> dict[str, float]:
         """``val/pass@1/difficulty_<d>`` and ``val/completion_length/difficulty_<d>`` when the held-out
         records have a ``difficulty`` column (e.g. ``CarryAdditionTask``): does RL spend more tokens on
         harder problems? Under DDP the ranks' sums are gathered first."""
-        totals, self._val_by_difficulty = self._by_difficulty(), {}
         import torch.distributed as dist
 
+        tally = self._by_difficulty()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, totals)
-            totals = {}
-            for part in gathered:
-                for level, (p1, length, n) in part.items():
-                    merged = totals.setdefault(level, [0.0, 0.0, 0])
-                    merged[0], merged[1], merged[2] = merged[0] + p1, merged[1] + length, merged[2] + n
-        metrics = {}
-        for level in sorted(totals, key=lambda v: (len(v), v)):
-            p1, length, n = totals[level]
-            metrics[f"val/pass@1/difficulty_{level}"] = p1 / n
-            metrics[f"val/completion_length/difficulty_{level}"] = length / n
-        return metrics
+            dist.all_gather_object(gathered, tally.sums)
+            tally.sums = {}
+            tally.merge(gathered)
+        return tally.pop_means()
 
     @override
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -113,7 +105,7 @@ class GRPOEvaluation:
         if self.trainer.sanity_checking:
             for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
                 metric.reset()
-            self._val_by_difficulty = {}
+            self._by_difficulty().pop_means()
             return
         metrics = self.compute_val_metrics()
         self.log_dict(metrics, sync_dist=False, batch_size=1)  # already aggregated over the whole set

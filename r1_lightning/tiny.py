@@ -164,19 +164,32 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
     """
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, recipe.hidden_size, recipe.layers, seed=recipe.seed)
+
+    def example(rng: random.Random) -> tuple[str, str]:
+        a, b = rng.randint(recipe.min_value, recipe.max_value), rng.randint(recipe.min_value, recipe.max_value)
+        return f"{a} + {b}", noisy_completion(a, b, recipe, rng)
+
+    pretrain_loop(model, tokenizer, example, recipe, out_dir, "building the tiny base (one-off): pretraining")
+
+
+def pretrain_loop(model, tokenizer, example, recipe, out_dir: Path, description: str) -> None:
+    """The pretraining both tiny bases share: ``recipe.steps`` AdamW steps (one-cycle schedule, clipped
+    gradients) on batches of ``recipe.batch_size`` R1-Zero-template prompts whose problem and
+    completion ``example(rng)`` draws, loss on completions only (:func:`shared_prefix_loss`); then the
+    model, tokenizer and ``recipe.json`` are saved to ``out_dir``."""
     head, tail_template = R1_ZERO_TEMPLATE.split(" User:")
     prefix = torch.tensor([tokenizer(head)["input_ids"]])
     rng = random.Random(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.lr, total_steps=recipe.steps, pct_start=0.05)
     model.train()
-    progress = Progress(recipe.steps, "building the tiny base (one-off): pretraining")
+    progress = Progress(recipe.steps, description)
     for _step in range(recipe.steps):
         rows, prompt_lengths = [], []
         for _ in range(recipe.batch_size):
-            a, b = rng.randint(recipe.min_value, recipe.max_value), rng.randint(recipe.min_value, recipe.max_value)
-            prompt = tokenizer(" User:" + tail_template.replace("{prompt}", f"{a} + {b}"))["input_ids"]
-            completion = tokenizer(noisy_completion(a, b, recipe, rng))["input_ids"] + [tokenizer.eos_token_id]
+            problem, text = example(rng)
+            prompt = tokenizer(" User:" + tail_template.replace("{prompt}", problem))["input_ids"]
+            completion = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
             rows.append(prompt + completion)
             prompt_lengths.append(len(prompt))
         loss = shared_prefix_loss(model, prefix, rows, prompt_lengths, tokenizer.pad_token_id)
@@ -291,20 +304,25 @@ def _build_once(target: Path, build) -> Path:
     return target
 
 
+def cached_base(name: str, recipe, pretrain_fn, duration: str) -> Path:
+    """``<cache>/<name>-<hash of recipe and code version>``, pretrained by ``pretrain_fn(recipe, folder)``
+    first if it is not cached yet (announced on stderr: print, not log, since the CLI has not set up
+    logging when this runs, and minutes of silence look like a hang)."""
+    key = hashlib.sha256(json.dumps({**asdict(recipe), "v": _VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_dir() / f"{name}-{key}"
+    if not (target / "config.json").exists():
+        print(f"building the {duration} into {target}", file=sys.stderr, flush=True)
+    return _build_once(target, lambda folder: pretrain_fn(recipe, folder))
+
+
 def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
     """Path of the cached tiny base for ``recipe``, pretraining it first if it is not cached yet."""
-    recipe = recipe or BaseRecipe()
-    key = hashlib.sha256(json.dumps({**asdict(recipe), "v": _VERSION}, sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_dir() / f"tiny-arithmetic-{key}"
-    if not (target / "config.json").exists():
-        # print, not log: the CLI has not configured logging when this runs, and silence for minutes
-        # looks like a hang.
-        print(
-            f"building the tiny offline base model (one-off, about 2 minutes on 2 CPU cores) into {target}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return _build_once(target, lambda folder: pretrain(recipe, folder))
+    return cached_base(
+        "tiny-arithmetic",
+        recipe or BaseRecipe(),
+        pretrain,
+        "tiny offline base model (one-off, about 2 minutes on 2 CPU cores)",
+    )
 
 
 def _save_random_tiny(folder: Path) -> None:
