@@ -61,20 +61,26 @@ def test_held_out_set_of_a_small_problem_space_is_taken_whole_and_quickly():
     assert ArithmeticTask(min_value=0, max_value=19, val_size=64).val_records(0) == records[:64]
 
 
-def _benchmark_file(tmp_path):
+def _benchmark_file(tmp_path, suffix: str = ".jsonl"):
     rows = [
         {"problem": "What is 2 + 3?", "answer": "5"},
         {"problem": "Compute 10 - 4.", "answer": "6"},
         {"problem": "", "answer": "1"},  # skipped: empty problem (counted, shown with its row number)
         {"problem": "Half of 1?", "answer": "\\frac{1}{2}"},
     ]
-    path = tmp_path / "bench.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / f"bench{suffix}"
+    if suffix == ".parquet":
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def test_evaluate_command_scores_a_model_folder_on_a_benchmark_file(tmp_path, capsys, caplog):
-    path = _benchmark_file(tmp_path)
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_evaluate_command_scores_a_model_folder_on_a_benchmark_file(tmp_path, capsys, caplog, suffix):
+    path = _benchmark_file(tmp_path, suffix)
     out = tmp_path / "metrics.json"
     args = ["evaluate", "--model", "tiny:random", "--benchmark", str(path), "--num_samples", "4"]
     args += ["--pass_at", "[2]", "--max_new_tokens", "8", "--output", str(out)]
