@@ -126,7 +126,11 @@ def _fit(model_dir: str, root: Path, *extra: str) -> subprocess.CompletedProcess
     args += ["--trainer.log_every_n_steps", "1", "--data.init_args.batch_size", "4"]
     args += ["--model.init_args.num_generations", "4", "--model.init_args.export_dir", str(root / "hf")]
     args += ["--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # the rendezvous variables the in-process engine of the tests above set (its port is still held by
+    # this process) are not the subprocess's: it picks its own
+    rendezvous = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in rendezvous}
+    env.update({"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1"})
     return subprocess.run([*args, *extra], capture_output=True, text=True, env=env, timeout=900, cwd=root)
 
 
