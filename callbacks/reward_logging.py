@@ -169,14 +169,17 @@ class RewardLoggingCallback(L.Callback):
                 for warning in self.alarms.update(values):
                     rank_zero_warn(f"step {step}: {warning}")
                 values.update({f"train/alarm/{name}": 1.0 for name in self.alarms.active})
-            values.update(self._difficulty_values(trainer))
+            # per difficulty: this rank's rollouts only (not reduced across ranks: the set of difficulties a
+            # rank drew differs, and a collective needs the same keys everywhere)
+            values.update(self._difficulty.pop_means())
             for logger in trainer.loggers:  # straight to the loggers: these are already window means
                 logger.log_metrics(values, step=step)
         if self.table_every_n_steps and step % self.table_every_n_steps == 0:
             self._log_table(trainer, batch, rollout, step)
 
     def _by_difficulty(self, batch: Any, rollout: Any, lengths: torch.Tensor) -> None:
-        """Window sums of response length and accuracy per ``difficulty`` (when the records have it)."""
+        """Window sums of response length and accuracy per ``difficulty`` (when the records have it), logged
+        as ``train/completion_length/difficulty_<d>`` and ``train/accuracy/difficulty_<d>``."""
         levels = batch.get("difficulty") if isinstance(batch, dict) else None
         if not levels:
             return
@@ -186,12 +189,6 @@ class RewardLoggingCallback(L.Callback):
             rows = slice(i * group, (i + 1) * group)
             hits = sum(float(score or 0.0) for score in accuracy[rows])
             self._difficulty.add(level, group, length=float(lengths[rows].sum()), accuracy=hits)
-
-    def _difficulty_values(self, trainer: L.Trainer) -> dict[str, float]:
-        """``train/completion_length/difficulty_<d>`` and ``train/accuracy/difficulty_<d>``: means over
-        the window, from this rank's rollouts (not reduced across ranks: the set of difficulties a rank
-        drew differs, and a collective needs the same keys everywhere)."""
-        return self._difficulty.pop_means()
 
     def _log_table(self, trainer: L.Trainer, batch: dict, rollout: Any, step: int) -> None:
         from lightning.pytorch.loggers import WandbLogger

@@ -16,7 +16,6 @@ Everything is read from the CSV log, so it needs a ``CSVLogger`` (the shipped co
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,8 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from r1_lightning.report import read_curves
 from r1_lightning.rollout import isolated_rng
-
-
-def _read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
-    curves: dict[str, dict[int, float]] = {}
-    with open(path) as handle:
-        for row in csv.DictReader(handle):
-            for key, value in row.items():
-                if key != "step" and value not in (None, ""):
-                    try:
-                        curves.setdefault(key, {})[int(row["step"])] = float(value)
-                    except ValueError:
-                        continue
-    return {key: sorted(points.items()) for key, points in curves.items()}
 
 
 class RunReportCallback(L.Callback):
@@ -105,7 +92,8 @@ class RunReportCallback(L.Callback):
         logger.save()
         folder = Path(logger.log_dir)
         if (folder / "metrics.csv").exists():
-            write_run_report(folder, _read_metrics(folder / "metrics.csv"), self.before, after)
+            curves = read_curves([folder / "metrics.csv"], lambda key: True)
+            write_run_report(folder, curves, self.before, after)
 
 
 def _question(prompt: str) -> str:

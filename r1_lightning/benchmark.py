@@ -26,8 +26,6 @@ from r1_lightning.errors import ConfigError
 from r1_lightning.evaluation import Evaluator
 from r1_lightning.rollout import SamplingConfig
 
-log = logging.getLogger(__name__)
-
 BENCHMARK_KEYS = ("path", "prompt_column", "answer_column", "answer_parser")
 
 

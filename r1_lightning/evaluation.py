@@ -194,10 +194,10 @@ class Evaluator:
                 pass1, majority = group_scores(texts, self.reward(completions=completions, **kwargs), self.k)
                 totals["pass@1"] += sum(pass1)
                 per_prompt += pass1
-                # unbiased pass@k (Chen et al.) with n = k samples: any of them correct
-                totals["pass@k"] += sum(pass_at_k(self.k, round(p * self.k), self.k) for p in pass1)
-                for j in self.pass_at:
-                    totals[f"pass@{j}"] += sum(pass_at_k(self.k, round(p * self.k), j) for p in pass1)
+                # unbiased pass@k (Chen et al.) from the k samples; with k = num_samples: any of them correct
+                correct = [round(p * self.k) for p in pass1]
+                for j, key in ((self.k, "pass@k"), *((j, f"pass@{j}") for j in self.pass_at)):
+                    totals[key] += sum(pass_at_k(self.k, c, j) for c in correct)
                 totals["maj@k"] += sum(majority)
                 languages = [lang or self.language for lang in columns.get("language", [None] * len(texts))]
                 totals["format"] += sum(format_reward(texts)) / self.k

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from r1_lightning.data.records import RecordSource
-from r1_lightning.data.sources import PromptSource
+from r1_lightning.data.sources import PromptSource, first_distinct
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
 from r1_lightning.models import load_policy
@@ -188,13 +188,8 @@ class RejectionSampler:
 
     def prompts(self) -> list[dict]:
         """The first ``num_prompts`` distinct training prompts of the source."""
-        seen: dict[str, dict] = {}
-        stale = 0  # draws since the last new prompt: an endless source of a small problem space runs out
-        for record in self.source.iter_train(self.seed, 0):
-            stale = 0 if str(record["prompt"]) not in seen else stale + 1
-            seen.setdefault(str(record["prompt"]), record)
-            if len(seen) >= self.num_prompts or stale >= 20_000:
-                break
+        # (an endless source of a small problem space runs out: then every distinct prompt it has)
+        seen = first_distinct(self.source.iter_train(self.seed, 0), self.num_prompts)
         if len(seen) < self.num_prompts:
             log.warning(
                 "rejection sampling: the prompt source has %d distinct training prompts, fewer than "
@@ -204,7 +199,7 @@ class RejectionSampler:
             )
         if not seen:
             raise ValueError(f"rejection sampling: the prompt source {self.source!r} yielded no records")
-        return list(seen.values())
+        return seen
 
     @torch.no_grad()
     def run(self) -> dict[str, Any]:

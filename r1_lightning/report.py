@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,30 @@ BEHAVIOUR_CURVES = ("train/completion_length", "train/reflective_words")
 LANGUAGE_PREFIX = "train/cot_language/"
 
 
-def _training_curves(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Curves worth plotting from a stage's CSV logs (every version, in step order)."""
+def read_curves(paths: Iterable[str | Path], wanted: Callable[[str], bool]) -> dict[str, list[tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` from Lightning CSV logs, for the columns ``wanted`` accepts; files
+    in order (a later file's value for a step wins: a resumed run's rows), points in step order, empty or
+    non-numeric cells skipped."""
     curves: dict[str, dict[int, float]] = {}
-    for path in sorted(glob.glob(str(stage_dir / "logs" / "version_*" / "metrics.csv"))):
+    for path in paths:
         with open(path) as handle:
             for row in csv.DictReader(handle):
                 for key, value in row.items():
-                    wanted = key in STAGE_CURVES or key in BEHAVIOUR_CURVES or key.startswith(LANGUAGE_PREFIX)
-                    if wanted and value not in (None, ""):
+                    if key == "step" or value in (None, "") or not wanted(key):
+                        continue
+                    try:
                         curves.setdefault(key, {})[int(row["step"])] = float(value)
+                    except ValueError:
+                        continue
     return {key: sorted(points.items()) for key, points in curves.items()}
+
+
+def _training_curves(stage_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Curves worth plotting from a stage's CSV logs (every version, in step order)."""
+    return read_curves(
+        sorted(glob.glob(str(stage_dir / "logs" / "version_*" / "metrics.csv"))),
+        lambda key: key in STAGE_CURVES or key in BEHAVIOUR_CURVES or key.startswith(LANGUAGE_PREFIX),
+    )
 
 
 def _pass_at_keys(rows: list[dict[str, Any]]) -> list[str]:

@@ -43,6 +43,7 @@ logic is also tested against a stand-in engine (tests/test_vllm_engine.py), in t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import time
@@ -86,6 +87,7 @@ def require_vllm() -> None:
         )
 
 
+@functools.cache
 def _worker_reloads_weights() -> bool:
     """Does this vLLM's worker have ``reload_weights`` (in-place reload of checkpoint-format weights)?"""
     try:

@@ -11,7 +11,7 @@ import itertools
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +74,33 @@ def parse_boxed_answer(solution: str) -> str:
 
 
 ANSWER_PARSERS = {"gsm8k": parse_gsm8k_answer, "boxed": parse_boxed_answer}
+
+
+def first_distinct(
+    records: Iterable[dict], count: int, keep: Callable[[dict], bool] | None = None, patience: int = 20_000
+) -> list[dict]:
+    """The first ``count`` records with distinct prompts (among those ``keep`` accepts), in the order drawn.
+
+    Stops early once ``patience`` consecutive draws bring no new one: an endless generator of a small
+    problem space (addition of 0-19 has 400 problems) has run out, and what was seen is all there is.
+
+    >>> first_distinct(({"prompt": p} for p in "abacab"), 2)
+    [{'prompt': 'a'}, {'prompt': 'b'}]
+    >>> first_distinct(({"prompt": p} for p in "ab" * 50), 5, patience=10)
+    [{'prompt': 'a'}, {'prompt': 'b'}]
+    """
+    seen: dict[str, dict] = {}
+    stale = 0
+    if count <= 0:
+        return []
+    for record in records:
+        stale += 1
+        prompt = str(record["prompt"])
+        if (keep is None or keep(record)) and prompt not in seen:
+            seen[prompt], stale = record, 0
+        if len(seen) >= count or stale >= patience:
+            break
+    return list(seen.values())
 
 
 class PromptSource:

@@ -6,7 +6,7 @@ import random
 import zlib
 from collections.abc import Iterator
 
-from r1_lightning.data.sources import PromptSource
+from r1_lightning.data.sources import PromptSource, first_distinct
 
 
 def _held_out(key: str, val_fraction: float) -> bool:
@@ -46,16 +46,9 @@ class ProceduralTask(PromptSource):
 
     def val_records(self, seed: int) -> list[dict]:
         rng = random.Random(f"{seed}-val")
-        seen: dict[str, dict] = {}
-        stale = 0  # draws since the last new held-out problem: a small problem space runs out
-        for _ in range(1000 * max(self.val_size, 1)):
-            if len(seen) >= self.val_size or stale >= self.exhausted_after:
-                break
-            record = self.sample(rng)
-            stale += 1
-            if _held_out(record["prompt"], self.val_fraction) and record["prompt"] not in seen:
-                seen[record["prompt"]], stale = record, 0
-        return list(seen.values())
+        draws = (self.sample(rng) for _ in range(1000 * max(self.val_size, 1)))
+        held_out = lambda record: _held_out(record["prompt"], self.val_fraction)  # noqa: E731
+        return first_distinct(draws, self.val_size, keep=held_out, patience=self.exhausted_after)
 
 
 class ArithmeticTask(ProceduralTask):
