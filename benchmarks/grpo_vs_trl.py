@@ -281,6 +281,34 @@ def _summarise(name: str, s: Setting, steps: list[float], gen: list[float], toke
     )
 
 
+def floor_result(model_path: Path, prompts: list[dict], s: Setting) -> Result:
+    """The step's matrix products alone (:func:`benchmarks.gemm_floor.gemm_floor`) as a Result row."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from benchmarks.gemm_floor import gemm_floor
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompt_length = max(len(tokenizer(r["prompt"], add_special_tokens=False).input_ids) for r in prompts)
+    parts = gemm_floor(
+        AutoConfig.from_pretrained(model_path),
+        len(prompts),
+        s.group_size,
+        prompt_length,
+        s.max_new_tokens,
+        s.device,
+        getattr(torch, s.dtype),
+    )
+    rollout = parts["prefill"] + parts["decode"]
+    return Result(
+        framework="GEMM floor",
+        group_size=s.group_size,
+        max_new_tokens=s.max_new_tokens,
+        seconds_per_step=parts["total"],
+        rollout_tokens_per_s=len(prompts) * s.group_size * s.max_new_tokens / rollout,
+        generation_fraction=rollout / parts["total"],
+    )
+
+
 def bandwidth_bound(model_path: Path, s: Setting, bandwidth_gb_s: float) -> float:
     """Decode tokens/s if every step only had to stream the weights and the KV cache once (batch B*G)."""
     from transformers import AutoConfig
@@ -303,7 +331,7 @@ def plot(results: list[Result], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for framework, marker in (("r1-lightning", "o"), ("TRL GRPOTrainer", "s")):
+    for framework, marker in (("r1-lightning", "o"), ("TRL GRPOTrainer", "s"), ("GEMM floor", "x")):
         for g in sorted({r.group_size for r in results}):
             rows = sorted(
                 (r for r in results if r.framework == framework and r.group_size == g), key=lambda r: r.max_new_tokens
@@ -312,8 +340,9 @@ def plot(results: list[Result], out: Path) -> None:
                 continue
             xs = [r.max_new_tokens for r in rows]
             label = f"{framework}, G={g}"
-            axes[0].plot(xs, [r.seconds_per_step for r in rows], marker=marker, label=label)
-            axes[1].plot(xs, [r.rollout_tokens_per_s for r in rows], marker=marker, label=label)
+            style = dict(marker=marker, label=label, linestyle=":" if framework == "GEMM floor" else "-")
+            axes[0].plot(xs, [r.seconds_per_step for r in rows], **style)
+            axes[1].plot(xs, [r.rollout_tokens_per_s for r in rows], **style)
     axes[0].set(xlabel="completion length (tokens)", ylabel="seconds / optimizer step", title="Step time")
     axes[1].set(xlabel="completion length (tokens)", ylabel="completion tokens / s", title="Rollout throughput")
     for ax in axes:
@@ -349,6 +378,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "--gradient_checkpointing",
         action="store_true",
         help="recompute activations on both sides (default: off on both; TRL's own default is on)",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the step's matrix products alone (benchmarks/gemm_floor.py): the best ratio possible here",
     )
     parser.add_argument("--out_dir", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -387,12 +421,17 @@ def main(argv: list[str] | None = None) -> list[Result]:
                 line = f"G={g:3d} L={length:4d}"
                 for r in pair.values():
                     line += f" | {r.framework}: {r.seconds_per_step:7.3f} s/step {r.rollout_tokens_per_s:9.0f} tok/s"
-                if len(pair) == 2:
+                if args.floor:
+                    pair["floor"] = floor_result(model_path, prompts[: s.prompts_per_step], s)
+                    results.append(pair["floor"])
+                if "ours" in pair and "trl" in pair:
                     ours, trl = pair["ours"], pair["trl"]
                     line += (
                         f" | step time ratio {ours.seconds_per_step / trl.seconds_per_step:.2f}x,"
                         f" tokens/s ratio {ours.rollout_tokens_per_s / trl.rollout_tokens_per_s:.2f}x"
                     )
+                    if "floor" in pair:
+                        line += f" | floor / TRL {pair['floor'].seconds_per_step / trl.seconds_per_step:.2f}x"
                 if args.bandwidth_gb_s:
                     bound = bandwidth_bound(model_path, s, args.bandwidth_gb_s)
                     line += f" | roofline {bound:.0f} tok/s, ours at {pair['ours'].rollout_tokens_per_s / bound:.1%}"
