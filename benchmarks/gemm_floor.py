@@ -62,30 +62,33 @@ def gemm_floor(
     body, head = weights[:-1], weights[-1]
     rows, prefix = prompts * group_size, prompts * prompt_length
     tokens = prefix + rows * completion_length  # one forward over shared prompts and every completion
+    completions = rows * completion_length  # the LM head runs on completion positions only
 
-    def inputs(m: int) -> dict[int, torch.Tensor]:
-        return {inp: torch.randn(m, inp, device=device, dtype=dtype) for inp in {w.shape[1] for w in weights}}
+    # every operand made before timing (drawing random numbers costs more than some of the products)
+    def operands(m: int, sizes: set[int]) -> dict[int, torch.Tensor]:
+        return {size: torch.randn(m, size, device=device, dtype=dtype) for size in sizes}
 
-    def forward(m: int, head_rows: int) -> None:
-        x = inputs(m)
+    inputs, outputs = {w.shape[1] for w in weights}, {w.shape[0] for w in weights}
+    x_prefill, x_decode, x_all = operands(prefix, inputs), operands(rows, inputs), operands(tokens, inputs)
+    grad_all = operands(tokens, outputs)
+
+    def forward(x: dict[int, torch.Tensor], head_rows: int) -> None:
         for w in body:
             x[w.shape[1]] @ w.t()
         x[head.shape[1]][:head_rows] @ head.t()
 
     def decode() -> None:
-        x = inputs(rows)
         for _ in range(completion_length):
             for w in weights:
-                x[w.shape[1]] @ w.t()
+                x_decode[w.shape[1]] @ w.t()
 
     def train() -> None:
-        forward(tokens, rows * completion_length)
-        x = inputs(tokens)
+        forward(x_all, completions)
         for w in reversed(weights):
-            m = rows * completion_length if w is head else tokens
-            grad_out = torch.randn(m, w.shape[0], device=device, dtype=dtype)
+            m = completions if w is head else tokens
+            grad_out = grad_all[w.shape[0]][:m]
             grad_out @ w  # dX
-            grad_out.t() @ x[w.shape[1]][:m]  # dW
+            grad_out.t() @ x_all[w.shape[1]][:m]  # dW
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -93,9 +96,9 @@ def gemm_floor(
         return _time(lambda: (fn(), sync()), repeats)
 
     result = {
-        "prefill": timed(lambda: forward(prefix, prompts)),
+        "prefill": timed(lambda: forward(x_prefill, prompts)),
         "decode": timed(decode),
-        "reference": timed(lambda: forward(tokens, rows * completion_length)),
+        "reference": timed(lambda: forward(x_all, completions)),
         "train": timed(train),
     }
     result["total"] = sum(result.values())
