@@ -20,6 +20,7 @@ import torch
 from transformers import LogitsProcessorList, StopStringCriteria
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from r1_lightning.hf_cache import cache_argument, returned_cache
 from r1_lightning.lean_decode import LeanDecoder, unsupported_reason
 from r1_lightning.losses import token_entropy, token_logprobs
 
@@ -256,10 +257,10 @@ class HFDecodeStep:
             input_ids=token[:, None],
             attention_mask=self.attention,
             position_ids=self.positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **cache_argument(self.model, self.cache),
         )
-        self.cache = out.past_key_values
+        self.cache = returned_cache(out)
         return out.logits[:, -1, :]
 
 
@@ -340,7 +341,7 @@ class HFGenerator:
         out = model(
             input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
         )
-        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        cache, logits = returned_cache(out), out.logits[:, -1, :].float()
 
         # 2. fan out to the group and pick the decode step: the lean one where it applies, else the
         #    model's own forward; both have the same interface and compute the same logits
@@ -460,7 +461,7 @@ def shared_prefix_logprobs(
     out = model(
         input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
     )
-    cache = out.past_key_values
+    cache = returned_cache(out)
     index = index.to(input_ids.device)
     cache.batch_select_indices(index)
     all_positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -469,8 +470,8 @@ def shared_prefix_logprobs(
             input_ids=input_ids[:, prompt_length:-1],
             attention_mask=attention_mask[:, :-1],
             position_ids=all_positions[:, prompt_length:-1],
-            past_key_values=cache,
             use_cache=True,
+            **cache_argument(model, cache),
         ).logits
         if input_ids.shape[1] - prompt_length > 1
         else None

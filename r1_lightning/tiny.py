@@ -31,6 +31,7 @@ from filelock import FileLock, Timeout
 
 from r1_lightning.data.tasks import ArithmeticTask, CountdownTask
 from r1_lightning.data.templates import R1_ZERO_TEMPLATE
+from r1_lightning.hf_cache import cache_argument, returned_cache
 from r1_lightning.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -218,13 +219,13 @@ def shared_prefix_loss(
     for i, (row, plen) in enumerate(zip(rows, prompt_lengths, strict=True)):
         ids[i, : len(row)] = torch.tensor(row)
         labels[i, plen : len(row)] = torch.tensor(row[plen:])
-    cache = model(input_ids=prefix, use_cache=True).past_key_values
+    cache = returned_cache(model(input_ids=prefix, use_cache=True))
     cache.batch_repeat_interleave(len(rows))
     start = prefix.shape[1]
     positions = torch.arange(start, start + width).expand(len(rows), -1)
     attention = torch.ones(len(rows), start + width, dtype=torch.long)
     return model(
-        input_ids=ids, past_key_values=cache, attention_mask=attention, position_ids=positions, labels=labels
+        input_ids=ids, attention_mask=attention, position_ids=positions, labels=labels, **cache_argument(model, cache)
     ).loss
 
 

@@ -1,6 +1,7 @@
 """A new user's first minutes: help that lists every subcommand at once, the GRPO options one
 command away, a console without library noise, and configuration errors as one short paragraph."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ def test_a_run_prints_no_library_noise(tmp_path):
         "args parameter is intended",
     ):
         assert noise not in output, noise
+    # and nothing new of the kind: a library upgrade's deprecation (transformers 5.24 renamed
+    # `past_key_values` to `cache`) would otherwise reach every user's first run unnoticed
+    flagged = [line for line in output.splitlines() if re.search(r"deprecat|FutureWarning", line, re.IGNORECASE)]
+    assert not flagged, flagged
     assert "policy exported in Hugging Face format" in output
 
 

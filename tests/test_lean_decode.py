@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Qwen3Config
 
+from r1_lightning.hf_cache import returned_cache
 from r1_lightning.lean_decode import LeanDecoder, unsupported_reason
 from r1_lightning.rollout import HFGenerator, SamplingConfig
 from r1_lightning.tiny import build_tokenizer
@@ -54,7 +55,7 @@ def test_step_logits_equal_the_transformers_forward(arch, tokenizer):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     rows_mask, rows_pos = mask.repeat_interleave(group, 0), positions.repeat_interleave(group, 0)
-    decoder = LeanDecoder(model, out.past_key_values, rows_mask, rows_pos, max_new_tokens=steps, repeats=group)
+    decoder = LeanDecoder(model, returned_cache(out), rows_mask, rows_pos, max_new_tokens=steps, repeats=group)
     torch.manual_seed(1)
     tokens = torch.randint(5, len(tokenizer), (len(PROMPTS) * group, steps))
     lean = torch.stack([decoder.step(tokens[:, t]) for t in range(steps)], dim=1)
@@ -155,7 +156,7 @@ def test_drop_finished_compacts_caches_once_enough_rows_are_done(tokenizer):
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     decoder = LeanDecoder(
         model,
-        out.past_key_values,
+        returned_cache(out),
         mask.repeat_interleave(4, 0),
         positions.repeat_interleave(4, 0),
         max_new_tokens=4,
