@@ -28,6 +28,9 @@ IGNORED_WARNINGS = (
     (r"LightningCLI's args parameter is intended to run from within Python.*", "intended"),
     # DataLoader worker advice for a CPU prompt stream that tokenizes in the main process on purpose.
     (r".*does not have many workers which may be a bottleneck.*", "prompts are cheap; workers are off on purpose"),
+    # peft reads `model.is_gradient_checkpointing`, which transformers 5.24 renamed (is_activation_checkpointing);
+    # the read still works, and the fix is peft's to make.
+    (r"`is_gradient_checkpointing` is deprecated.*", "peft's call, not the user's"),
 )
 
 # (logger name, substring) of log records that advertise other products or report optional kernels.

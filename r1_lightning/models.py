@@ -191,9 +191,19 @@ def load_policy(
     if quantization == "4bit":
         unpackable_4bit_layers(model)
     if gradient_checkpointing and quantization is None:  # QLoRA enables it in prepare_model_for_kbit_training
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.config.use_cache = False  # training forwards never need a cache; generation asks for one
     return model, tokenizer
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute activations in backward (non-reentrant), under the name the installed transformers uses:
+    ``activation_checkpointing_enable`` from 5.24 (the old ``gradient_checkpointing_enable`` warns there)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
