@@ -21,6 +21,7 @@ import r1_lightning.grpo  # noqa: F401
 import r1_lightning.reward_model  # noqa: F401
 import r1_lightning.sft  # noqa: F401
 from r1_lightning.callbacks.preemption import PreemptionCallback
+from r1_lightning.callbacks.progress_bar import label_epochs_sensibly
 from r1_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
 from r1_lightning.errors import ConfigError, config_files, instantiation_message
 from r1_lightning.resume import attach_to_resumed_run, get_key, resolve_resume, set_key
@@ -108,6 +109,7 @@ class R1LightningCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # (not a user's own plugin)
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        label_epochs_sensibly(trainer)
         if self.subcommand in ("fit", None) and not any(isinstance(c, PreemptionCallback) for c in trainer.callbacks):
             trainer.callbacks.append(PreemptionCallback())
         return trainer
