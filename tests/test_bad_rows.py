@@ -39,10 +39,6 @@ def test_a_file_with_bad_rows_trains_on_the_good_ones_and_counts_the_rest(tmp_pa
             "fit",
             *fast_args(
                 tmp_path,
-                "--trainer.max_steps",
-                "2",
-                "--model.init_args.validate_at_start",
-                "false",
                 "--trainer.log_every_n_steps",
                 "1",
                 "--data.init_args.batch_size",
@@ -62,6 +58,7 @@ def test_a_file_with_bad_rows_trains_on_the_good_ones_and_counts_the_rest(tmp_pa
                         },
                     }
                 ),
+                steps=2,
             ),
         ]
     )

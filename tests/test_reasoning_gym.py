@@ -55,13 +55,10 @@ def test_the_shipped_config_trains(tmp_path):
             "fit",
             *fast_args(
                 tmp_path,
-                "--trainer.max_steps",
-                "2",
-                "--model.init_args.validate_at_start",
-                "false",
                 "--data.init_args.batch_size",
                 "4",
                 config=str(ROOT / "configs" / "reasoning_gym_tiny.yaml"),
+                steps=2,
             ),
         ]
     )

@@ -46,10 +46,6 @@ def test_peer_rewards_run_unchanged_on_a_chat_dataset(tmp_path):
             "fit",
             *fast_args(
                 tmp_path,
-                "--trainer.max_steps",
-                "2",
-                "--model.init_args.validate_at_start",
-                "false",
                 "--model.init_args.num_generations",
                 "2",
                 "--model.init_args.rewards",
@@ -61,6 +57,7 @@ def test_peer_rewards_run_unchanged_on_a_chat_dataset(tmp_path):
                 "--data.init_args.source",
                 json.dumps(source),
                 config=str(root / CONFIG),
+                steps=2,
             ),
         ]
     )
