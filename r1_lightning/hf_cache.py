@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from r1_lightning.lean_decode import causal_lm
+
 _NAMES: dict[type, str] = {}
 
 
@@ -19,7 +21,7 @@ def cache_argument(model: Any, cache: Any) -> dict[str, Any]:
 
     A peft wrapper forwards keyword arguments to the model inside it, so that model's forward decides.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = causal_lm(model)
     kind = type(inner)
     if kind not in _NAMES:
         parameters = inspect.signature(inner.forward).parameters
