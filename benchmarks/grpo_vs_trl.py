@@ -93,7 +93,7 @@ def build_model(shape: str, folder: Path, dtype: str) -> Path:
     """Save a random-init Qwen2 of ``shape`` with the tiny offline tokenizer to ``folder``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from r1_lightning.tiny import build_tokenizer
+    from r1_lightning.tiny.base import build_tokenizer
 
     tokenizer = build_tokenizer()
     spec = dict(SHAPES[shape])
@@ -141,8 +141,8 @@ def run_ours(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> R
     import lightning as L
 
     from r1_lightning.data import FileSource, PromptDataModule
-    from r1_lightning.grpo import GRPOModule
-    from r1_lightning.rollout import SamplingConfig
+    from r1_lightning.generation.rollout import SamplingConfig
+    from r1_lightning.training.grpo import GRPOModule
 
     data_file = work / "prompts.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in prompts))

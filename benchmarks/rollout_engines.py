@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out_dir", default="benchmarks/results")
     args = parser.parse_args(argv)
-    from r1_lightning.models import load_policy
-    from r1_lightning.rollout import HFGenerator, SamplingConfig
+    from r1_lightning.generation.rollout import HFGenerator, SamplingConfig
+    from r1_lightning.models.loading import load_policy
 
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         prompts = [r["prompt"] for r in make_prompts(args.prompts) for _ in range(args.group_size)]
         generators = {engine: HFGenerator(tokenizer, engine=engine) for engine in ("lean", "hf")}
         if importlib.util.find_spec("vllm") is not None:
-            from r1_lightning.vllm_engine import VLLMGenerator
+            from r1_lightning.generation.vllm_engine import VLLMGenerator
 
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")

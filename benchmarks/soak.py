@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    from r1_lightning.cli import main as cli_main
+    from r1_lightning.cli.main import main as cli_main
 
     with tempfile.TemporaryDirectory() as tmp:
         cli = cli_main(

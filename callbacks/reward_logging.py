@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from r1_lightning.behaviour import REFLECTIVE_WORDS, HackingAlarms, PerDifficulty, reflective_word_counts
+from r1_lightning.evaluation.behaviour import REFLECTIVE_WORDS, HackingAlarms, PerDifficulty, reflective_word_counts
 
 ALARM_STATE = "_alarms"  # key of the alarms' state among the window metrics in a checkpoint
 
@@ -50,7 +50,7 @@ class RewardLoggingCallback(L.Callback):
     ``train/cot_language/<code>`` (the language mix of the chains of thought: each candidate language's
     share of their words, read by lingua on each logging step's batch, not on every step, since
     detection costs more than the other metrics). Alarms
-    (``r1_lightning.behaviour.HackingAlarms``) warn in the log, and log ``train/alarm/<name>`` = 1 while
+    (``r1_lightning.evaluation.behaviour.HackingAlarms``) warn in the log, and log ``train/alarm/<name>`` = 1 while
     active, when format reward rises as accuracy falls, when length collapses or explodes, or when
     truncation dominates.
 

@@ -23,8 +23,8 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from r1_lightning.report import read_curves
-from r1_lightning.rollout import isolated_rng
+from r1_lightning.evaluation.report import read_curves
+from r1_lightning.generation.rollout import isolated_rng
 
 
 class RunReportCallback(L.Callback):

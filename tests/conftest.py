@@ -24,7 +24,7 @@ def _tiny_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_and_tokenizer(_tiny_cache):
-    from r1_lightning.models import load_policy
+    from r1_lightning.models.loading import load_policy
 
     torch.manual_seed(0)
     return load_policy("tiny:random")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1_lightning.cli import main
-from r1_lightning.lightning_cli import suggest_keys
+from r1_lightning.cli.main import main
+from r1_lightning.runs.lightning_cli import suggest_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")
@@ -43,7 +43,9 @@ def test_typo_in_a_yaml_file_is_caught_too(tmp_path, capsys):
 
 
 def test_suggestions_list_parameters_when_nothing_is_close():
-    (hint,) = suggest_keys("class_path 'r1_lightning.rollout.SamplingConfig':\n Option 'zzz' is not accepted")
+    (hint,) = suggest_keys(
+        "class_path 'r1_lightning.generation.rollout.SamplingConfig':\n Option 'zzz' is not accepted"
+    )
     assert "temperature" in hint
 
 
@@ -80,7 +82,7 @@ def test_empty_completions_score_zero_everywhere():
 @pytest.mark.parametrize("loss_type", ["sequence", "token", "dr_grpo"])
 def test_a_completion_with_no_counted_tokens_gives_no_nan(loss_type):
     """An empty (or masked-out) completion contributes nothing, and the loss and gradient stay finite."""
-    from r1_lightning.losses import grpo_loss
+    from r1_lightning.training.losses import grpo_loss
 
     logprobs = torch.randn(2, 4, requires_grad=True)
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])
@@ -102,7 +104,7 @@ def test_a_completion_with_no_counted_tokens_gives_no_nan(loss_type):
 def test_tokenizer_without_pad_token_uses_eos_and_without_either_is_an_error(
     tmp_path, tiny_model_and_tokenizer, caplog
 ):
-    from r1_lightning.models import load_tokenizer
+    from r1_lightning.models.loading import load_tokenizer
 
     _, tokenizer = tiny_model_and_tokenizer
     no_pad = tmp_path / "no_pad"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from helpers import fast_args
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 from r1_lightning.data import FileSource, PromptDataModule
 from r1_lightning.errors import ConfigError
 
@@ -111,7 +111,7 @@ def test_val_size_that_leaves_no_training_rows_is_named(tmp_path):
 
 def test_every_prompt_too_long_is_named():
     from r1_lightning.data.sources import PromptSource
-    from r1_lightning.models import load_tokenizer, resolve_model_path
+    from r1_lightning.models.loading import load_tokenizer, resolve_model_path
 
     class Long(PromptSource):
         def iter_train(self, seed, epoch):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from r1_lightning.behaviour import HackingAlarms, reflective_word_counts
+from r1_lightning.evaluation.behaviour import HackingAlarms, reflective_word_counts
 
 
 def test_reflective_words_are_whole_words_in_any_case_and_configurable():

@@ -8,7 +8,7 @@ import torch
 import yaml
 from helpers import fast_args as _fast
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")

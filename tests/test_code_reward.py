@@ -11,7 +11,7 @@ import pytest
 
 from r1_lightning.rewards.code import code_reward, extract_code
 from r1_lightning.rewards.limits import count_reward_events
-from r1_lightning.sandbox import SandboxLimits, network_isolation, run_untrusted
+from r1_lightning.rewards.sandbox import SandboxLimits, network_isolation, run_untrusted
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(wall_seconds=3.0, cpu_seconds=2)
@@ -141,7 +141,7 @@ def test_network_namespace_is_used_where_the_machine_allows_it():
 
 
 def test_training_goes_on_when_the_code_reward_meets_hostile_programs(tmp_path):
-    from r1_lightning.cli import main
+    from r1_lightning.cli.main import main
 
     sys.path.insert(0, str(ROOT / "tests"))
     try:

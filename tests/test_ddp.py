@@ -23,7 +23,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "r1_lightning.cli",
+        "r1_lightning.cli.main",
         "fit",
         "--config",
         str(ROOT / "configs" / "r1_zero_tiny.yaml"),

@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.errors import ConfigError
-from r1_lightning.evaluation import Evaluator, mean_ci95, pass_at_k, sampling_ci95
-from r1_lightning.pipeline import Pipeline, validate_stages
+from r1_lightning.evaluation.evaluator import Evaluator, mean_ci95, pass_at_k, sampling_ci95
+from r1_lightning.evaluation.report import write_report
+from r1_lightning.pipeline.runner import Pipeline, validate_stages
 from r1_lightning.progress import Progress
-from r1_lightning.report import write_report
 
 QUICK = {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "stop_strings": ["</answer>"]}
 

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from r1_lightning.cli import SUBCOMMANDS, main
+from r1_lightning.cli.main import SUBCOMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")
-ENTRY = "import sys; from r1_lightning.cli import console_main; sys.argv[0] = 'r1-lightning'; sys.exit(console_main())"
+ENTRY = (
+    "import sys; from r1_lightning.cli.main import console_main; sys.argv[0] = 'r1-lightning'; sys.exit(console_main())"
+)
 
 
 def run_script(*args, cwd=None):
@@ -22,7 +24,7 @@ def run_script(*args, cwd=None):
 
 def test_top_level_help_lists_every_subcommand_without_importing_torch():
     code = (
-        "import sys; from r1_lightning.cli import main; main(['--help']); "
+        "import sys; from r1_lightning.cli.main import main; main(['--help']); "
         "heavy = [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules]; print('HEAVY', heavy)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -118,7 +120,7 @@ def test_unknown_subcommand_says_which_was_meant(tmp_path):
 
 
 def test_a_reward_model_started_from_a_language_model_loads_quietly(capfd):
-    from r1_lightning.reward_model_io import load_reward_model
+    from r1_lightning.rewards.reward_model_io import load_reward_model
 
     capfd.readouterr()
     load_reward_model("tiny:random")  # its new score head is missing from the checkpoint by design

@@ -25,7 +25,7 @@ def _run(workdir: Path, strategy: str, max_steps: int, *extra: str) -> Path:
     command = [
         sys.executable,
         "-m",
-        "r1_lightning.cli",
+        "r1_lightning.cli.main",
         "fit",
         "--config",
         str(ROOT / "configs" / "r1_zero_tiny.yaml"),
@@ -116,7 +116,7 @@ def test_fsdp2_trains_like_ddp_with_sharded_weights_and_resumes(tmp_path):
 
 
 def test_fsdp2_refuses_lora_and_quantization_clearly():
-    from r1_lightning.grpo import GRPOModule
+    from r1_lightning.training.grpo import GRPOModule
 
     module = GRPOModule(model="tiny:random", lora={"r": 4}, validate_at_start=False)
     module._device_mesh = {"data_parallel": object()}  # what FSDP2Strategy hands configure_model

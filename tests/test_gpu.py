@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +38,8 @@ def test_bf16_mixed_fast_dev_run_on_gpu(tmp_path):
 
 
 def test_bf16_weights_generate_and_score(tmp_path):
-    from r1_lightning.models import load_policy
-    from r1_lightning.rollout import HFGenerator, SamplingConfig
+    from r1_lightning.generation.rollout import HFGenerator, SamplingConfig
+    from r1_lightning.models.loading import load_policy
 
     model, tokenizer = load_policy("tiny:random", dtype="bfloat16")
     model.cuda()
@@ -115,8 +115,8 @@ def test_8bit_reference_and_8bit_optimizer_on_gpu(tmp_path):
 
 
 def test_shared_prefix_in_bf16_matches_the_full_forward():
-    from r1_lightning.models import load_policy
-    from r1_lightning.rollout import HFGenerator, SamplingConfig, completion_logprobs, shared_prefix_logprobs
+    from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, completion_logprobs, shared_prefix_logprobs
+    from r1_lightning.models.loading import load_policy
 
     model, tokenizer = load_policy("tiny:random", dtype="bfloat16")
     model.cuda()

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from r1_lightning.grpo import GRPOModule
-from r1_lightning.rollout import Generation
+from r1_lightning.generation.rollout import Generation
+from r1_lightning.training.grpo import GRPOModule
 
 
 def _fake_generation(texts):

@@ -2,7 +2,7 @@
 
 import types
 
-from r1_lightning.hf_cache import cache_argument, returned_cache
+from r1_lightning.hf_compat import cache_argument, returned_cache
 
 
 class NewStyle:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Qwen3Config
 
-from r1_lightning.hf_cache import returned_cache
-from r1_lightning.lean_decode import LeanDecoder, unsupported_reason
-from r1_lightning.rollout import HFGenerator, SamplingConfig
-from r1_lightning.tiny import build_tokenizer
+from r1_lightning.generation.lean_decode import LeanDecoder, unsupported_reason
+from r1_lightning.generation.rollout import HFGenerator, SamplingConfig
+from r1_lightning.hf_compat import returned_cache
+from r1_lightning.tiny.base import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from r1_lightning.losses import aggregate_loss, group_advantages, grpo_loss, k3_kl, token_logprobs
+from r1_lightning.models.logprobs import token_logprobs
+from r1_lightning.training.losses import aggregate_loss, group_advantages, grpo_loss, k3_kl
 
 
 def test_advantages_hand_computed():

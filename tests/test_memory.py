@@ -7,10 +7,8 @@ import pytest
 import torch
 from helpers import fast_args as _fast
 
-from r1_lightning.cli import main
-from r1_lightning.grpo import GRPOModule
-from r1_lightning.models import build_optimizer
-from r1_lightning.rollout import (
+from r1_lightning.cli.main import main
+from r1_lightning.generation.rollout import (
     Generation,
     HFGenerator,
     SamplingConfig,
@@ -19,6 +17,8 @@ from r1_lightning.rollout import (
     padding_fraction,
     plan_micro_batches,
 )
+from r1_lightning.models.loading import build_optimizer
+from r1_lightning.training.grpo import GRPOModule
 
 
 def _generation(prompt_lengths, completion_lengths, prompt_width=5, completion_width=6):
@@ -200,7 +200,7 @@ def test_8bit_optimizer_and_token_budget_in_a_run(tmp_path):
 
 
 def test_shared_prompt_prefix_matches_the_full_forward_with_gradients(tiny_model_and_tokenizer):
-    from r1_lightning.rollout import shared_prefix_logprobs
+    from r1_lightning.generation.rollout import shared_prefix_logprobs
 
     model, tokenizer = tiny_model_and_tokenizer
     torch.manual_seed(0)
@@ -244,8 +244,8 @@ def test_4bit_layers_too_narrow_for_the_avx512_cpu_packing_take_the_portable_pat
     from bitsandbytes.functional import _convert_weight_packed_for_cpu
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from r1_lightning.models import load_policy
-    from r1_lightning.tiny import build_tokenizer
+    from r1_lightning.models.loading import load_policy
+    from r1_lightning.tiny.base import build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Qwen2Config(

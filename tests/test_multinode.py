@@ -66,7 +66,14 @@ def test_readme_torchrun_two_nodes_on_localhost_match_one_node_ddp(tmp_path):
 
     ddp_dir, ddp_probe = tmp_path / "ddp", tmp_path / "ddp" / "probe"
     ddp_dir.mkdir()
-    one_node = [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(ROOT / "configs/r1_zero_tiny.yaml")]
+    one_node = [
+        sys.executable,
+        "-m",
+        "r1_lightning.cli",
+        "fit",
+        "--config",
+        str(ROOT / "configs/r1_zero_tiny.yaml"),
+    ]
     one_node += ["--config", str(ROOT / "configs/strategy/ddp.yaml"), "--trainer.devices", "2"]
     result = subprocess.run(
         [*one_node, *probe_args(ddp_dir, ddp_probe)],
@@ -113,7 +120,7 @@ def _srun_environment(monkeypatch, nodes: int, tasks_per_node: int, node: int, l
 def test_readme_slurm_lines_give_every_task_its_rank(monkeypatch, tmp_path):
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from r1_lightning.lightning_cli import run_lightning_cli
+    from r1_lightning.runs.lightning_cli import run_lightning_cli
 
     # Lightning writes MASTER_ADDR / NODE_RANK / ... into os.environ while it sets up: keep them in this
     # test (a later test's subprocesses would otherwise inherit MASTER_ADDR=gpu01 and wait for it)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
-from r1_lightning.cli import main
-from r1_lightning.pipeline import load_pipeline, set_dotted, validate_stages
-from r1_lightning.rejection import RejectionSampler
+from r1_lightning.cli.main import main
+from r1_lightning.pipeline.rejection import RejectionSampler
+from r1_lightning.pipeline.runner import load_pipeline, set_dotted, validate_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((ROOT / "configs" / "pipeline").glob("*.yaml"))
@@ -76,7 +76,7 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
                     "seed_everything": 0,
                     "trainer": trainer,
                     "model": {
-                        "class_path": "r1_lightning.sft.SFTModule",
+                        "class_path": "r1_lightning.training.sft.SFTModule",
                         "init_args": {"model": "tiny:random", "lr": 0.001},
                     },
                     "data": {
@@ -108,7 +108,7 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
                         ],
                     },
                     "model": {
-                        "class_path": "r1_lightning.grpo.GRPOModule",
+                        "class_path": "r1_lightning.training.grpo.GRPOModule",
                         "init_args": {
                             "num_generations": 2,
                             "sampling": {"max_new_tokens": 6},

@@ -124,9 +124,9 @@ def test_sigterm_writes_a_checkpoint_and_prints_the_resume_command(tmp_path, uni
 
 
 def test_last_skips_a_truncated_checkpoint_and_an_explicit_one_is_named(tmp_path, capsys):
-    from r1_lightning.checkpoints import checkpoint_problem, newest_intact_checkpoint
-    from r1_lightning.cli import main
+    from r1_lightning.cli.main import main
     from r1_lightning.errors import ConfigError
+    from r1_lightning.runs.checkpoints import checkpoint_problem, newest_intact_checkpoint
 
     folder = tmp_path / RUN / "version_0" / "checkpoints"
     folder.mkdir(parents=True)
@@ -146,7 +146,7 @@ def test_last_skips_a_truncated_checkpoint_and_an_explicit_one_is_named(tmp_path
 
 
 def test_ckpt_path_last_without_a_checkpoint_starts_fresh(tmp_path, monkeypatch, capsys):
-    from r1_lightning.cli import main
+    from r1_lightning.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     cli = main(
@@ -159,7 +159,7 @@ def test_ckpt_path_last_without_a_checkpoint_starts_fresh(tmp_path, monkeypatch,
 def test_a_full_disk_keeps_earlier_checkpoints_and_names_the_file(tmp_path, monkeypatch):
     import errno
 
-    from r1_lightning.checkpoints import AtomicCheckpointIO, CheckpointWriteError
+    from r1_lightning.runs.checkpoints import AtomicCheckpointIO, CheckpointWriteError
 
     io = AtomicCheckpointIO()
     target = tmp_path / "checkpoints" / "step-step=2.ckpt"
@@ -183,14 +183,14 @@ def test_a_full_disk_keeps_earlier_checkpoints_and_names_the_file(tmp_path, monk
 
 def test_two_pipelines_on_one_folder_do_not_interleave(tmp_path):
     from r1_lightning.errors import ConfigError
-    from r1_lightning.pipeline import OutputDirLock
+    from r1_lightning.pipeline.runner import OutputDirLock
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             (
-                "import sys, time; from pathlib import Path; from r1_lightning.pipeline import OutputDirLock\n"
+                "import sys, time; from pathlib import Path; from r1_lightning.pipeline.runner import OutputDirLock\n"
                 f"with OutputDirLock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(60)"
             ),
         ],

@@ -8,7 +8,7 @@ pytest.importorskip("reasoning_gym", reason="reasoning-gym (the dev extra) provi
 
 from helpers import fast_args
 
-from r1_lightning.cli import main  # noqa: E402
+from r1_lightning.cli.main import main  # noqa: E402
 from r1_lightning.data import ReasoningGymTask  # noqa: E402
 from r1_lightning.rewards.registry import build_reward  # noqa: E402
 

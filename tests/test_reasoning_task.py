@@ -6,9 +6,9 @@ import random
 import pytest
 from helpers import fast_args
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 from r1_lightning.data.tasks import CarryAdditionTask, _held_out
-from r1_lightning.tiny_reasoning import ReasoningBaseRecipe, column_steps, completion, worked_text
+from r1_lightning.tiny.reasoning import ReasoningBaseRecipe, column_steps, completion, worked_text
 
 CONFIG = "configs/r1_zero_reasoning_tiny.yaml"
 

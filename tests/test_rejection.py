@@ -7,8 +7,8 @@ import pytest
 
 from r1_lightning.data.records import NonReasoningTask
 from r1_lightning.data.tasks import ArithmeticTask
-from r1_lightning.rejection import DROP_REASONS, RejectionFilters, RejectionSampler, drop_reason
-from r1_lightning.rollout import SamplingConfig
+from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.pipeline.rejection import DROP_REASONS, RejectionFilters, RejectionSampler, drop_reason
 
 GOOD = "<think>We add 3 and 4. 3+4=7.</think> <answer>7</answer>"
 

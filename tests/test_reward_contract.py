@@ -8,7 +8,7 @@ import pytest
 from helpers import fast_args
 from helpers.rewards import RECORDED
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 from r1_lightning.rewards.contract import as_completions, completion_token_ids, reward_inputs
 
 pytest.importorskip("trl.rewards", reason="trl (the dev extra) provides the peer reward functions")

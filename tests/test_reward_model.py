@@ -6,11 +6,11 @@ import pytest
 import torch
 import yaml
 
-from r1_lightning.cli import main
-from r1_lightning.reward_model import PreferenceTask, bradley_terry_loss
-from r1_lightning.reward_model_io import load_reward_model, score_texts
+from r1_lightning.cli.main import main
 from r1_lightning.rewards import build_rewards
+from r1_lightning.rewards.reward_model_io import load_reward_model, score_texts
 from r1_lightning.rewards.reward_model_reward import RewardModelReward, response_part
+from r1_lightning.training.reward_model import PreferenceTask, bradley_terry_loss
 
 
 def test_bradley_terry_loss_and_gradient_by_hand():
@@ -41,14 +41,14 @@ def harmlessness_rm(tmp_path_factory):
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
         },
         "model": {
-            "class_path": "r1_lightning.reward_model.RewardModelModule",
+            "class_path": "r1_lightning.training.reward_model.RewardModelModule",
             "init_args": {"model": "tiny:random", "lr": 0.003, "template": "plain", "export_dir": str(out / "rm")},
         },
         "data": {
-            "class_path": "r1_lightning.reward_model.PreferenceDataModule",
+            "class_path": "r1_lightning.training.reward_model.PreferenceDataModule",
             "init_args": {
                 "source": {
-                    "class_path": "r1_lightning.reward_model.PreferenceTask",
+                    "class_path": "r1_lightning.training.reward_model.PreferenceTask",
                     "init_args": {"kind": "harmlessness", "num_records": 400},
                 },
                 "template": "plain",

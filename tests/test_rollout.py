@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from r1_lightning.rollout import HFGenerator, SamplingConfig, completion_logprobs
+from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, completion_logprobs
 
 
 def test_generation_masks_stop_and_truncation(tiny_model_and_tokenizer):
@@ -78,7 +78,7 @@ def test_tiny_model_round_trips_in_hf_format(tiny_model_and_tokenizer, tmp_path)
 
 
 def test_missing_model_path_is_clear():
-    from r1_lightning.models import load_policy
+    from r1_lightning.models.loading import load_policy
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_policy("./no/such/model")
@@ -87,7 +87,7 @@ def test_missing_model_path_is_clear():
 
 
 def test_sample_categorical_follows_the_distribution_and_skips_impossible_tokens():
-    from r1_lightning.rollout import sample_categorical
+    from r1_lightning.generation.rollout import sample_categorical
 
     torch.manual_seed(0)
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
@@ -103,7 +103,7 @@ def test_sample_categorical_follows_the_distribution_and_skips_impossible_tokens
 def test_sampler_logprobs_match_the_trainers_forward(tiny_model_and_tokenizer, engine):
     """The sampler records the log-prob of each token it drew (temperature-scaled, before top-k/p); in
     float32 it equals the trainer's forward up to rounding: the training-inference gap is ~0 here."""
-    from r1_lightning.mismatch import MismatchMeter
+    from r1_lightning.generation.mismatch import MismatchMeter
 
     model, tokenizer = tiny_model_and_tokenizer
     torch.manual_seed(0)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 from r1_lightning.data.records import ArithmeticCoTTask, DatasetRecords, NonReasoningTask
 from r1_lightning.data.sft_data import SFTDataModule, pack_examples
-from r1_lightning.sft import SFTModule, packed_attention_mask, response_nll
+from r1_lightning.training.sft import SFTModule, packed_attention_mask, response_nll
 
 
 def _datamodule(tokenizer, packing, **kwargs):
@@ -103,7 +103,7 @@ def test_sft_cli_run_lowers_the_loss_and_exports(tmp_path):
             "check_val_every_n_epoch": None,
         },
         "model": {
-            "class_path": "r1_lightning.sft.SFTModule",
+            "class_path": "r1_lightning.training.sft.SFTModule",
             "init_args": {"model": "tiny:random", "lr": 0.003, "export_dir": str(tmp_path / "hf")},
         },
         "data": {

@@ -6,7 +6,7 @@ import torch
 from helpers import fast_args as _fast
 
 from r1_lightning.callbacks import StageScheduleCallback
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 
 
 def test_schedule_in_a_run(tmp_path):

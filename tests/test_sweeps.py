@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from r1_lightning.cli import main
+from r1_lightning.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))

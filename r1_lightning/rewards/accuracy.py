@@ -6,8 +6,8 @@ import re
 from typing import Any, Literal
 
 from r1_lightning.rewards.limits import call_with_deadline
+from r1_lightning.rewards.verify import gold_parses, math_equal, trl_gold_parses
 from r1_lightning.text import Completion, completion_text, extract_answer
-from r1_lightning.verify import gold_parses, math_equal, trl_gold_parses
 
 #: seconds one answer comparison may take (in a child process, killed at the deadline); see limits.py.
 VERIFY_TIMEOUT_SECONDS = 2.0

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from r1_lightning.rewards.limits import record_reward_event
-from r1_lightning.sandbox import SandboxLimits, run_many
+from r1_lightning.rewards.sandbox import SandboxLimits, run_many
 from r1_lightning.text import Completion, completion_text
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def code_reward(
 ) -> list[float | None]:
     """1.0 when the completion's last fenced Python block passes every test of its record, else 0.0.
 
-    Each completion runs in its own sandboxed process (``r1_lightning.sandbox``: CPU, wall-time and
+    Each completion runs in its own sandboxed process (``r1_lightning.rewards.sandbox``: CPU, wall-time and
     memory limits, no network, a throwaway directory, no access to the user's files), ``workers`` at a
     time. A completion that loops, crashes, exceeds a limit or does something forbidden scores 0;
     outcomes are counted per rollout (``code_runs/<outcome>``, see ``limits.count_reward_events``).

@@ -104,7 +104,7 @@ class TimeLimitedPool:
         workers: child processes (calls of one ``map`` run this many at a time).
     """
 
-    def __init__(self, workers: int = 2, preload: tuple[str, ...] = ("r1_lightning.verify",)) -> None:
+    def __init__(self, workers: int = 2, preload: tuple[str, ...] = ("r1_lightning.rewards.verify",)) -> None:
         self.size = max(1, workers)
         self.preload = tuple(preload)
         self.workers: list[_Worker] = []

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from r1_lightning.data.templates import render_prompt
-from r1_lightning.reward_model_io import load_reward_model, score_texts
+from r1_lightning.rewards.reward_model_io import load_reward_model, score_texts
 from r1_lightning.text import Completion, completion_text
 
 Scope = Literal["summary", "whole"]

@@ -19,8 +19,8 @@ import re
 from typing import Any, Literal
 
 from r1_lightning.rewards.accuracy import accuracy_reward
+from r1_lightning.rewards.verify import trl_gold_parses
 from r1_lightning.text import completion_text
-from r1_lightning.verify import trl_gold_parses
 
 _THINK_FORMAT = re.compile(r"^<think>(?!.*<think>)(.*?)</think>.*$", re.DOTALL | re.MULTILINE)
 _STEPS = re.compile(r"(Step \d+:|^\d+\.|\n-|\n\*|First,|Second,|Next,|Finally,)")

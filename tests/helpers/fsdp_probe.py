@@ -6,8 +6,8 @@ from pathlib import Path
 
 import lightning as L
 
-from r1_lightning.lean_decode import unsupported_reason
-from r1_lightning.strategies import gathered
+from r1_lightning.generation.lean_decode import unsupported_reason
+from r1_lightning.models.strategies import gathered
 
 
 def _reason_gathered(model):

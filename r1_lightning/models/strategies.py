@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from r1_lightning.lean_decode import causal_lm
+from r1_lightning.hf_compat import causal_lm
 
 
 class FSDP2Strategy(ModelParallelStrategy):

@@ -1,4 +1,5 @@
-"""Passing and reading a transformers key/value cache under both of its names.
+"""Where transformers and peft APIs differ by version or wrapper: the model inside a peft wrapper, and
+the key/value cache under both of its names. Imports no other r1_lightning module.
 
 transformers 5.24 renamed the forward argument and output field ``past_key_values`` to ``cache``; the old
 name still works there but logs a deprecation on every run and goes away in 5.40, while releases before
@@ -11,9 +12,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from r1_lightning.lean_decode import causal_lm
-
 _NAMES: dict[type, str] = {}
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers ``*ForCausalLM`` inside ``model`` (a peft wrapper is looked through)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def cache_argument(model: Any, cache: Any) -> dict[str, Any]:

@@ -33,12 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from r1_lightning.hf_compat import causal_lm
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral", "qwen3")
-
-
-def causal_lm(model: Any) -> Any:
-    """The transformers ``*ForCausalLM`` inside ``model`` (a peft wrapper is looked through)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def unsupported_reason(model: Any, total_length: int) -> str | None:

@@ -1,6 +1,6 @@
 """Optional vLLM rollout engine, colocated with training: ``model.rollout_engine: vllm``.
 
-Same interface as :class:`r1_lightning.rollout.HFGenerator` (``generate(model, prompts, sampling,
+Same interface as :class:`r1_lightning.generation.rollout.HFGenerator` (``generate(model, prompts, sampling,
 group_size) -> Generation``), so GRPO, evaluation and rejection sampling use it unchanged.
 
 Design decisions:
@@ -53,9 +53,9 @@ from typing import Any
 
 import torch
 
-from r1_lightning.lean_decode import causal_lm
-from r1_lightning.rollout import Generation, SamplingConfig, eos_token_ids, prompt_groups
-from r1_lightning.strategies import full_state_dict, is_sharded
+from r1_lightning.generation.rollout import Generation, SamplingConfig, eos_token_ids, prompt_groups
+from r1_lightning.hf_compat import causal_lm
+from r1_lightning.models.strategies import full_state_dict, is_sharded
 
 
 def _free_port() -> int:
@@ -161,7 +161,7 @@ def generation_from_ids(
 
 @dataclass
 class VLLMGenerator:
-    """Colocated vLLM sampling with the :class:`~r1_lightning.rollout.HFGenerator` interface.
+    """Colocated vLLM sampling with the :class:`~r1_lightning.generation.rollout.HFGenerator` interface.
 
     Args:
         tokenizer: the policy's tokenizer (prompts are tokenized here and sent as ids).

@@ -2,7 +2,7 @@
 
 One training step = one rollout batch: the rollout callback (``r1_lightning.callbacks.RolloutCallback``)
 samples ``num_generations`` completions for each prompt, scores them with the reward functions and
-attaches a :class:`~r1_lightning.rollout.Rollout` to the batch; this module then runs ``num_iterations``
+attaches a :class:`~r1_lightning.generation.rollout.Rollout` to the batch; this module then runs ``num_iterations``
 (the paper's mu) optimizer steps over it, each accumulating gradients over micro-batches.
 
 Where this departs from the papers, on purpose:
@@ -40,34 +40,9 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from r1_lightning.callbacks import RewardLoggingCallback, RolloutCallback
-from r1_lightning.grpo_evaluation import GRPOEvaluation, validation_due
-from r1_lightning.lean_decode import causal_lm
-from r1_lightning.losses import (
-    IMPORTANCE_SAMPLING_LEVELS,
-    LOSS_TYPES,
-    ImportanceSamplingLevel,
-    LossType,
-    RewardScaling,
-    group_advantages,
-    grpo_loss,
-)
-from r1_lightning.mismatch import MismatchMeter, truncated_importance_weights
-from r1_lightning.models import (
-    OPTIMIZERS,
-    LoraSettings,
-    Quantization,
-    apply_lora,
-    as_lora,
-    freeze,
-    load_policy,
-    optimizer_and_scheduler,
-    save_policy,
-)
-from r1_lightning.rewards import resolve_reward, score_completions
-from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
-from r1_lightning.rewards.limits import count_reward_events
-from r1_lightning.rewards.registry import build_rewards
-from r1_lightning.rollout import (
+from r1_lightning.evaluation.grpo_validation import GRPOEvaluation, validation_due
+from r1_lightning.generation.mismatch import MismatchMeter, truncated_importance_weights
+from r1_lightning.generation.rollout import (
     ROLLOUT_ENGINES,
     Generation,
     HFGenerator,
@@ -79,7 +54,32 @@ from r1_lightning.rollout import (
     plan_micro_batches,
     repeat_batch,
 )
-from r1_lightning.strategies import full_state_dict, gathered, is_sharded, shard_model
+from r1_lightning.hf_compat import causal_lm
+from r1_lightning.models.loading import (
+    OPTIMIZERS,
+    LoraSettings,
+    Quantization,
+    apply_lora,
+    as_lora,
+    freeze,
+    load_policy,
+    optimizer_and_scheduler,
+    save_policy,
+)
+from r1_lightning.models.strategies import full_state_dict, gathered, is_sharded, shard_model
+from r1_lightning.rewards import resolve_reward, score_completions
+from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
+from r1_lightning.rewards.limits import count_reward_events
+from r1_lightning.rewards.registry import build_rewards
+from r1_lightning.training.losses import (
+    IMPORTANCE_SAMPLING_LEVELS,
+    LOSS_TYPES,
+    ImportanceSamplingLevel,
+    LossType,
+    RewardScaling,
+    group_advantages,
+    grpo_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,9 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             models whose weights are whole or FSDP2-gathered, else the transformers forward), ``lean`` (insist; error if
             it cannot apply) or ``hf`` (always the transformers forward). Same tokens either way.
             ``vllm``: the optional colocated vLLM engine (GPU, ``pip install -e '.[vllm]'``; weights
-            synced before every rollout; :mod:`r1_lightning.vllm_engine`).
+            synced before every rollout; :mod:`r1_lightning.generation.vllm_engine`).
         vllm: settings of the vLLM engine, e.g. ``{gpu_memory_utilization: 0.3, max_model_len: 2048,
-            enable_sleep_mode: false}`` (see :class:`r1_lightning.vllm_engine.VLLMGenerator`).
+            enable_sleep_mode: false}`` (see :class:`r1_lightning.generation.vllm_engine.VLLMGenerator`).
         sampling: rollout sampling parameters (temperature, top_p, top_k, max_new_tokens, stop_strings).
         beta: KL coefficient; 0 loads no reference model at all.
         epsilon_low: lower clip range of the ratio (1 - epsilon_low).
@@ -278,7 +278,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
                 raise ValueError("`model.vllm` settings apply only with `model.rollout_engine: vllm`")
             return HFGenerator(self.tokenizer, engine=engine)
         # (function-local: the vLLM engine module is only for runs that ask for it)
-        from r1_lightning import vllm_engine
+        from r1_lightning.generation import vllm_engine
 
         vllm_engine.require_vllm()
         if quantization is not None:
@@ -297,7 +297,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
 
     @override
     def configure_model(self) -> None:
-        """Under :class:`r1_lightning.strategies.FSDP2Strategy`, shard policy and reference (FSDP2).
+        """Under :class:`r1_lightning.models.strategies.FSDP2Strategy`, shard policy and reference (FSDP2).
 
         Runs before ``configure_optimizers``, so the optimizer is built on the sharded parameters.
         """
@@ -320,7 +320,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         if strategy == "FSDPStrategy":
             raise ValueError(
                 "GRPO does not run under Lightning's FSDPStrategy (FSDP1: backward inside its root forward breaks "
-                "gathering for export and evaluation). Use `r1_lightning.strategies.FSDP2Strategy` "
+                "gathering for export and evaluation). Use `r1_lightning.models.strategies.FSDP2Strategy` "
                 "(configs/strategy/fsdp.yaml)"
             )
         self.generator.sync_ranks = self._is_sharded() or "DeepSpeed" in strategy
@@ -334,7 +334,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
 
         Mixed precision (``bf16-mixed``) autocasts sampling as it does the training forward. Under FSDP2
         the weights of ``model`` (default: the policy) are gathered once for the whole block on every
-        rank (:func:`r1_lightning.strategies.gathered`) rather than once per decode step.
+        rank (:func:`r1_lightning.models.strategies.gathered`) rather than once per decode step.
         """
         with gathered(model if model is not None else self.policy):
             if self._trainer is None:

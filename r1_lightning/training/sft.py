@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from r1_lightning.models import LoraSettings, apply_lora, as_lora, load_policy, optimizer_and_scheduler, save_policy
+from r1_lightning.models.loading import (
+    LoraSettings,
+    apply_lora,
+    as_lora,
+    load_policy,
+    optimizer_and_scheduler,
+    save_policy,
+)
 
 
 def packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import torch
 
-from r1_lightning import tiny
+from r1_lightning.tiny import base as tiny
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == "tiny:arithmetic":
         return str(tiny.tiny_base_path())
     if name_or_path == "tiny:reasoning":
-        from r1_lightning.tiny_reasoning import tiny_reasoning_path
+        from r1_lightning.tiny.reasoning import tiny_reasoning_path
 
         return str(tiny_reasoning_path())
     if name_or_path.startswith("tiny:"):

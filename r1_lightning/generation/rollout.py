@@ -20,9 +20,9 @@ import torch
 from transformers import LogitsProcessorList, StopStringCriteria
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from r1_lightning.hf_cache import cache_argument, returned_cache
-from r1_lightning.lean_decode import LeanDecoder, unsupported_reason
-from r1_lightning.losses import token_entropy, token_logprobs
+from r1_lightning.generation.lean_decode import LeanDecoder, unsupported_reason
+from r1_lightning.hf_compat import cache_argument, returned_cache
+from r1_lightning.models.logprobs import token_entropy, token_logprobs
 
 
 @contextlib.contextmanager
@@ -239,7 +239,7 @@ ROLLOUT_ENGINES = ("auto", "lean", "hf")
 
 class HFDecodeStep:
     """One decode step through the model's own forward and a ``DynamicCache``: the step interface of
-    :class:`r1_lightning.lean_decode.LeanDecoder` (``step(token) -> logits``, ``drop_finished``,
+    :class:`r1_lightning.generation.lean_decode.LeanDecoder` (``step(token) -> logits``, ``drop_finished``,
     ``rows``) for the models and settings the lean step does not cover."""
 
     rows = None  # every row stays in the batch (finished rows decode padding; their logits are unused)
@@ -269,7 +269,7 @@ class HFGenerator:
     """Batched sampling with transformers models and a KV cache (the default rollout engine).
 
     ``engine`` picks how each decode step runs after the prompt prefill (a transformers forward):
-    ``lean`` through :class:`r1_lightning.lean_decode.LeanDecoder` (static cache, no per-step mask or
+    ``lean`` through :class:`r1_lightning.generation.lean_decode.LeanDecoder` (static cache, no per-step mask or
     rotary rebuild; Llama-family models, whole or FSDP2-gathered weights), ``hf`` through the model's forward with a
     ``DynamicCache``, ``auto`` lean where it applies and hf otherwise. Both compute the same logits.
     """

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from r1_lightning.evaluation import METRICS
+from r1_lightning.evaluation.evaluator import METRICS
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``tiny:reasoning``: a tiny base in which R1-Zero's longer, reflective reasoning *can* emerge.
 
-The default tiny base (:mod:`r1_lightning.tiny`) only ever saw one-line answers, so RL has nothing to
+The default tiny base (:mod:`r1_lightning.tiny.base`) only ever saw one-line answers, so RL has nothing to
 lengthen. This one is pretrained offline on multi-digit addition "web text" (:class:`CarryAdditionTask`
 problems) in which the work is *sometimes* written out:
 
@@ -99,7 +99,7 @@ def completion(a: int, b: int, recipe: ReasoningBaseRecipe, rng: random.Random) 
 
 def build_reasoning_tokenizer():
     """The tiny tokenizer, with the words of the worked texts (``carry``, ``wait``, ``so``) as tokens."""
-    from r1_lightning.tiny import build_tokenizer
+    from r1_lightning.tiny.base import build_tokenizer
 
     tokenizer = build_tokenizer()
     tokenizer.add_tokens([" carry", " wait", " so"])
@@ -110,7 +110,7 @@ def build_reasoning_tokenizer():
 def pretrain_reasoning(recipe: ReasoningBaseRecipe, out_dir: Path) -> None:
     """Causal-LM pretraining on the corpus above (loss on completions only); saves HF format."""
     from r1_lightning.data.tasks import CarryAdditionTask
-    from r1_lightning.tiny import build_model, pretrain_loop
+    from r1_lightning.tiny.base import build_model, pretrain_loop
 
     tokenizer = build_reasoning_tokenizer()
     model = build_model(tokenizer, recipe.hidden_size, recipe.layers, recipe.heads, seed=recipe.seed)
@@ -126,7 +126,7 @@ def pretrain_reasoning(recipe: ReasoningBaseRecipe, out_dir: Path) -> None:
 
 def tiny_reasoning_path(recipe: ReasoningBaseRecipe | None = None) -> Path:
     """Path of the cached reasoning base, pretrained first if it is not cached yet (about 4 minutes)."""
-    from r1_lightning.tiny import cached_base
+    from r1_lightning.tiny.base import cached_base
 
     return cached_base(
         "tiny-reasoning",

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from r1_lightning.checkpoints import newest_intact_checkpoint
+from r1_lightning.runs.checkpoints import newest_intact_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from r1_lightning.data.records import RecordSource
 from r1_lightning.data.sources import PromptSource, first_distinct
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
-from r1_lightning.models import load_policy
+from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, sample_records
+from r1_lightning.models.loading import load_policy
 from r1_lightning.progress import Progress
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.language import DEFAULT_CANDIDATES, chain_of_thought, target_word_fraction
-from r1_lightning.rollout import HFGenerator, SamplingConfig, sample_records
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The LightningCLI behind ``r1-lightning fit|validate|test|predict`` (imports Lightning and the
-modules; ``r1_lightning.cli`` stays light so that ``--help`` is instant)."""
+modules; ``r1_lightning.cli.main`` stays light so that ``--help`` is instant)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 # Imported so that short class names (``--model GRPOModule``) and checkpoints' class paths resolve.
 import r1_lightning.data  # noqa: F401
 import r1_lightning.data.sft_data  # noqa: F401
-import r1_lightning.grpo  # noqa: F401
-import r1_lightning.reward_model  # noqa: F401
-import r1_lightning.sft  # noqa: F401
+import r1_lightning.training.grpo  # noqa: F401
+import r1_lightning.training.reward_model  # noqa: F401
+import r1_lightning.training.sft  # noqa: F401
 from r1_lightning.callbacks.preemption import PreemptionCallback
 from r1_lightning.callbacks.progress_bar import label_epochs_sensibly
-from r1_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
+from r1_lightning.runs.checkpoints import AtomicCheckpointIO, check_checkpoint
 from r1_lightning.errors import ConfigError, config_files, instantiation_message
-from r1_lightning.resume import attach_to_resumed_run, get_key, resolve_resume, set_key
+from r1_lightning.runs.resume import attach_to_resumed_run, get_key, resolve_resume, set_key
 
 CSV_FLUSH_DEFAULT = 100  # Lightning's CSVLogger default: rows reached the disk every 100 steps
 
@@ -33,8 +33,8 @@ def suggest_keys(message: str, known: list[str] = ()) -> list[str]:
     """ "Did you mean" hints for options jsonargparse refused: from the named class's parameters, or
     from ``known`` (the parser's own keys, e.g. ``trainer.max_steps``).
 
-    >>> suggest_keys("Problem with given class_path 'r1_lightning.grpo.GRPOModule':\\n  Option 'lrr' is not accepted")
-    ["'lrr' is not a parameter of r1_lightning.grpo.GRPOModule; did you mean 'lr'?"]
+    >>> suggest_keys("Problem with given class_path 'r1_lightning.training.grpo.GRPOModule':\\n  Option 'lrr' is not accepted")
+    ["'lrr' is not a parameter of r1_lightning.training.grpo.GRPOModule; did you mean 'lr'?"]
     """
     import re
 

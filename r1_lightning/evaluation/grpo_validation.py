@@ -10,11 +10,11 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from r1_lightning.behaviour import PerDifficulty
-from r1_lightning.evaluation import group_scores
+from r1_lightning.evaluation.behaviour import PerDifficulty
+from r1_lightning.evaluation.evaluator import group_scores
+from r1_lightning.generation.rollout import isolated_rng, repeat_batch
 from r1_lightning.rewards import format_reward
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
-from r1_lightning.rollout import isolated_rng, repeat_batch
 
 #: the record column per-difficulty metrics group by
 GROUP_COLUMN = "difficulty"

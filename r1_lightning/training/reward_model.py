@@ -31,7 +31,7 @@ from typing_extensions import override
 
 from r1_lightning.data.records import RecordSource
 from r1_lightning.data.templates import render_prompt
-from r1_lightning.reward_model_io import RM_SETTINGS_FILE, load_reward_model
+from r1_lightning.rewards.reward_model_io import RM_SETTINGS_FILE, load_reward_model
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Pure tensor functions of GRPO: token log-probs, group-relative advantages, k3 KL and the clipped loss.
+"""Pure tensor functions of GRPO: group-relative advantages, k3 KL and the clipped loss.
 
 Notation (DeepSeekMath eq. 3; DeepSeek-R1 eq. 1-3). For prompt ``q`` the old policy samples a group of
 ``G`` completions ``o_1..o_G`` with rule rewards ``r_1..r_G``. Per token ``t`` of completion ``i``::
@@ -25,37 +25,6 @@ LOSS_TYPES: tuple[str, ...] = ("sequence", "token", "dr_grpo")
 ImportanceSamplingLevel = Literal["token", "sequence"]
 IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = ("token", "sequence")
 RewardScaling = Literal["group", "batch", "none"]
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probability of each chosen token: ``log softmax(logits / T)[tokens]``.
-
-    ``logits`` is ``[B, L, V]`` aligned with ``tokens`` ``[B, L]`` (the caller shifts). Computed row by
-    row in float32 so that bf16 logits and big vocabularies neither lose precision nor materialise a
-    second ``[B, L, V]`` tensor of log-softmax values.
-
-    >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])
-    >>> token_logprobs(logits, torch.tensor([[0, 0]])).exp()
-    tensor([[0.5000, 0.8808]])
-    """
-    if temperature != 1.0:
-        logits = logits / temperature
-    rows = []
-    for row_logits, row_tokens in zip(logits, tokens, strict=True):
-        row_logits = row_logits.float()
-        picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
-    return torch.stack(rows)
-
-
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy ``-sum p log p`` of each position's next-token distribution, ``[B, L]``, for logging."""
-    rows = []
-    for row_logits in logits:
-        logp = torch.log_softmax(row_logits.float() / temperature, dim=-1)
-        rows.append(-(logp.exp() * logp).sum(-1))
-    return torch.stack(rows)
 
 
 def group_advantages(
@@ -182,7 +151,7 @@ def grpo_loss(
     default since 1.x), which makes its gradient the unbiased reverse-KL gradient when ``pi_old !=
     pi_theta``; the paper's plain k3 (``False``) is the default here. ``is_weights`` ([B, L], no
     gradient) multiplies each token's policy-gradient term, not the KL: truncated importance sampling
-    against a sampler whose log-probs differ from the trainer's (``r1_lightning.mismatch``).
+    against a sampler whose log-probs differ from the trainer's (``r1_lightning.generation.mismatch``).
     """
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs (log-probs of the frozen reference model)")

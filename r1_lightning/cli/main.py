@@ -74,7 +74,7 @@ def export_main(args: list[str]) -> None:
     trains a policy or a reward model (GRPO, SFT, reward model) -> a Hugging Face folder."""
     from jsonargparse import ArgumentParser
 
-    from r1_lightning.checkpoints import load_module_from_checkpoint
+    from r1_lightning.runs.checkpoints import load_module_from_checkpoint
 
     parser = ArgumentParser(prog="r1-lightning export", description=export_main.__doc__)
     parser.add_argument("--ckpt_path", type=str, required=True, help="Lightning checkpoint written by fit")
@@ -99,12 +99,12 @@ def main(args: list[str] | None = None) -> Any:
         export_main(argv[1:])
         return None
     if argv[0] == "evaluate":
-        from r1_lightning.benchmark import evaluate_main
+        from r1_lightning.evaluation.benchmark import evaluate_main
 
         evaluate_main(argv[1:])
         return None
     if argv[0] == "pipeline":
-        from r1_lightning.pipeline import pipeline_main
+        from r1_lightning.pipeline.runner import pipeline_main
 
         pipeline_main(argv[1:])
         return None
@@ -112,7 +112,7 @@ def main(args: list[str] | None = None) -> Any:
         close = difflib.get_close_matches(argv[0], list(SUBCOMMANDS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown subcommand {argv[0]!r}{hint} (subcommands: {', '.join(SUBCOMMANDS)})")
-    from r1_lightning.lightning_cli import run_lightning_cli
+    from r1_lightning.runs.lightning_cli import run_lightning_cli
 
     for path in config_files(argv):
         check_yaml_file(path)

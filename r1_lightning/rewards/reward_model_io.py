@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from r1_lightning.console import expected_new_score_head
-from r1_lightning.models import DTYPES, load_tokenizer, resolve_model_path
+from r1_lightning.models.loading import DTYPES, load_tokenizer, resolve_model_path
 
 #: the file in a reward model's folder that records its prompt template
 RM_SETTINGS_FILE = "r1_reward_model.json"

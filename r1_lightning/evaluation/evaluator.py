@@ -16,12 +16,12 @@ import torch
 from r1_lightning.data.sources import PromptSource
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
-from r1_lightning.models import load_policy
+from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, isolated_rng, sample_records
+from r1_lightning.models.loading import load_policy
 from r1_lightning.progress import Progress
 from r1_lightning.rewards import format_reward, resolve_reward
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.language import language_consistency_reward
-from r1_lightning.rollout import HFGenerator, SamplingConfig, isolated_rng, sample_records
 from r1_lightning.text import extract_answer
 
 

@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 # The modules that train a policy or a reward model.
 MODULE_CLASSES = (
-    "r1_lightning.grpo.GRPOModule",
-    "r1_lightning.sft.SFTModule",
-    "r1_lightning.reward_model.RewardModelModule",
+    "r1_lightning.training.grpo.GRPOModule",
+    "r1_lightning.training.sft.SFTModule",
+    "r1_lightning.training.reward_model.RewardModelModule",
 )
 
 
@@ -149,10 +149,10 @@ def module_class_path(checkpoint: dict[str, Any]) -> str:
         return hparams["_class_path"]
     # Written without LightningCLI: told apart by what only each one has.
     if "num_generations" in hparams:
-        return "r1_lightning.grpo.GRPOModule"
+        return "r1_lightning.training.grpo.GRPOModule"
     if any(key.startswith("model.") for key in checkpoint.get("state_dict", {})):
-        return "r1_lightning.reward_model.RewardModelModule"
-    return "r1_lightning.sft.SFTModule"
+        return "r1_lightning.training.reward_model.RewardModelModule"
+    return "r1_lightning.training.sft.SFTModule"
 
 
 def load_module_from_checkpoint(path: str | Path) -> Any:

@@ -9,7 +9,7 @@ A pipeline is a list of stages. Each stage is one of
 - ``evaluate``: evaluates ``model`` (e.g. the base) without training; hands on the model. With
   ``benchmark: file.jsonl`` (or ``{path, prompt_column: problem, answer_column: answer}``) it scores the
   model on every row of that file instead of the held-out set (MATH-500 / AIME-style files; see
-  :mod:`r1_lightning.benchmark`), with the ``evaluation`` section's protocol.
+  :mod:`r1_lightning.evaluation.benchmark`), with the ``evaluation`` section's protocol.
 
 ``inputs`` wires stages together: ``{dotted.config.key: earlier_stage_name}`` writes that stage's output
 path into this stage's config, e.g. ``model.init_args.model: cold_start`` or
@@ -37,20 +37,20 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser
 
-from r1_lightning.benchmark import benchmark_source
 from r1_lightning.callbacks.preemption import Preempted
 from r1_lightning.errors import ConfigError
-from r1_lightning.evaluation import Evaluator
-from r1_lightning.lightning_cli import run_lightning_cli
+from r1_lightning.evaluation.benchmark import benchmark_source
+from r1_lightning.evaluation.evaluator import Evaluator
+from r1_lightning.evaluation.report import write_report
+from r1_lightning.pipeline.rejection import RejectionSampler
 from r1_lightning.progress import format_seconds
-from r1_lightning.rejection import RejectionSampler
-from r1_lightning.report import write_report
+from r1_lightning.runs.lightning_cli import run_lightning_cli
 
 log = logging.getLogger(__name__)
 
 STAGE_KINDS = ("fit", "rejection_sampling", "evaluate")
 STAGE_KEYS = ("name", "kind", "config", "inputs", "model", "evaluate", "checkpoint_every", "benchmark")
-REWARD_MODEL_CLASS = "r1_lightning.reward_model.RewardModelModule"
+REWARD_MODEL_CLASS = "r1_lightning.training.reward_model.RewardModelModule"
 
 
 TOP_KEYS = ("name", "output_dir", "evaluation", "stages")

@@ -7,7 +7,7 @@ arithmetic "transcripts" that, like web text, are only sometimes right and only 
 ``<think>``/``<answer>`` format. The result is saved in HF format (``save_pretrained``) and cached, so
 it is built once per machine (about 2 minutes on two CPU cores).
 
-Names understood by :func:`r1_lightning.models.load_policy`:
+Names understood by :func:`r1_lightning.models.loading.load_policy`:
 
 - ``tiny:random`` - random initialisation (tests; instant).
 - ``tiny:arithmetic`` - the pretrained tiny base for ``ArithmeticTask(min_value=0, max_value=19)``.
@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from r1_lightning.data.tasks import ArithmeticTask, CountdownTask
 from r1_lightning.data.templates import R1_ZERO_TEMPLATE
-from r1_lightning.hf_cache import cache_argument, returned_cache
+from r1_lightning.hf_compat import cache_argument, returned_cache
 from r1_lightning.progress import Progress
 
 log = logging.getLogger(__name__)

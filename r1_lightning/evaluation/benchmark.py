@@ -5,7 +5,7 @@ pipeline with ``benchmark: ...``) reads a JSONL / JSON / Parquet / CSV file whos
 its answer (MATH-500 and AIME-style files: ``problem`` / ``answer`` columns; others are named with
 ``prompt_column`` / ``answer_column``), samples ``num_samples`` completions per problem (R1: T = 0.6,
 top-p 0.95) and reports pass@1 with its 95% interval, pass@k, cons@k (majority vote), format and length
-(:class:`r1_lightning.evaluation.Evaluator`). Every row is scored; rows that cannot be (empty problem,
+(:class:`r1_lightning.evaluation.evaluator.Evaluator`). Every row is scored; rows that cannot be (empty problem,
 missing answer) are skipped, counted, and the first few shown with their row number.
 
 The answer is checked by ``accuracy_reward`` (math-verify: ``\\boxed{}``, LaTeX and plain numbers are
@@ -23,8 +23,8 @@ from jsonargparse import ArgumentParser
 
 from r1_lightning.data.sources import FileSource
 from r1_lightning.errors import ConfigError
-from r1_lightning.evaluation import Evaluator
-from r1_lightning.rollout import SamplingConfig
+from r1_lightning.evaluation.evaluator import Evaluator
+from r1_lightning.generation.rollout import SamplingConfig
 
 BENCHMARK_KEYS = ("path", "prompt_column", "answer_column", "answer_parser")
 
