@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out_dir", default="benchmarks/results")
     args = parser.parse_args(argv)
-    from r1_lightning.generation.rollout import HFGenerator, SamplingConfig
+    from r1_lightning.generation.rollout import SamplingConfig
+    from r1_lightning.generation.sampler import TorchGenerator
     from r1_lightning.models.loading import load_policy
 
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         model, tokenizer = load_policy(str(path), dtype=args.dtype)
         model.to(args.device).eval()
         prompts = [r["prompt"] for r in make_prompts(args.prompts) for _ in range(args.group_size)]
-        generators = {engine: HFGenerator(tokenizer, engine=engine) for engine in ("lean", "hf")}
+        generators = {engine: TorchGenerator(tokenizer, engine=engine) for engine in ("lean", "hf")}
         if importlib.util.find_spec("vllm") is not None:
             from r1_lightning.generation.vllm_engine import VLLMGenerator
 

@@ -1,13 +1,14 @@
 """StageScheduleCallback: in-run stage changes of R1's RL stages, on a step schedule.
 
-R1 (Nature version, "Training details") resets the reference model to the current policy every 400
-steps, and in its last RL stage adds the general (reward-model) rewards only for the final 400 steps,
-"as more general-data training steps increase reward hacking". Both are schedules on the optimizer
-step, so they live here rather than in the module, and every change is logged when it happens (a line
-in the log, a ``stage/<event>`` metric set to 1 at that step, and ``self.events``).
+R1 (Nature version, "Training details") adds the general (reward-model) rewards in its last RL stage only
+for the final 400 steps, "as more general-data training steps increase reward hacking". The change is
+logged when it happens (a line in the log, a ``stage/<event>`` metric set to 1 at that step, and
+``self.events``). R1's other schedule, resetting the reference every 400 steps, is the module's own
+``ref_model_sync_steps`` (:mod:`r1_lightning.training.reference`): it runs after every optimizer step,
+which a once-per-batch callback cannot see when ``num_iterations`` > 1.
 
 The callback keeps no state of its own: on resume it re-derives from ``trainer.global_step`` whether the
-late rewards are already active, and a reset reference travels in the module's checkpoint.
+late rewards are already active.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from r1_lightning.rewards.registry import build_rewards
 
 
 class StageScheduleCallback(L.Callback):
-    """Reference resets and late-added rewards on a schedule (for ``GRPOModule``).
+    """Late-added rewards on a schedule (for ``GRPOModule``).
 
     Args:
-        reference_reset_every: copy the policy into the reference every N optimizer steps (None = never).
         late_rewards: rewards (same syntax as ``model.rewards``) added for the last ``late_reward_steps``
             steps of the run; needs ``trainer.max_steps``.
         late_reward_steps: how many final steps use ``late_rewards``.
@@ -33,15 +33,11 @@ class StageScheduleCallback(L.Callback):
 
     def __init__(
         self,
-        reference_reset_every: int | None = None,
         late_rewards: dict[str, float | dict[str, Any]] | None = None,
         late_reward_steps: int = 0,
     ) -> None:
-        if reference_reset_every is not None and reference_reset_every < 1:
-            raise ValueError(f"`reference_reset_every` must be >= 1 or null, got {reference_reset_every}")
         if late_rewards and late_reward_steps < 1:
             raise ValueError("`late_rewards` needs `late_reward_steps` >= 1 (how many final steps use them)")
-        self.reference_reset_every = reference_reset_every
         self.late_rewards, self.late_reward_steps = late_rewards or {}, late_reward_steps
         self.events: list[tuple[int, str]] = []
 
@@ -71,10 +67,3 @@ class StageScheduleCallback(L.Callback):
                 "late_rewards_added",
                 f"added rewards {sorted(missing)} for the last {trainer.max_steps - trainer.global_step} steps",
             )
-
-    @override
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every, step = self.reference_reset_every, trainer.global_step
-        if every and step > 0 and step % every == 0:
-            pl_module.reset_reference()
-            self._record(trainer, step, "reference_reset", "reference model reset to the current policy")

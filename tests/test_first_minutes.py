@@ -65,6 +65,8 @@ def test_a_run_prints_no_library_noise(tmp_path):
         "1",
         "--model.init_args.validate_at_start",
         "false",
+        "--model.init_args.validate_at_end",
+        "false",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

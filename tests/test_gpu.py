@@ -38,12 +38,13 @@ def test_bf16_mixed_fast_dev_run_on_gpu(tmp_path):
 
 
 def test_bf16_weights_generate_and_score(tmp_path):
-    from r1_lightning.generation.rollout import HFGenerator, SamplingConfig
+    from r1_lightning.generation.rollout import SamplingConfig
+    from r1_lightning.generation.sampler import TorchGenerator
     from r1_lightning.models.loading import load_policy
 
     model, tokenizer = load_policy("tiny:random", dtype="bfloat16")
     model.cuda()
-    gen = HFGenerator(tokenizer).generate(model, ["1 + 1"] * 4, SamplingConfig(max_new_tokens=8), group_size=4)
+    gen = TorchGenerator(tokenizer).generate(model, ["1 + 1"] * 4, SamplingConfig(max_new_tokens=8), group_size=4)
     assert gen.input_ids.is_cuda and len(gen.texts) == 4
 
 
@@ -83,6 +84,8 @@ def test_qlora_4bit_on_gpu(tmp_path):
         "2",
         "--model.init_args.validate_at_start",
         "false",
+        "--model.init_args.validate_at_end",
+        "false",
         "--model.init_args.lora",
         "{r: 8, alpha: 16}",
         "--model.init_args.quantization",
@@ -103,6 +106,8 @@ def test_8bit_reference_and_8bit_optimizer_on_gpu(tmp_path):
         "2",
         "--model.init_args.validate_at_start",
         "false",
+        "--model.init_args.validate_at_end",
+        "false",
         "--model.init_args.reference_quantization",
         "8bit",
         "--model.init_args.optimizer",
@@ -115,13 +120,15 @@ def test_8bit_reference_and_8bit_optimizer_on_gpu(tmp_path):
 
 
 def test_shared_prefix_in_bf16_matches_the_full_forward():
-    from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, completion_logprobs, shared_prefix_logprobs
+    from r1_lightning.generation.forward import completion_logprobs, shared_prefix_logprobs
+    from r1_lightning.generation.rollout import SamplingConfig
+    from r1_lightning.generation.sampler import TorchGenerator
     from r1_lightning.models.loading import load_policy
 
     model, tokenizer = load_policy("tiny:random", dtype="bfloat16")
     model.cuda()
     prompts = [p for p in ["1 + 2", "a longer prompt: 12 + 7"] for _ in range(4)]
-    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=8), group_size=4)
+    gen = TorchGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=8), group_size=4)
     with torch.no_grad():
         full = completion_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length)[0]
         groups = torch.arange(8, device="cuda") // 4

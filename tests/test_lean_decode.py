@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Qwen3Config
 
 from r1_lightning.generation.lean_decode import LeanDecoder, unsupported_reason
-from r1_lightning.generation.rollout import HFGenerator, SamplingConfig
+from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.generation.sampler import TorchGenerator
 from r1_lightning.hf_compat import returned_cache
 from r1_lightning.tiny.base import build_tokenizer
 
@@ -84,7 +85,7 @@ def test_engines_sample_the_same_completions(arch, group_size, tokenizer):
         results = {}
         for engine in ("hf", "lean"):
             torch.manual_seed(3)
-            results[engine] = HFGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size)
+            results[engine] = TorchGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size)
         hf, lean = results["hf"], results["lean"]
         assert torch.equal(hf.input_ids, lean.input_ids)
         assert torch.equal(hf.completion_mask, lean.completion_mask) and hf.texts == lean.texts
@@ -105,8 +106,8 @@ def test_lora_adapters_are_applied(tokenizer):
     outputs = []
     for context in (torch.no_grad, model.disable_adapter):
         with context():
-            hf = HFGenerator(tokenizer, engine="hf").generate(model, PROMPTS, sampling)
-            lean = HFGenerator(tokenizer, engine="lean").generate(model, PROMPTS, sampling)
+            hf = TorchGenerator(tokenizer, engine="hf").generate(model, PROMPTS, sampling)
+            lean = TorchGenerator(tokenizer, engine="lean").generate(model, PROMPTS, sampling)
         assert torch.equal(hf.input_ids, lean.input_ids)
         outputs.append(lean.input_ids)
     assert not torch.equal(*outputs)  # the adapters did change what was decoded
@@ -118,15 +119,15 @@ def test_unsupported_models_fall_back_or_fail_clearly(tokenizer):
     ).eval()
     assert "model_type 'gpt2'" in unsupported_reason(gpt2, 16)
     sampling = SamplingConfig(temperature=0, max_new_tokens=4)
-    auto = HFGenerator(tokenizer).generate(gpt2, PROMPTS, sampling)  # auto: falls back to the forward
+    auto = TorchGenerator(tokenizer).generate(gpt2, PROMPTS, sampling)  # auto: falls back to the forward
     assert auto.completion_mask.shape == (2, auto.input_ids.shape[1] - auto.prompt_length)
     with pytest.raises(ValueError, match="rollout_engine 'lean' cannot decode this model: model_type 'gpt2'"):
-        HFGenerator(tokenizer, engine="lean").generate(gpt2, PROMPTS, sampling)
+        TorchGenerator(tokenizer, engine="lean").generate(gpt2, PROMPTS, sampling)
     windowed = _model(Qwen2Config, tokenizer, use_sliding_window=True, sliding_window=8, max_window_layers=0)
     assert "sliding window 8 < sequence length 40" in unsupported_reason(windowed, 40)
     assert unsupported_reason(windowed, 8) is None
     with pytest.raises(ValueError, match="rollout engine must be one of"):
-        HFGenerator(tokenizer, engine="vllm-typo")
+        TorchGenerator(tokenizer, engine="vllm-typo")
     partitioned = _model(Qwen2Config, tokenizer)
     partitioned.model.norm.weight.ds_id = 0  # how DeepSpeed ZeRO-3 marks its partitioned parameters
     assert "DeepSpeed ZeRO-3" in unsupported_reason(partitioned, 8)  # (FSDP2: tests/test_fsdp.py)
@@ -140,7 +141,7 @@ def test_finished_rows_leave_the_batch_without_changing_any_completion(tokenizer
     results = {}
     for engine in ("hf", "lean"):
         torch.manual_seed(5)
-        results[engine] = HFGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size=8)
+        results[engine] = TorchGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size=8)
     lengths = results["lean"].completion_mask.sum(1)
     assert lengths.min() < lengths.max() // 2 and (~results["lean"].truncated).sum() >= 4  # rows did finish early
     assert torch.equal(results["hf"].input_ids, results["lean"].input_ids)

@@ -8,15 +8,9 @@ import torch
 from helpers import fast_args as _fast
 
 from r1_lightning.cli.main import main
-from r1_lightning.generation.rollout import (
-    Generation,
-    HFGenerator,
-    SamplingConfig,
-    batched_logprobs,
-    completion_logprobs,
-    padding_fraction,
-    plan_micro_batches,
-)
+from r1_lightning.generation.forward import batched_logprobs, completion_logprobs
+from r1_lightning.generation.rollout import Generation, SamplingConfig, padding_fraction, plan_micro_batches
+from r1_lightning.generation.sampler import TorchGenerator
 from r1_lightning.models.loading import build_optimizer
 from r1_lightning.training.grpo import GRPOModule
 
@@ -59,7 +53,7 @@ def test_trimmed_micro_batches_give_the_same_logprobs(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     torch.manual_seed(0)
     prompts = ["1 + 2", "a much longer prompt here: 12 + 7", "3", "what is 19 + 19?"]
-    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=10))
+    gen = TorchGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=10))
     model.eval()
     with torch.no_grad():
         full = completion_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length)[0]
@@ -106,6 +100,8 @@ def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
                 "2",
                 "--model.init_args.validate_at_start",
                 "false",
+                "--model.init_args.validate_at_end",
+                "false",
                 "--model.init_args.lora",
                 "{r: 4, alpha: 8}",
                 "--model.init_args.lr",
@@ -150,6 +146,8 @@ def test_qlora_4bit_trains_on_cpu(tmp_path):
                 "1",
                 "--model.init_args.validate_at_start",
                 "false",
+                "--model.init_args.validate_at_end",
+                "false",
                 "--model.init_args.lora",
                 "{r: 4, alpha: 8}",
                 "--model.init_args.quantization",
@@ -186,6 +184,8 @@ def test_8bit_optimizer_and_token_budget_in_a_run(tmp_path):
                 "1",
                 "--model.init_args.validate_at_start",
                 "false",
+                "--model.init_args.validate_at_end",
+                "false",
                 "--model.init_args.optimizer",
                 "adamw_8bit",
                 "--model.init_args.micro_batch_tokens",
@@ -200,12 +200,12 @@ def test_8bit_optimizer_and_token_budget_in_a_run(tmp_path):
 
 
 def test_shared_prompt_prefix_matches_the_full_forward_with_gradients(tiny_model_and_tokenizer):
-    from r1_lightning.generation.rollout import shared_prefix_logprobs
+    from r1_lightning.generation.forward import shared_prefix_logprobs
 
     model, tokenizer = tiny_model_and_tokenizer
     torch.manual_seed(0)
     prompts = [p for p in ["1 + 2", "a much longer prompt here: 12 + 7", "3"] for _ in range(4)]
-    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=8), group_size=4)
+    gen = TorchGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=8), group_size=4)
     assert gen.input_ids.shape[0] == 12
     assert torch.equal(gen.input_ids[0, : gen.prompt_length], gen.input_ids[3, : gen.prompt_length])
     model.train()

@@ -113,6 +113,7 @@ def _tiny_pipeline(tmp_path: Path) -> Path:
                             "num_generations": 2,
                             "sampling": {"max_new_tokens": 6},
                             "validate_at_start": False,
+                            "validate_at_end": False,
                         },
                     },
                     "data": {"class_path": "r1_lightning.data.PromptDataModule", "init_args": {"batch_size": 2}},

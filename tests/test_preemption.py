@@ -150,7 +150,17 @@ def test_ckpt_path_last_without_a_checkpoint_starts_fresh(tmp_path, monkeypatch,
 
     monkeypatch.chdir(tmp_path)
     cli = main(
-        [*ARGS[:-2], "--trainer.max_steps", "1", "--model.init_args.validate_at_start", "false", "--ckpt_path", "last"]
+        [
+            *ARGS[:-2],
+            "--trainer.max_steps",
+            "1",
+            "--model.init_args.validate_at_start",
+            "false",
+            "--model.init_args.validate_at_end",
+            "false",
+            "--ckpt_path",
+            "last",
+        ]
     )
     assert cli.trainer.global_step == 1
     assert "no intact checkpoint" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, completion_logprobs
+from r1_lightning.generation.forward import completion_logprobs
+from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.generation.sampler import TorchGenerator
 
 
 def test_generation_masks_stop_and_truncation(tiny_model_and_tokenizer):
@@ -11,7 +13,7 @@ def test_generation_masks_stop_and_truncation(tiny_model_and_tokenizer):
     torch.manual_seed(0)
     model.train()
     prompts = ["1 + 2", "a much longer prompt here: 12 + 7"]
-    gen = HFGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=12))
+    gen = TorchGenerator(tokenizer).generate(model, prompts, SamplingConfig(max_new_tokens=12))
     n, total = gen.input_ids.shape
     assert n == 2 and gen.completion_mask.shape == (2, total - gen.prompt_length)
     lengths = gen.completion_mask.sum(1)
@@ -32,9 +34,9 @@ def test_stop_string_ends_completion(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     torch.manual_seed(0)
     # Stop on a string the random model emits at once: the first token's text.
-    first = HFGenerator(tokenizer).generate(model, ["x"], SamplingConfig(temperature=0, max_new_tokens=1))
+    first = TorchGenerator(tokenizer).generate(model, ["x"], SamplingConfig(temperature=0, max_new_tokens=1))
     stop = first.texts[0].strip() or first.texts[0]
-    gen = HFGenerator(tokenizer).generate(
+    gen = TorchGenerator(tokenizer).generate(
         model, ["x"], SamplingConfig(temperature=0, max_new_tokens=8, stop_strings=(stop,))
     )
     assert gen.completion_mask.sum().item() == 1 and not gen.truncated[0]
@@ -42,7 +44,7 @@ def test_stop_string_ends_completion(tiny_model_and_tokenizer):
 
 def test_greedy_is_deterministic_and_logprobs_match_decode(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
-    engine = HFGenerator(tokenizer)
+    engine = TorchGenerator(tokenizer)
     a = engine.generate(model, ["3 + 4", "10 + 2"], SamplingConfig(temperature=0, max_new_tokens=6))
     b = engine.generate(model, ["3 + 4", "10 + 2"], SamplingConfig(temperature=0, max_new_tokens=6))
     assert torch.equal(a.input_ids, b.input_ids)
@@ -87,7 +89,7 @@ def test_missing_model_path_is_clear():
 
 
 def test_sample_categorical_follows_the_distribution_and_skips_impossible_tokens():
-    from r1_lightning.generation.rollout import sample_categorical
+    from r1_lightning.generation.sampler import sample_categorical
 
     torch.manual_seed(0)
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
@@ -109,7 +111,7 @@ def test_sampler_logprobs_match_the_trainers_forward(tiny_model_and_tokenizer, e
     torch.manual_seed(0)
     prompts = [p for p in ["1 + 2", "a longer prompt: 12 + 7"] for _ in range(3)]
     sampling = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=10)
-    gen = HFGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size=3)
+    gen = TorchGenerator(tokenizer, engine=engine).generate(model, prompts, sampling, group_size=3)
     model.eval()
     with torch.no_grad():
         trainer = completion_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length, temperature=0.7)[0]

@@ -129,7 +129,14 @@ def _fit(model_dir: str, root: Path, *extra: str) -> subprocess.CompletedProcess
     ]
     args += ["--model.init_args.model", model_dir, "--model.init_args.rollout_engine", "vllm"]
     args += ["--model.init_args.vllm", "{dtype: float32, max_model_len: 128}"]
-    args += ["--model.init_args.validate_at_start", "false", "--trainer.limit_val_batches", "0"]
+    args += [
+        "--model.init_args.validate_at_start",
+        "false",
+        "--model.init_args.validate_at_end",
+        "false",
+        "--trainer.limit_val_batches",
+        "0",
+    ]
     args += ["--trainer.log_every_n_steps", "1", "--data.init_args.batch_size", "4"]
     args += ["--model.init_args.num_generations", "4", "--model.init_args.export_dir", str(root / "hf")]
     args += ["--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root)]

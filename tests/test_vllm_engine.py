@@ -167,6 +167,8 @@ def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tm
                 "2",
                 "--model.init_args.validate_at_start",
                 "false",
+                "--model.init_args.validate_at_end",
+                "false",
                 "--model.init_args.rollout_engine",
                 "vllm",
                 "--model.init_args.lr",

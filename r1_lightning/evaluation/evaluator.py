@@ -16,7 +16,8 @@ import torch
 from r1_lightning.data.sources import PromptSource
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
-from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, isolated_rng, sample_records
+from r1_lightning.generation.rollout import SamplingConfig, isolated_rng
+from r1_lightning.generation.sampler import TorchGenerator, sample_records
 from r1_lightning.models.loading import load_policy
 from r1_lightning.progress import Progress
 from r1_lightning.rewards import format_reward, resolve_reward
@@ -175,7 +176,7 @@ class Evaluator:
         """Metrics of the model folder ``model_path``; progress lines (with an ETA) say ``label``."""
         policy, tokenizer = load_policy(model_path)
         policy = policy.to("cuda" if torch.cuda.is_available() else "cpu")
-        generator = HFGenerator(tokenizer)
+        generator = TorchGenerator(tokenizer)
         records = self.source.val_records(self.seed)
         if not records:
             raise ValueError(f"evaluation: {self.source!r} has no held-out records (set its val_size)")

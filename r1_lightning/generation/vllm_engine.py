@@ -1,6 +1,6 @@
 """Optional vLLM rollout engine, colocated with training: ``model.rollout_engine: vllm``.
 
-Same interface as :class:`r1_lightning.generation.rollout.HFGenerator` (``generate(model, prompts, sampling,
+Same interface as :class:`r1_lightning.generation.sampler.TorchGenerator` (``generate(model, prompts, sampling,
 group_size) -> Generation``), so GRPO, evaluation and rejection sampling use it unchanged.
 
 Design decisions:
@@ -53,7 +53,8 @@ from typing import Any
 
 import torch
 
-from r1_lightning.generation.rollout import Generation, SamplingConfig, eos_token_ids, prompt_groups
+from r1_lightning.generation.rollout import Generation, SamplingConfig, prompt_groups
+from r1_lightning.generation.sampler import eos_token_ids
 from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.strategies import full_state_dict, is_sharded
 
@@ -161,7 +162,7 @@ def generation_from_ids(
 
 @dataclass
 class VLLMGenerator:
-    """Colocated vLLM sampling with the :class:`~r1_lightning.generation.rollout.HFGenerator` interface.
+    """Colocated vLLM sampling with the :class:`~r1_lightning.generation.sampler.TorchGenerator` interface.
 
     Args:
         tokenizer: the policy's tokenizer (prompts are tokenized here and sent as ids).
@@ -179,7 +180,7 @@ class VLLMGenerator:
     enable_sleep_mode: bool = False
     dtype: str = "auto"
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    sync_ranks: bool = False  # (interface parity with HFGenerator; vLLM ranks decode independently)
+    sync_ranks: bool = False  # (interface parity with TorchGenerator; vLLM ranks decode independently)
     llm: Any = field(default=None, repr=False)
     syncs: int = 0  # weight synchronisations so far
 

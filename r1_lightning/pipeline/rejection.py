@@ -30,7 +30,8 @@ from r1_lightning.data.records import RecordSource
 from r1_lightning.data.sources import PromptSource, first_distinct
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.data.templates import render_prompt
-from r1_lightning.generation.rollout import HFGenerator, SamplingConfig, sample_records
+from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.generation.sampler import TorchGenerator, sample_records
 from r1_lightning.models.loading import load_policy
 from r1_lightning.progress import Progress
 from r1_lightning.rewards import format_reward, resolve_reward
@@ -210,7 +211,7 @@ class RejectionSampler:
         policy, tokenizer = load_policy(self.model_name, self.dtype)
         policy = policy.to("cuda" if torch.cuda.is_available() else "cpu")
         judge = GenerativeJudge(self.judge_model, self.dtype) if self.judge_model else None
-        generator = HFGenerator(tokenizer)
+        generator = TorchGenerator(tokenizer)
         records = self.prompts()
         stats = {
             "prompts": len(records),

@@ -24,8 +24,6 @@ Where this departs from the papers, on purpose:
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import logging
 import time
 from collections import Counter
@@ -41,27 +39,23 @@ from typing_extensions import override
 
 from r1_lightning.callbacks import RewardLoggingCallback, RolloutCallback
 from r1_lightning.evaluation.grpo_validation import GRPOEvaluation, validation_due
+from r1_lightning.generation.forward import batched_logprobs, micro_batch_logprobs
 from r1_lightning.generation.mismatch import MismatchMeter, truncated_importance_weights
 from r1_lightning.generation.rollout import (
-    ROLLOUT_ENGINES,
     Generation,
-    HFGenerator,
     MicroBatch,
     Rollout,
     SamplingConfig,
-    batched_logprobs,
-    micro_batch_logprobs,
     plan_micro_batches,
     repeat_batch,
 )
+from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
 from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.loading import (
-    OPTIMIZERS,
     LoraSettings,
     Quantization,
     apply_lora,
     as_lora,
-    freeze,
     load_policy,
     optimizer_and_scheduler,
     save_policy,
@@ -71,31 +65,20 @@ from r1_lightning.rewards import resolve_reward, score_completions
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.limits import count_reward_events
 from r1_lightning.rewards.registry import build_rewards
+from r1_lightning.training.grpo_settings import DEFAULT_REWARDS, as_sampling, check_grpo_settings, validation_sampling
 from r1_lightning.training.losses import (
-    IMPORTANCE_SAMPLING_LEVELS,
-    LOSS_TYPES,
     ImportanceSamplingLevel,
     LossType,
     RewardScaling,
     group_advantages,
     grpo_loss,
 )
+from r1_lightning.training.reference import FrozenReference
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REWARDS = {"accuracy_reward": 1.0, "format_reward": 0.5}
 
-
-def as_sampling(value: SamplingConfig | dict) -> SamplingConfig:
-    """Sampling settings arrive as the dataclass, or as a plain dict from saved hyperparameters."""
-    if isinstance(value, SamplingConfig):
-        return value
-    values = dict(value)
-    values["stop_strings"] = tuple(values.get("stop_strings") or ())
-    return SamplingConfig(**values)
-
-
-class GRPOModule(GRPOEvaluation, L.LightningModule):
+class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
     """Policy + frozen reference trained with GRPO and rule-based rewards.
 
     Args:
@@ -149,7 +132,8 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             tokens through the model when prompts are long. Off under gradient checkpointing.
         micro_batch_tokens: cap on padded tokens (rows x columns) per forward/backward; rows are
             grouped by length so little compute goes to padding. Combines with ``micro_batch_size``.
-        ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never).
+        ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never;
+            R1 used 400). TRL's name; the only reset there is (:mod:`r1_lightning.training.reference`).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
@@ -161,6 +145,8 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             max_new_tokens and stop_strings.
         val_reward: the reward whose score 1.0 means "correct" in validation.
         validate_at_start: evaluate before the first step, so a run logs its starting val/pass@1.
+        validate_at_end: evaluate after the last step unless a scheduled validation just did, so a run
+            logs its final val/pass@1 and prints the change.
         export_dir: write the final policy as an HF ``save_pretrained`` folder here at the end of fit
             (default: ``<log dir>/hf_model``).
     """
@@ -205,62 +191,24 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         val_sampling: SamplingConfig | None = None,
         val_reward: str = "accuracy_reward",
         validate_at_start: bool = True,
+        validate_at_end: bool = True,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if num_generations < 2:
-            raise ValueError(f"`num_generations` must be >= 2 (group-relative advantages), got {num_generations}")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
-            raise ValueError(
-                f"`importance_sampling_level` must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
-                f"got {importance_sampling_level!r}"
-            )
-        if scale_rewards not in (True, False, "group", "batch", "none"):
-            raise ValueError(f"`scale_rewards` must be group, batch or none (or true/false), got {scale_rewards!r}")
-        if num_iterations < 1:
-            raise ValueError(f"`num_iterations` must be >= 1, got {num_iterations}")
-        if beta < 0 or epsilon_low < 0 or epsilon_high < 0:
-            raise ValueError("`beta`, `epsilon_low` and `epsilon_high` must be >= 0")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {optimizer!r}")
-        lora = as_lora(lora)
-        if quantization is not None and lora is None:
-            raise ValueError("`quantization` needs `lora` (QLoRA): quantized base weights are frozen")
-        if lora is not None and (reference_quantization is not None or ref_model_sync_steps):
-            raise ValueError(
-                "with `lora` the reference is the base model with adapters disabled: "
-                "`reference_quantization` and `ref_model_sync_steps` do not apply (unset them)"
-            )
-        if reference_quantization is not None and ref_model_sync_steps:
-            raise ValueError("`ref_model_sync_steps` cannot copy weights into a quantized reference; unset one")
+        self.lora = as_lora(lora)
+        check_grpo_settings(dict(self.hparams), self.lora)
         self.automatic_optimization = False
         self.sampling = as_sampling(sampling)
-        self.val_sampling = (
-            as_sampling(val_sampling)
-            if val_sampling is not None
-            else dataclasses.replace(self.sampling, temperature=0.6, top_p=0.95, top_k=0)
-        )
+        self.val_sampling = validation_sampling(self.sampling, val_sampling)
         self.rewards = build_rewards(rewards if rewards is not None else DEFAULT_REWARDS)
         self.val_reward_fn = resolve_reward(val_reward)
         self.policy, self.tokenizer = load_policy(
             model, dtype, attn_implementation, gradient_checkpointing, quantization=quantization
         )
-        self.lora = lora
-        # The reference is frozen (eval, no grad, so no optimizer state); beta == 0 loads none at all,
-        # and LoRA needs none (the base with adapters disabled is the reference).
-        self.reference = None
-        if beta > 0 and lora is None:
-            if reference_quantization is None:
-                self.reference = freeze(copy.deepcopy(self.policy))
-            else:
-                self.reference = freeze(
-                    load_policy(model, dtype, attn_implementation, quantization=reference_quantization)[0]
-                )
-        if lora is not None:
-            self.policy = apply_lora(self.policy, lora, quantization is not None, gradient_checkpointing)
+        self.build_reference(model, dtype, attn_implementation)  # before LoRA wraps the policy
+        if self.lora is not None:
+            self.policy = apply_lora(self.policy, self.lora, quantization is not None, gradient_checkpointing)
         self.generator = self._rollout_engine(rollout_engine, vllm or {}, quantization)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
@@ -268,7 +216,6 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         # Running totals of reward timeouts and sandboxed code runs of this module's rollouts (logged as
         # train/reward_timeouts/<fn>, train/code_runs/<outcome>); a later pipeline stage starts at 0.
         self.reward_events: Counter[str] = Counter()
-        self.reference_diverged = False
 
     def _rollout_engine(self, engine: str, vllm: dict[str, Any], quantization: Any) -> Any:
         if engine not in (*ROLLOUT_ENGINES, "vllm"):
@@ -276,7 +223,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         if engine != "vllm":
             if vllm:
                 raise ValueError("`model.vllm` settings apply only with `model.rollout_engine: vllm`")
-            return HFGenerator(self.tokenizer, engine=engine)
+            return TorchGenerator(self.tokenizer, engine=engine)
         # (function-local: the vLLM engine module is only for runs that ask for it)
         from r1_lightning.generation import vllm_engine
 
@@ -344,7 +291,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
                 yield
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
-        if not isinstance(self.generator, HFGenerator):  # vLLM samples from its own copy of the weights
+        if not isinstance(self.generator, TorchGenerator):  # vLLM samples from its own copy of the weights
             return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
         with self.generation_context():
             return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
@@ -372,19 +319,6 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             return None
         with self.generation_context():
             return batched_logprobs(self.policy, generation, self.sampling.temperature, plans, self.shared_group_size)
-
-    def reference_logprobs(self, generation: Generation, plans: list[MicroBatch]) -> torch.Tensor | None:
-        """The frozen reference's log-probs (one no-grad forward per micro-batch); None when beta == 0."""
-        if self.hparams.beta == 0:
-            return None
-        if self.lora is not None:
-            model, reference_mode = self.policy, self.policy.disable_adapter()
-        elif self.reference is not None:
-            model, reference_mode = self.reference, contextlib.nullcontext()
-        else:
-            return None
-        with self.generation_context(model), reference_mode:
-            return batched_logprobs(model, generation, self.sampling.temperature, plans, self.shared_group_size)
 
     def make_rollout(self, batch: dict[str, list]) -> Rollout:
         """One GRPO rollout for a batch of B prompt records, read top to bottom: sample G completions per
@@ -484,7 +418,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            self._maybe_sync_reference()
+            self.reset_reference_if_due()
         stats["lr"] = scheduler.get_last_lr()[0]
         stats["train_seconds"] = time.perf_counter() - started
         stats.update(mismatch.summary())
@@ -494,22 +428,6 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         """Clip the global gradient norm (under FSDP2 torch computes it over every rank's shard)."""
         total = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
-
-    def _maybe_sync_reference(self) -> None:
-        every = self.hparams.ref_model_sync_steps
-        if every and self.reference is not None and self.trainer.global_step % every == 0:
-            self.reset_reference()
-
-    def reset_reference(self) -> None:
-        """Copy the current policy into the frozen reference (R1 did so every 400 steps)."""
-        if self.reference is None:
-            raise ValueError(
-                "no reference model to reset: it exists only with `beta` > 0, without `lora` (whose "
-                "reference is the base itself) and without `reference_quantization`"
-            )
-        self.reference.load_state_dict(self.policy.state_dict())
-        self.reference_diverged = True  # from now on checkpoints must carry the reference
-        rank_zero_info(f"reference model reset to the current policy at step {self.global_step}")
 
     @override
     def on_train_start(self) -> None:
@@ -524,7 +442,7 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
 
     @override
     def on_train_end(self) -> None:
-        if self.hparams.validate_at_start and (not self.eval_history or self.eval_history[-1][0] != self.global_step):
+        if self.hparams.validate_at_end and (not self.eval_history or self.eval_history[-1][0] != self.global_step):
             self.run_evaluation()
         if len(self.eval_history) >= 2:
             (first_step, first), (last_step, last) = self.eval_history[0], self.eval_history[-1]
@@ -563,21 +481,3 @@ class GRPOModule(GRPOEvaluation, L.LightningModule):
         )
         rank_zero_info(f"policy exported in Hugging Face format to {directory}")
         return directory
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The reference only needs saving once it has diverged from the initial weights. (Sharded
-        # checkpoints load into the whole module, reference included, so they keep it.)
-        if not (self.hparams.ref_model_sync_steps or self.reference_diverged or self._is_sharded()):
-            state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith("reference.")]:
-                del state[key]
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference is not None and "state_dict" in checkpoint:  # (absent: sharded, loaded by the strategy)
-            state = checkpoint["state_dict"]
-            if any(k.startswith("reference.") for k in state):
-                self.reference_diverged = True  # keep saving it after the resume
-            else:
-                state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})

@@ -12,7 +12,18 @@ def fast_args(tmp_path, *extra: str, config: str = TINY, steps: int | None = Non
 
     ``steps``: a run of that many optimizer steps, without the evaluation before the first one.
     """
-    short = [] if steps is None else ["--trainer.max_steps", str(steps), "--model.init_args.validate_at_start", "false"]
+    short = (
+        []
+        if steps is None
+        else [
+            "--trainer.max_steps",
+            str(steps),
+            "--model.init_args.validate_at_start",
+            "false",
+            "--model.init_args.validate_at_end",
+            "false",
+        ]
+    )
     return [
         "--config", str(config), "--model.init_args.model", "tiny:random",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),

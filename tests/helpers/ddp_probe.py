@@ -43,6 +43,7 @@ def probe_args(tmp_path: Path, probe: Path) -> list[str]:
         "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.callbacks+=helpers.ddp_probe.RankProbe", f"--trainer.callbacks.out_dir={probe}",
         "--model.init_args.model", "tiny:random", "--model.init_args.validate_at_start", "false",
+        "--model.init_args.validate_at_end", "false",
         "--model.init_args.export_dir", str(tmp_path / "hf"), "--model.init_args.loss_type", "token",
         "--model.init_args.micro_batch_tokens", "400", "--model.init_args.rewards",
         "{helpers.rewards.varied_reward: 1.0}", "--data.init_args.batch_size", "4",

@@ -1,0 +1,70 @@
+"""GRPO's settings checked before anything loads: each error names the option and the fix.
+
+``GRPOModule.__init__`` takes its options as plain arguments (the signature is the config, and
+jsonargparse turns it into ``--help``); the checks that span several of them live here so that the
+module's constructor reads as what it builds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.models.loading import OPTIMIZERS
+from r1_lightning.training.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES
+
+#: the rewards of R1-Zero's recipe when ``model.rewards`` is unset
+DEFAULT_REWARDS = {"accuracy_reward": 1.0, "format_reward": 0.5}
+
+
+def as_sampling(value: SamplingConfig | dict) -> SamplingConfig:
+    """Sampling settings arrive as the dataclass, or as a plain dict from saved hyperparameters."""
+    if isinstance(value, SamplingConfig):
+        return value
+    values = dict(value)
+    values["stop_strings"] = tuple(values.get("stop_strings") or ())
+    return SamplingConfig(**values)
+
+
+def validation_sampling(sampling: SamplingConfig, val_sampling: SamplingConfig | dict | None) -> SamplingConfig:
+    """``val_sampling`` when given, else the paper's evaluation settings (T = 0.6, top-p 0.95) with the
+    training sampling's length limit and stop strings."""
+    if val_sampling is not None:
+        return as_sampling(val_sampling)
+    return dataclasses.replace(sampling, temperature=0.6, top_p=0.95, top_k=0)
+
+
+def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
+    """Raise ``ValueError`` naming the option for any setting, or combination, GRPO cannot run with.
+
+    ``hp`` holds the module's constructor arguments; ``lora`` the parsed LoRA settings (or None).
+    """
+    if hp["num_generations"] < 2:
+        raise ValueError(f"`num_generations` must be >= 2 (group-relative advantages), got {hp['num_generations']}")
+    if hp["loss_type"] not in LOSS_TYPES:
+        raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {hp['loss_type']!r}")
+    if hp["importance_sampling_level"] not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(
+            f"`importance_sampling_level` must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
+            f"got {hp['importance_sampling_level']!r}"
+        )
+    if hp["scale_rewards"] not in (True, False, "group", "batch", "none"):
+        raise ValueError(f"`scale_rewards` must be group, batch or none (or true/false), got {hp['scale_rewards']!r}")
+    if hp["num_iterations"] < 1:
+        raise ValueError(f"`num_iterations` must be >= 1, got {hp['num_iterations']}")
+    if hp["beta"] < 0 or hp["epsilon_low"] < 0 or hp["epsilon_high"] < 0:
+        raise ValueError("`beta`, `epsilon_low` and `epsilon_high` must be >= 0")
+    if hp["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {hp['optimizer']!r}")
+    if hp["ref_model_sync_steps"] is not None and hp["ref_model_sync_steps"] < 1:
+        raise ValueError(f"`ref_model_sync_steps` must be >= 1 or null, got {hp['ref_model_sync_steps']}")
+    if hp["quantization"] is not None and lora is None:
+        raise ValueError("`quantization` needs `lora` (QLoRA): quantized base weights are frozen")
+    if lora is not None and (hp["reference_quantization"] is not None or hp["ref_model_sync_steps"]):
+        raise ValueError(
+            "with `lora` the reference is the base model with adapters disabled: "
+            "`reference_quantization` and `ref_model_sync_steps` do not apply (unset them)"
+        )
+    if hp["reference_quantization"] is not None and hp["ref_model_sync_steps"]:
+        raise ValueError("`ref_model_sync_steps` cannot copy weights into a quantized reference; unset one")
