@@ -24,6 +24,7 @@ import torch
 from typing_extensions import override
 
 from r1_lightning.evaluation.report import read_curves
+from r1_lightning.evaluation.scoring import score_samples
 from r1_lightning.generation.rollout import isolated_rng
 
 
@@ -69,10 +70,12 @@ class RunReportCallback(L.Callback):
             return []
         with torch.no_grad(), isolated_rng(pl_module.device, seed=12345):
             generation = pl_module.generate(chosen["prompt"], pl_module.val_sampling, group_size=1)
+        columns = {key: values for key, values in chosen.items() if key != "prompt"}
+        scored = score_samples(generation, chosen["prompt"], columns, 1, pl_module.val_reward_fn)
         return [
-            {"prompt": p, "difficulty": d, "answer": a, "completion": text}
-            for p, d, a, text in zip(
-                chosen["prompt"], chosen["difficulty"], chosen["answer"], generation.texts, strict=True
+            {"prompt": p, "difficulty": d, "answer": a, "completion": text, "correct": ok}
+            for p, d, a, text, ok in zip(
+                chosen["prompt"], chosen["difficulty"], chosen["answer"], scored.texts, scored.correct, strict=True
             )
         ]
 
@@ -129,9 +132,10 @@ def write_run_report(
         lines += ["| difficulty | problem (answer) | before | after |", "|---|---|---|---|"]
         for old, new in zip(before, after or [{}] * len(before), strict=False):
             cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            mark = lambda row: {True: " ✓", False: " ✗"}.get(row.get("correct"), "")  # noqa: E731
             lines.append(
                 f"| {old['difficulty']} | {cell(_question(old['prompt']))} ({old['answer']}) | "
-                f"{cell(old['completion'])} | {cell(new.get('completion', ''))} |"
+                f"{cell(old['completion'])}{mark(old)} | {cell(new.get('completion', ''))}{mark(new)} |"
             )
     (folder / "report.md").write_text("\n".join(lines) + "\n")
 

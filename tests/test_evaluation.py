@@ -10,8 +10,9 @@ import pytest
 from r1_lightning.cli.main import main
 from r1_lightning.data.tasks import ArithmeticTask
 from r1_lightning.errors import ConfigError
-from r1_lightning.evaluation.evaluator import Evaluator, mean_ci95, pass_at_k, sampling_ci95
+from r1_lightning.evaluation.evaluator import Evaluator
 from r1_lightning.evaluation.report import write_report
+from r1_lightning.evaluation.scoring import mean_ci95, pass_at_k, sampling_ci95
 from r1_lightning.pipeline.runner import Pipeline, validate_stages
 from r1_lightning.progress import Progress
 
@@ -132,7 +133,7 @@ def test_report_has_intervals_pass_at_columns_and_behaviour_panels(tmp_path):
     stages = [{"name": "rl", "kind": "fit", "metrics": metrics, "seconds": 60.0, "summary": None}]
     write_report(tmp_path, stages, 16)
     report = (tmp_path / "report.md").read_text()
-    assert "| pass@1 (95% CI) | pass@4 | pass@16 | cons@16 |" in report
+    assert "| pass@1 (95% CI) | pass@4 | pass@16 | maj@16 |" in report
     assert "| rl | fit | 0.500 ± 0.020 | 0.800 | 0.900 | 0.600 |" in report and "80 x 16 |  | 1.0 |" in report
     assert "± 0.070 with problem-to-problem variation" in report
     import matplotlib.image

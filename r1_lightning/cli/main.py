@@ -40,7 +40,7 @@ Examples:
   r1-lightning fit --help                                      trainer and config options
   r1-lightning fit --model GRPOModule --help                   every GRPO option (or SFTModule,
                                                                RewardModelModule; --data PromptDataModule)
-  r1-lightning evaluate --model runs/.../hf_model --benchmark math500.jsonl   pass@1 ± CI, pass@k, cons@k
+  r1-lightning evaluate --model runs/.../hf_model --benchmark math500.jsonl   pass@1 ± CI, pass@k, maj@k
   r1-lightning pipeline --help / r1-lightning export --help / r1-lightning evaluate --help
 """
 

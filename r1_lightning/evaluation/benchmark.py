@@ -4,7 +4,7 @@
 pipeline with ``benchmark: ...``) reads a JSONL / JSON / Parquet / CSV file whose rows hold a problem and
 its answer (MATH-500 and AIME-style files: ``problem`` / ``answer`` columns; others are named with
 ``prompt_column`` / ``answer_column``), samples ``num_samples`` completions per problem (R1: T = 0.6,
-top-p 0.95) and reports pass@1 with its 95% interval, pass@k, cons@k (majority vote), format and length
+top-p 0.95) and reports pass@1 with its 95% interval, pass@k, maj@k (majority vote), format and length
 (:class:`r1_lightning.evaluation.evaluator.Evaluator`). Every row is scored; rows that cannot be (empty problem,
 missing answer) are skipped, counted, and the first few shown with their row number.
 
@@ -64,7 +64,7 @@ def evaluate_main(args: list[str]) -> dict[str, float]:
         prog="r1-lightning evaluate",
         description="Score a Hugging Face model folder on a benchmark file (problem/answer columns) with "
         "R1's protocol: k samples per problem at T 0.6 / top-p 0.95, pass@1 with its 95% interval, pass@k, "
-        "cons@k (majority vote), format rate and response length.",
+        "maj@k (majority vote), format rate and response length.",
     )
     parser.add_argument("--model", type=str, required=True, help="Hugging Face model folder (or tiny:arithmetic)")
     parser.add_argument("--benchmark", type=str, required=True, help="JSONL / JSON / Parquet / CSV file")

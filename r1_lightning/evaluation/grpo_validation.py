@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from r1_lightning.evaluation.behaviour import PerDifficulty
-from r1_lightning.evaluation.evaluator import group_scores
+from r1_lightning.evaluation.scoring import score_samples
 from r1_lightning.generation.rollout import isolated_rng, repeat_batch
-from r1_lightning.rewards import format_reward
-from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
+from r1_lightning.rewards.contract import RewardState
 
 #: the record column per-difficulty metrics group by
 GROUP_COLUMN = "difficulty"
@@ -50,18 +50,17 @@ class GRPOEvaluation:
         with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
             generation = self.generate(prompts, self.val_sampling, group_size=k)
         state = RewardState(self.global_step, self.trainer.max_steps if self._trainer else -1, 0.0)
-        completions, kwargs = generation_reward_inputs(generation, columns, state, rendered_prompts=prompts)
-        scores = self.val_reward_fn(completions=completions, **kwargs)
-        pass1, majority = group_scores(generation.texts, scores, k)
-        lengths = generation.completion_mask.sum(1).float().view(-1, k).mean(1).tolist()
-        for level, p1, length in zip(batch.get(GROUP_COLUMN) or [], pass1, lengths, strict=False):
-            self._by_difficulty().add(level, 1, length=length, **{"pass@1": p1})
-        for value in pass1:
-            self.val_pass1.update(value)
-        for value in majority:
-            self.val_majk.update(value)
-        self.val_format.update(sum(format_reward(generation.texts)) / len(prompts))
-        self.val_length.update(generation.completion_mask.sum(1).float().mean())
+        scored = score_samples(generation, prompts, columns, k, self.val_reward_fn, state)
+        lengths = torch.tensor(scored.lengths)
+        for level, p1, length in zip(
+            batch.get(GROUP_COLUMN) or [], scored.pass1, lengths.view(-1, k).mean(1), strict=False
+        ):
+            self._by_difficulty().add(level, 1, length=float(length), **{"pass@1": p1})
+        # per prompt (pass@1, maj@k) and per sample (format, length): a short last batch weighs what it holds
+        self.val_pass1.update(torch.tensor(scored.pass1))
+        self.val_majk.update(torch.tensor(scored.majority))
+        self.val_format.update(torch.tensor(scored.formats))
+        self.val_length.update(lengths)
 
     def compute_val_metrics(self) -> dict[str, float]:
         k = self.hparams.val_num_samples

@@ -87,7 +87,7 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
             values = (round(m.get(x, nan), 4) for x in columns)
             counts = (int(m.get("problems", 0)), int(m.get("samples", 0)))
             writer.writerow([s["name"], s["kind"], *values, *counts, round(s["seconds"] / 60, 2)])
-    header = ["stage", "kind", "pass@1 (95% CI)", *extra_pass, f"pass@{k}", f"cons@{k}", "format", "language"]
+    header = ["stage", "kind", "pass@1 (95% CI)", *extra_pass, f"pass@{k}", f"maj@{k}", "format", "language"]
     header += ["length", "problems x samples", "Δ pass@1 vs previous (95% CI)", "minutes"]
     lines = [f"| {' | '.join(header)} |", "|" + "|".join(["---"] * len(header)) + "|"]
     for index, s in enumerate(rows):
@@ -108,7 +108,7 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
         "# Pipeline report\n\nEvaluation after each stage: pass@1 averaged over k samples per problem, with "
         "the 95% interval of this problem set's pass@1 from sampling (what decides whether two stages differ "
         "on it) and its change from the stage before (with the interval of the difference); unbiased pass@k; "
-        "cons@k (majority vote over the k answers); strict format rate; language "
+        "maj@k (majority vote over the k answers); strict format rate; language "
         "consistency of the chain of thought; mean response length in tokens.\n\n"
         + "\n".join(lines)
         + ("\n\n" + "\n".join(extra) if extra else "")
