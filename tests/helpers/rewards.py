@@ -13,3 +13,9 @@ def recording_reward(completions, prompts, completion_ids, trainer_state, soluti
     RECORDED.append({"completions": completions, "prompts": prompts, "ids": completion_ids,
                      "step": trainer_state.global_step, "solution": solution, "level": level})  # fmt: skip
     return [float(len(c[0]["content"]) % 2) for c in completions]
+
+
+def even_token_reward(completions, completion_ids, **kwargs):
+    """Share of a completion's tokens with an even id: learnable from scratch (a random-init model scores
+    about 0.5, and any shift of its output layer towards even ids raises it), with no text to parse."""
+    return [sum(1 for token in ids if token % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
