@@ -1,5 +1,5 @@
 """Reading completions and answers: the text of a completion (a string or chat messages), its final
-answer (`<answer>` tag, else the last `\\boxed{}`). Used by rewards, data parsing and evaluation alike."""
+answer (`<answer>` tag, else its `\\boxed{}` parts). Used by rewards, data parsing and evaluation alike."""
 
 from __future__ import annotations
 
@@ -47,22 +47,56 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    r"""The final answer of a completion: the last ``<answer>...</answer>``, else the last ``\boxed{}``.
+def boxed_parts(text: str) -> list[str]:
+    r"""Contents of every ``\boxed{...}`` in ``text``, braces balanced, in order (an unclosed one ends the list).
 
-    A ``\boxed{}`` inside the answer tags wins over the tag's raw text.
+    >>> boxed_parts(r"\boxed{(2,2)} and \boxed{\frac{1}{2}}")
+    ['(2,2)', '\\frac{1}{2}']
+    """
+    parts, start = [], text.find("\\boxed{")
+    while start >= 0:
+        depth, i = 0, start + len("\\boxed")
+        for j in range(i, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                parts.append(text[i + 1 : j])
+                break
+        else:
+            return parts
+        start = text.find("\\boxed{", j)
+    return parts
+
+
+def boxed_answer(text: str) -> str | None:
+    r"""The answer the ``\boxed{}`` parts of ``text`` give, read as Math-Verify reads them: one part is the
+    answer; several distinct parts are one answer listing them (``\boxed{1}, \boxed{2}`` is ``1, 2``,
+    which math-verify compares as the set {1, 2}); repeats of one part count once.
+
+    >>> boxed_answer(r"\boxed{(2,2)} and \boxed{(6,2)}"), boxed_answer(r"\boxed{4}. So \boxed{4}")
+    ('(2,2), (6,2)', '4')
+    """
+    parts = list(dict.fromkeys(part.strip() for part in boxed_parts(text)))
+    return ", ".join(parts) if parts else None
+
+
+def extract_answer(text: str) -> str | None:
+    r"""The final answer of a completion: the last ``<answer>...</answer>``, else its ``\boxed{}`` parts.
+
+    ``\boxed{}`` parts inside the answer tags win over the tag's raw text. Several boxed parts are one
+    answer that lists them (:func:`boxed_answer`), as Math-Verify reads a completion.
 
     >>> extract_answer("<think>2+2</think> <answer> 4 </answer>")
     '4'
     >>> extract_answer(r"The answer is \boxed{4}.")
     '4'
+    >>> extract_answer(r"<answer>\boxed{1}, \boxed{2}, \boxed{3}</answer>")
+    '1, 2, 3'
     >>> extract_answer("no answer here") is None
     True
     """
     tagged = _ANSWER.findall(text)
     if tagged:
         inner = tagged[-1]
-        boxed = last_boxed(inner)
+        boxed = boxed_answer(inner)
         return (boxed if boxed is not None else inner).strip()
-    boxed = last_boxed(text)
-    return boxed.strip() if boxed is not None else None
+    return boxed_answer(text)

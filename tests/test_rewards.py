@@ -33,8 +33,11 @@ def test_accuracy_math_equivalence(predicted, gold, expected):
     assert accuracy_reward([completion], answer=[gold]) == [expected]
 
 
-def test_accuracy_reads_last_boxed_without_tags_and_chat_messages():
-    assert accuracy_reward([r"so \boxed{3} then \boxed{7}"], answer=["7"]) == [1.0]
+def test_accuracy_reads_boxed_parts_without_tags_and_chat_messages():
+    assert accuracy_reward([r"so the answer is \boxed{7}"], answer=["7"]) == [1.0]
+    # several boxed parts are one answer listing them, as Math-Verify reads them: {3, 7} is not 7
+    assert accuracy_reward([r"so \boxed{3} then \boxed{7}"], answer=["7"], timeout_seconds=None) == [0.0]
+    assert accuracy_reward([r"so \boxed{3} then \boxed{7}"], answer=["3, 7"], timeout_seconds=None) == [1.0]
     assert accuracy_reward([[{"role": "assistant", "content": "<answer>7</answer>"}]], answer=["7"]) == [1.0]
     assert accuracy_reward(["the answer is 7"], answer=["7"]) == [0.0]
 
@@ -116,3 +119,30 @@ def test_failing_reward_names_function_and_completion():
         score_completions(build_rewards({f"{__name__}._nan_reward": 1.0}), ["x"], {})
     with pytest.raises(ValueError, match="returned 1 scores for 2 completions"):
         score_completions(build_rewards({f"{__name__}._short_reward": 1.0}), ["x", "y"], {})
+
+
+def test_several_boxed_parts_compare_as_a_set_or_tuple_as_math_verify_reads_them():
+    completions = [
+        r"\boxed{(2,2)} and \boxed{(6,2)}",
+        r"<answer>\boxed{(6,2)}, \boxed{(2,2)}</answer>",
+        r"\boxed{1}, \boxed{2}, \boxed{3}",
+        r"\boxed{1}, \boxed{2}, \boxed{3}",
+        r"\boxed{(6,2)}",
+        r"\boxed{4}. Checking again: \boxed{4}",
+    ]
+    golds = [r"(2,2),(6,2)", r"\{(2,2),(6,2)\}", "1,2,3", r"\{3,2,1\}", r"(2,2),(6,2)", "4"]
+    assert accuracy_reward(completions, answer=golds, timeout_seconds=None) == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+
+
+def test_cosine_reward_skips_a_reference_math_verify_cannot_parse_as_trl_does():
+    from trl.rewards import get_cosine_scaled_reward as trl_cosine
+
+    from r1_lightning.rewards.shaping import get_cosine_scaled_reward
+
+    completions = [[{"role": "assistant", "content": r"\boxed{42}"}]] * 3
+    solution = ["forty two", r"\frac{1}{", "42"]
+    ids = [[1] * 10] * 3
+    ours = get_cosine_scaled_reward(max_len=100)(completions, solution=solution, completion_ids=ids)
+    theirs = trl_cosine(max_len=100)(completions, solution, ids)
+    assert ours[:2] == theirs[:2] == [None, None]
+    assert ours[2] == pytest.approx(theirs[2])

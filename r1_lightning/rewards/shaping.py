@@ -75,10 +75,14 @@ class _CosineScaledReward:
         answer: list | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
+        references = answer if answer is not None else solution
         correct = accuracy_reward(completions, answer=answer, solution=solution, extraction=self.extraction)
         rewards: list[float | None] = []
-        for is_correct, length in zip(correct, _lengths(completions, completion_ids), strict=True):
-            if is_correct is None:  # no usable reference: not applicable, as in accuracy_reward
+        lengths = _lengths(completions, completion_ids)
+        for is_correct, length, gold in zip(correct, lengths, references or [None] * len(correct), strict=True):
+            # A reference math-verify cannot parse (TRL's test: its default parse finds nothing) makes the
+            # row not applicable, as TRL's cosine reward does; plain-text references included.
+            if is_correct is None or gold is None or not trl_gold_parses(str(gold)):
                 rewards.append(None)
                 continue
             progress = min(length / self.max_len, 1.0)  # past max_len the reward stays at its bound
@@ -104,8 +108,8 @@ def get_cosine_scaled_reward(
     ``(max_value_correct, min_value_correct)`` for a correct answer (shorter is better) and
     ``(min_value_wrong, max_value_wrong)`` for a wrong one (a longer attempt is penalised less).
     ``L`` is the token count (``completion_ids``) or, without it, the character count. A reference
-    that cannot be read gives ``None``. ``extraction`` as in ``accuracy_reward`` (``math_verify`` for
-    TRL's behaviour).
+    that math-verify cannot parse gives ``None`` (TRL's rule, so plain text such as ``forty two`` too).
+    ``extraction`` as in ``accuracy_reward`` (``math_verify`` for TRL's behaviour).
 
     >>> f = get_cosine_scaled_reward(max_len=100)
     >>> f([r"\boxed{\frac{1}{3}}", r"\boxed{\frac{1}{2}}"], [r"\frac{1}{3}"] * 2, [[1] * 50, [1] * 50])

@@ -166,7 +166,7 @@ def grpo_loss(
     ratio = torch.exp(log_ratio)
     adv = advantages.to(logprobs.dtype).unsqueeze(1)
     unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv
+    clipped = ratio * adv
     surrogate = torch.min(unclipped, clipped)
     per_token = -surrogate
     if is_weights is not None:
