@@ -20,7 +20,7 @@ PARTIAL_CONFIGS = [p for p in ALL_CONFIGS if p not in FULL_CONFIGS]
 
 
 @pytest.mark.parametrize("config", FULL_CONFIGS, ids=lambda p: p.name)
-def test_full_configs_parse(config, capsys):
+def test_print_config_shows_the_whole_resolved_config(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)

@@ -71,7 +71,7 @@ def test_chat_template_and_errors(tiny_model_and_tokenizer):
         render_prompt("x", "no placeholder")
 
 
-def test_gsm8k_answer_parser():
+def test_gsm8k_answer_is_the_number_after_the_hashes():
     assert parse_gsm8k_answer("She has 3 + 4 = 7 apples.\n#### 7") == "7"
     with pytest.raises(ValueError, match="####"):
         parse_gsm8k_answer("no marker")
@@ -101,7 +101,7 @@ def test_file_source_jsonl_with_column_mapping_and_held_out(jsonl_file):
     assert len(train) == 9 and not {r["prompt"] for r in train} & {r["prompt"] for r in val}
 
 
-def test_file_source_parquet(tmp_path):
+def test_file_source_reads_parquet_and_holds_out_val_size_rows(tmp_path):
     import pandas as pd
 
     path = tmp_path / "data.parquet"

@@ -133,5 +133,13 @@ def test_shared_prefix_in_bf16_matches_the_full_forward():
         full = completion_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length)[0]
         groups = torch.arange(8, device="cuda") // 4
         shared = shared_prefix_logprobs(model, gen.input_ids, gen.attention_mask, gen.prompt_length, groups)[0]
+    with torch.no_grad():
+        positions = (gen.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=gen.input_ids, attention_mask=gen.attention_mask, position_ids=positions).logits
     mask = gen.completion_mask.bool()
-    assert (full[mask] - shared[mask]).abs().max() < 0.1  # bf16 rounding, different kernels
+    # The log-probs are computed in float32 from bf16 logits, so the two paths differ by the bf16 rounding
+    # of the logits they feed in (different kernels round differently): a few units in the last place of
+    # the largest logit, 2^-7 relative for bf16's 8-bit significand. (The float32 paths agree to 1e-5:
+    # tests/test_memory.py; structural bugs are caught there.)
+    ulp = 2.0**-7 * max(1.0, logits.float().abs().max().item())
+    assert (full[mask] - shared[mask]).abs().max() <= 4 * ulp

@@ -63,7 +63,7 @@ def test_ratio_one_gives_minus_advantage_and_grad():
     assert out.clip_ratio.item() == 0.0
 
 
-def test_clip_higher_bounds():
+def test_clip_higher_caps_the_ratio_at_one_plus_epsilon_high():
     old = torch.zeros(1, 2)
     logp = torch.log(torch.tensor([[1.25, 1.35]])).requires_grad_()
     adv = torch.tensor([1.0])

@@ -89,7 +89,7 @@ def test_math_verify_case(case):
         assert score in (0.0, None)
 
 
-def test_money_answers():
+def test_money_answers_compare_as_amounts():
     completions = [r"\boxed{\$16386.17}", r"\boxed{\$1,000}", "<answer>$1,000</answer>", r"<answer>\$5</answer>"]
     assert accuracy_reward(completions, answer=["16386.17", "1000", "1000", "6"], timeout_seconds=None) == [
         1.0,

@@ -26,12 +26,12 @@ GOOD = "<think>We add 3 and 4. 3+4=7.</think> <answer>7</answer>"
         ("<think>We add.\n```python\nprint(3 + 4)\n```</think> <answer>7</answer>", "code_block"),
     ],
 )
-def test_each_filter(text, reason):
+def test_each_rejection_filter_drops_its_kind_of_completion(text, reason):
     filters = RejectionFilters(max_paragraph_words=20)
     assert drop_reason(text, filters, "en") == reason
 
 
-def test_filters_switch_off():
+def test_a_switched_off_filter_drops_nothing():
     off = RejectionFilters(
         require_format=False, min_language_consistency=None, max_paragraph_words=None, drop_code_blocks=False
     )

@@ -67,7 +67,7 @@ def test_tag_count_partial_credit():
     assert tag_count_reward(["<think>a</think><think>", "<answer>x</answer>"]) == [0.25, 0.5]
 
 
-def test_countdown_reward():
+def test_countdown_reward_needs_each_number_once_and_the_target():
     numbers, target = [[4, 7, 9]], [19]
     assert countdown_reward(["<answer>(9 - 4) + 7 + 7</answer>"], numbers=numbers, target=target) == [0.0]
     assert countdown_reward(["<answer>4 + 7 + 9 - 1</answer>"], numbers=numbers, target=target) == [0.0]

@@ -42,20 +42,32 @@ def test_stop_string_ends_completion(tiny_model_and_tokenizer):
     assert gen.completion_mask.sum().item() == 1 and not gen.truncated[0]
 
 
-def test_greedy_is_deterministic_and_logprobs_match_decode(tiny_model_and_tokenizer):
+def test_greedy_is_deterministic_and_logprobs_and_entropy_match_the_next_token_distribution(
+    tiny_model_and_tokenizer,
+):
+    """Greedy decoding repeats itself; the trainer's log-prob of each greedy token is the maximum of the
+    next-token log-softmax at the position before it (the logits are shifted by one), and its entropy is
+    that distribution's, both to float32 rounding."""
     model, tokenizer = tiny_model_and_tokenizer
     engine = TorchGenerator(tokenizer)
     a = engine.generate(model, ["3 + 4", "10 + 2"], SamplingConfig(temperature=0, max_new_tokens=6))
     b = engine.generate(model, ["3 + 4", "10 + 2"], SamplingConfig(temperature=0, max_new_tokens=6))
     assert torch.equal(a.input_ids, b.input_ids)
+    model.eval()
     with torch.no_grad():
         logprobs, entropy = completion_logprobs(
             model, a.input_ids, a.attention_mask, a.prompt_length, temperature=1.0, with_entropy=True
         )
-    # greedy tokens are the arg-max: their log-prob is the row maximum, so >= log(1/V)
+        positions = (a.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=a.input_ids, attention_mask=a.attention_mask, position_ids=positions).logits
+    # position t predicts token t + 1: the completion's tokens are predicted from P - 1 .. end - 1
+    next_token = torch.log_softmax(logits[:, a.prompt_length - 1 : -1].double(), dim=-1)
+    mask = a.completion_mask.bool()
     assert logprobs.shape == a.completion_mask.shape
-    assert (logprobs[a.completion_mask.bool()] >= -torch.log(torch.tensor(float(len(tokenizer))))).all()
-    assert (entropy >= 0).all()
+    torch.testing.assert_close(logprobs[mask].double(), next_token.max(-1).values[mask], atol=1e-5, rtol=0)
+    expected_entropy = -(next_token.exp() * next_token).sum(-1)
+    torch.testing.assert_close(entropy[mask].double(), expected_entropy[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.sample_logprobs[mask].double(), next_token.max(-1).values[mask], atol=1e-5, rtol=0)
 
 
 def test_sampling_config_validates():

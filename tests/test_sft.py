@@ -56,7 +56,7 @@ def test_packed_batch_has_the_same_loss_and_gradient_as_unpacked(tiny_model_and_
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
-def test_packing_helpers():
+def test_packing_fills_rows_to_the_length_and_masks_prompts():
     assert [len(r) for r in pack_examples([([1] * 4, [1] * 4)] * 3, 8)] == [2, 1]
     mask = packed_attention_mask(torch.tensor([[0, 0, 1, -1]]))[0, 0]
     assert mask[2, :2].sum() == 0 and mask[3].tolist() == [False, False, False, True]

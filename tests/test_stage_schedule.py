@@ -8,7 +8,7 @@ from r1_lightning.callbacks import StageScheduleCallback
 from r1_lightning.cli.main import main
 
 
-def test_schedule_in_a_run(tmp_path):
+def test_late_rewards_join_at_their_step_and_are_logged(tmp_path):
     callbacks = (
         '[{"class_path": "r1_lightning.callbacks.StageScheduleCallback", "init_args": {'
         '"late_reward_steps": 2, "late_rewards": {"format_reward": 0.5}}}]'
