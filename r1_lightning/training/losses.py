@@ -103,7 +103,7 @@ def aggregate_loss(
     mask = mask.to(per_token.dtype)
     num_sequences = per_token.shape[0] if num_sequences is None else num_sequences
     if loss_type == "sequence":
-        per_sequence = (per_token * mask).sum(-1)
+        per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
         return per_sequence.sum() / num_sequences
     if loss_type == "token":
         num_tokens = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
