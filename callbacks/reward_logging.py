@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
@@ -110,6 +110,19 @@ class RewardLoggingCallback(L.Callback):
             metric.mean_value, metric.weight = state["mean_value"].clone(), state["weight"].clone()
             metric._update_count = 1  # so compute() does not warn that update() was never called
             self.metrics[name] = metric
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """The run's end summary of the rows its data skipped, per reason (the first few were shown with
+        file and line when they were read); the totals are also logged at the last step."""
+        per_reason = getattr(trainer.datamodule, "skipped_rows", None) if trainer.datamodule else None
+        skipped = per_reason() if callable(per_reason) else {}
+        if not skipped:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics({f"train/skipped_rows/{r}": float(n) for r, n in skipped.items()}, trainer.global_step)
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+        rank_zero_info(f"skipped data rows over the run: {sum(skipped.values())} ({reasons})")
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:

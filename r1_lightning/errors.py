@@ -14,6 +14,11 @@ class ConfigError(ValueError):
     """A setting, file or data column that cannot work; the message names it and says what would."""
 
 
+class MissingPathError(ConfigError, FileNotFoundError):
+    """A file or folder the user named that does not exist (also a ``FileNotFoundError`` for callers
+    that catch that); printed like any :class:`ConfigError`, without a traceback."""
+
+
 def config_files(argv: list[str]) -> list[str]:
     """The ``--config``/``-c`` files on a command line, in order.
 

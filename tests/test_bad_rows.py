@@ -73,13 +73,13 @@ def test_a_file_with_bad_rows_trains_on_the_good_ones_and_counts_the_rest(tmp_pa
     assert metrics["train/skipped_rows/missing_answer"].dropna().iloc[-1] == 2
     assert metrics["train/skipped_rows/prompt_too_long"].dropna().iloc[-1] == 1
     shown = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
-    assert any(f"{path!r} split 'train' row 5: column 'solution' is ''" in m for m in shown), shown
+    assert any(f"data file {path!r} line 5: column 'solution' is ''" in m for m in shown), shown
 
 
 def test_on_bad_row_error_names_the_row(tmp_path):
     path = _write(tmp_path / "mixed.jsonl", GOOD[:4] + BAD[:1] + GOOD[4:])
     source = _source(path, on_bad_row="error")
-    with pytest.raises(ConfigError, match=r"row 5: column 'solution' is '' \(missing_answer\).*on_bad_row: skip"):
+    with pytest.raises(ConfigError, match=r"line 5: column 'solution' is '' \(missing_answer\).*on_bad_row: skip"):
         list(source.iter_train(seed=0, epoch=0))  # the stream stops when it reaches the row
 
 

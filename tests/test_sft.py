@@ -6,6 +6,7 @@ import torch
 from r1_lightning.cli.main import main
 from r1_lightning.data.records import ArithmeticCoTTask, DatasetRecords, NonReasoningTask
 from r1_lightning.data.sft_data import SFTDataModule, pack_examples
+from r1_lightning.errors import ConfigError
 from r1_lightning.training.sft import SFTModule, packed_attention_mask, response_nll
 
 
@@ -67,7 +68,7 @@ def test_missing_column_is_named(tiny_model_and_tokenizer):
     dm = SFTDataModule(NonReasoningTask(num_records=8), response_column="solution", val_size=2)
     dm.tokenizer = tokenizer
     with pytest.raises(
-        ValueError, match="no column 'solution'.*columns: \\['answer', 'language', 'prompt', 'response'\\]"
+        ValueError, match="no column 'solution'.*it has \\['answer', 'language', 'prompt', 'response'\\]"
     ):
         dm.setup("fit")
 
@@ -79,7 +80,7 @@ def test_dataset_records_reads_saved_datasets_and_files(tmp_path):
     assert DatasetRecords(str(tmp_path / "ds")).records() == [{"prompt": "a", "response": "b"}]
     (tmp_path / "x.jsonl").write_text('{"prompt": "c", "response": "d"}\n')
     assert DatasetRecords(str(tmp_path / "x.jsonl")).records()[0]["prompt"] == "c"
-    with pytest.raises(FileNotFoundError, match="not a saved dataset folder"):
+    with pytest.raises(ConfigError, match="not a saved dataset folder"):
         DatasetRecords(str(tmp_path)).records()
 
 

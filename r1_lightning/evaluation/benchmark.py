@@ -100,6 +100,8 @@ def evaluate_main(args: list[str]) -> dict[str, float]:
         pass_at=cfg.pass_at,
     )
     metrics = evaluator(cfg.model)
+    # rows of the file that could not be scored (each shown with its line when read): counted, never silent
+    metrics.update({f"skipped_rows/{reason}": float(n) for reason, n in sorted(source.skipped_rows.items())})
     print(format_metrics(metrics, cfg.num_samples, f"{cfg.model} on {cfg.benchmark}"))
     if cfg.output:
         Path(cfg.output).write_text(json.dumps(metrics, indent=2))
@@ -120,6 +122,9 @@ def format_metrics(metrics: dict[str, float], k: int, title: str) -> str:
     lines.append(f"  pass@1 {metrics['pass@1']:.3f} ± {metrics.get('pass@1_ci95', 0.0):.3f} (95% interval)")
     for key, value in metrics.items():
         if key in ("pass@1", "problems", "samples") or key.startswith("pass@1_"):
+            continue
+        if key.startswith("skipped_rows/"):
+            lines.append(f"  {key} {int(value)} (rows of the file not scored)")
             continue
         lines.append(f"  {key.replace('@k', f'@{k}')} {value:.3f}")
     return "\n".join(lines)

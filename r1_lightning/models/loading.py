@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 
+from r1_lightning.errors import MissingPathError
 from r1_lightning.tiny import base as tiny
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,10 @@ def load_policy(
     path = resolve_model_path(name_or_path)
     looks_local = path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 1)[-1]
     if looks_local and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"model path {path!r} does not exist (from `model.model`)")
+        raise MissingPathError(
+            f"model path {path!r} does not exist (from `model.model`, or evaluate's `--model`); relative paths "
+            f"start at {Path.cwd()}"
+        )
     try:
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(

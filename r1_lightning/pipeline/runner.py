@@ -38,7 +38,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from r1_lightning.callbacks.preemption import Preempted
-from r1_lightning.errors import ConfigError
+from r1_lightning.errors import ConfigError, MissingPathError
 from r1_lightning.evaluation.benchmark import benchmark_source
 from r1_lightning.evaluation.evaluator import Evaluator
 from r1_lightning.evaluation.report import write_report
@@ -86,7 +86,7 @@ def load_pipeline(path: str | Path, output_dir: str | None = None, seed: int | N
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"pipeline config {str(path)!r} does not exist (from --config)")
+        raise MissingPathError(f"pipeline config {str(path)!r} does not exist (from --config)")
     spec = yaml.safe_load(path.read_text()) or {}
     for key in spec:
         if key not in TOP_KEYS:
@@ -198,7 +198,7 @@ class Pipeline:
         if isinstance(config, str):
             path = Path(config) if Path(config).is_absolute() else self.base_dir / config
             if not path.exists():
-                raise FileNotFoundError(f"stage {stage['name']!r}: config file {str(path)!r} does not exist")
+                raise MissingPathError(f"stage {stage['name']!r}: config file {str(path)!r} does not exist")
             config = yaml.safe_load(path.read_text())
         config = copy.deepcopy(config)
         for key, source in (stage.get("inputs") or {}).items():

@@ -29,8 +29,9 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
-from r1_lightning.data.records import RecordSource
+from r1_lightning.data.records import RecordSource, text_records
 from r1_lightning.data.templates import render_prompt
+from r1_lightning.errors import ConfigError
 from r1_lightning.rewards.reward_model_io import RM_SETTINGS_FILE, load_reward_model
 
 
@@ -129,21 +130,19 @@ class PreferenceDataModule(L.LightningDataModule):
     @override
     def setup(self, stage: str | None = None) -> None:
         self.tokenizer = self.trainer.lightning_module.tokenizer
-        records = self.source.records()
-        missing = [c for c in self.columns if records and c not in records[0]]
-        if not records or missing:
-            have = sorted(records[0]) if records else []
-            raise ValueError(
-                f"preference data from {self.source!r}: {'no records' if not records else f'missing columns {missing}'}"
-                f" (it has {have}); set `data.prompt_column` / `chosen_column` / `rejected_column`"
-            )
+        records, self.skipped_rows = text_records(
+            self.source.records(), list(self.columns), f"preference data from {self.source!r}"
+        )
         pairs = [
             {"prompt": r[self.columns[0]], "chosen": r[self.columns[1]], "rejected": r[self.columns[2]]}
             for r in records
         ]
         random.Random(self.seed).shuffle(pairs)
         if len(pairs) <= self.val_size:
-            raise ValueError(f"preference data has {len(pairs)} pairs, not more than `data.val_size`={self.val_size}")
+            raise ConfigError(
+                f"preference data has {len(pairs)} usable pairs, not more than `data.val_size`={self.val_size}; "
+                "lower `data.val_size` or give more pairs"
+            )
         self.val_pairs, self.train_pairs = pairs[: self.val_size], pairs[self.val_size :]
 
     def collate(self, pairs: list[dict]) -> dict[str, torch.Tensor]:
