@@ -17,18 +17,35 @@ ALARM_STATE = "_alarms"  # key of the alarms' state among the window metrics in 
 
 
 def counters(trainer: L.Trainer, pl_module: Any = None) -> dict[str, float]:
-    """Running totals of things skipped or cut short, so none goes unnoticed: prompts over the length
-    limit, rows skipped per reason, this module's reward calls that timed out (per function) and its
-    sandboxed code runs by outcome (``GRPOModule.reward_events``)."""
+    """Running totals of things skipped or cut short, so none goes unnoticed, over the whole run and all
+    ranks: prompts over the length limit, rows skipped per reason, this module's reward calls that timed
+    out (per function) and its sandboxed code runs by outcome (``GRPOModule.reward_events``).
+
+    Under data parallelism each rank counts its own prompts and rollouts (summed over ranks), while every
+    rank reads the whole data file (its skipped lines are the same on each: the largest count is the
+    file's). A collective: every rank calls it at the same steps.
+    """
     events = getattr(pl_module, "reward_events", None) or {}
-    values = {f"train/{key}": float(n) for key, n in events.items()}
-    skipped = getattr(trainer.datamodule, "skipped_long_prompts", None) if trainer.datamodule else None
-    if skipped is not None:
-        values["train/skipped_long_prompts"] = float(skipped)
-    per_reason = getattr(trainer.datamodule, "skipped_rows", None) if trainer.datamodule else None
-    if callable(per_reason):
-        values.update({f"train/skipped_rows/{reason}": float(n) for reason, n in per_reason().items()})
-    return values
+    summed = {f"train/{key}": float(n) for key, n in events.items()}
+    datamodule = trainer.datamodule
+    long_prompts = getattr(datamodule, "skipped_long_prompts", None) if datamodule else None
+    if long_prompts is not None:
+        summed["train/skipped_long_prompts"] = float(long_prompts)
+        if long_prompts:
+            summed["train/skipped_rows/prompt_too_long"] = float(long_prompts)
+    source_rows = getattr(getattr(datamodule, "source", None), "skipped_rows", None) or {}
+    file_level = {f"train/skipped_rows/{reason}": float(n) for reason, n in source_rows.items()}
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (summed, file_level))
+        summed, file_level = {}, {}
+        for rank_summed, rank_file_level in gathered:
+            for key, n in rank_summed.items():
+                summed[key] = summed.get(key, 0.0) + n
+            for key, n in rank_file_level.items():
+                file_level[key] = max(file_level.get(key, 0.0), n)
+    return {**file_level, **summed}
 
 
 class RewardLoggingCallback(L.Callback):
@@ -115,12 +132,12 @@ class RewardLoggingCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         """The run's end summary of the rows its data skipped, per reason (the first few were shown with
         file and line when they were read); the totals are also logged at the last step."""
-        per_reason = getattr(trainer.datamodule, "skipped_rows", None) if trainer.datamodule else None
-        skipped = per_reason() if callable(per_reason) else {}
+        totals = counters(trainer, pl_module)  # a collective: every rank calls on_train_end
+        skipped = {k.rsplit("/", 1)[-1]: int(n) for k, n in totals.items() if k.startswith("train/skipped_rows/")}
         if not skipped:
             return
         for logger in trainer.loggers:
-            logger.log_metrics({f"train/skipped_rows/{r}": float(n) for r, n in skipped.items()}, trainer.global_step)
+            logger.log_metrics({k: v for k, v in totals.items() if "skipped" in k}, trainer.global_step)
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
         rank_zero_info(f"skipped data rows over the run: {sum(skipped.values())} ({reasons})")
 
@@ -163,8 +180,6 @@ class RewardLoggingCallback(L.Callback):
         for key, value in (outputs or {}).items():
             if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
                 self._update(f"train/{key}", value)
-        for name, count in counters(trainer, pl_module).items():
-            self._update(name, count)
         step = trainer.global_step
         pl_module.log("reward", rollout.rewards.mean(), prog_bar=True, on_step=True, logger=False)
         if step % max(trainer.log_every_n_steps, 1) == 0 or step == 1:
@@ -176,6 +191,7 @@ class RewardLoggingCallback(L.Callback):
                     self._update(f"train/cot_language/{code}", share)
             # compute() is a collective under DDP: every rank reaches it at the same steps.
             values = {name: float(metric.compute()) for name, metric in self.metrics.items()}
+            values.update(counters(trainer, pl_module))  # running totals, not window means
             for metric in self.metrics.values():
                 metric.reset()
             if self.alarms is not None:

@@ -1,5 +1,6 @@
 """Data parallelism on CPU: two gloo processes, whole groups per rank, identical weights after each step."""
 
+import csv
 import json
 import os
 import subprocess
@@ -7,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.ddp_probe import probe_args
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +48,79 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
             assert step["num_completions"] == 4 * step["group_size"]
             assert all(abs(s) < 1e-4 for s in step["group_advantage_sums"])
     assert ranks[0][0]["weights"] != ranks[0][1]["weights"]  # and training moved them
+    # each rank samples from its own random stream (seeded from the seed and its rank)
+    assert all(s0["rng"] != s1["rng"] for s0, s1 in zip(*ranks, strict=True))
+
+
+TIMING = ("time/", "seconds", "per_s")
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_killed_and_resumed_logs_what_an_uninterrupted_one_logs(tmp_path):
+    """The shipped default on 2 CPU ranks (gloo), as users launch it: SIGKILL on both ranks after step 4,
+    ``--ckpt_path last``, and every non-timing metric of every step equals the uninterrupted run's, and
+    so do the final weights."""
+    from helpers import ROOT as REPO
+    from test_resume import _config, _metrics
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    ddp = ["--config", str(REPO / "configs" / "strategy" / "ddp.yaml"), "--trainer.log_every_n_steps", "1"]
+
+    def fit(config, *extra):
+        command = [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(config), *ddp, *extra]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+    straight = fit(_config(tmp_path, "straight", []))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    marker = str(tmp_path / "killed")
+    killer = {"class_path": "helpers.pipeline_probe.KillAllRanksAtStep", "init_args": {"step": 4, "marker": marker}}
+    crashed_config = _config(tmp_path, "crashed", [killer])
+    crashed = fit(crashed_config)
+    assert crashed.returncode != 0 and (tmp_path / "killed.rank0").exists() and (tmp_path / "killed.rank1").exists()
+    resumed = fit(crashed_config, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    before, after = _metrics(tmp_path / "straight"), _metrics(tmp_path / "crashed")
+    assert sorted(before) == sorted(after)
+    compared = 0
+    for step, row in before.items():
+        for key, value in row.items():
+            if key.startswith(("train/", "val/")) and not any(t in key for t in TIMING):
+                assert after[step].get(key) == value, (step, key, value, after[step].get(key))
+                compared += 1
+    assert compared > 50
+    a = load_file(tmp_path / "straight" / "hf_model" / "model.safetensors")
+    b = load_file(tmp_path / "crashed" / "hf_model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_rank_validation_evaluates_each_problem_once_and_equals_one_rank(tmp_path):
+    """``validate`` of the same model on 1 and on 2 ranks: each rank scores its share of the held-out
+    batches, the metrics are summed over ranks, and the result equals the 1-rank evaluation."""
+    from helpers import ROOT as REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"ranks{devices}"
+        command = [
+            sys.executable, "-m", "r1_lightning.cli", "validate",
+            "--config", str(REPO / "configs" / "r1_zero_tiny.yaml"),
+            "--config", str(REPO / "configs" / "strategy" / "ddp.yaml"), "--trainer.devices", str(devices),
+            "--model.init_args.model", "tiny:random", "--model.init_args.sampling.max_new_tokens", "12",
+            "--data.init_args.val_batch_size", "8", "--data.init_args.source.init_args.val_size", "40",
+            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+        ]  # fmt: skip
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = list(csv.DictReader(next(out.rglob("metrics.csv")).open()))
+        results[devices] = {k: float(v) for row in rows for k, v in row.items() if k.startswith("val/") and v}
+    assert set(results[1]) == set(results[2]) and "val/pass@1" in results[1]
+    assert results[1]["val/problems"] == results[2]["val/problems"] == 40  # each problem once, on either
+    for key, value in results[1].items():
+        assert results[2][key] == pytest.approx(value, abs=1e-6), key

@@ -38,6 +38,19 @@ def _shard() -> tuple[int, int]:
     return rank * workers + worker, world * workers
 
 
+class HeldOutRecords(IterableDataset):
+    """The held-out records in order, the same on every rank (see ``PromptDataModule.val_dataloader``)."""
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
 class PromptStream(IterableDataset):
     """Endless stream of rendered training records; reshuffled each pass over a finite source.
 
@@ -207,8 +220,12 @@ class PromptDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        # Every rank sees every held-out batch in the same order and evaluates its share by batch index
+        # (GRPOEvaluation.evaluate_batch): no DistributedSampler (an iterable dataset gets none), which
+        # would pad the set with repeats and change batch composition, and so the samples, with the
+        # number of ranks. A held-out problem is evaluated once, as in a 1-rank run.
         return DataLoader(
-            self.val_records(),
+            HeldOutRecords(self.val_records()),
             batch_size=self.val_batch_size,
             collate_fn=collate_records,
             generator=self._generator(),

@@ -37,6 +37,7 @@ class GRPOEvaluation:
     hparams: Any
     global_step: int
     trainer: L.Trainer
+    device: torch.device
 
     def evaluate_batch(self, batch: dict[str, list], batch_index: int = 0) -> None:
         """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length.
@@ -44,7 +45,14 @@ class GRPOEvaluation:
         Sampling draws from a generator seeded by (step, batch) and leaves the training one untouched,
         so an evaluation is reproducible and a run's training steps do not depend on when it evaluated
         (which exact resume needs: a resumed run does not repeat the evaluation of its restart step).
+
+        Under data parallelism every rank iterates the same held-out batches and evaluates batch ``i``
+        only on rank ``i % world_size``: each problem is evaluated once, with the same seed and batch as
+        in a 1-rank run, and the metrics are summed over ranks when computed (torchmetrics' sync).
         """
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and batch_index % world != self.trainer.global_rank:
+            return
         k = self.hparams.val_num_samples
         prompts, columns = repeat_batch(batch, k)
         with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
@@ -57,6 +65,7 @@ class GRPOEvaluation:
         ):
             self._by_difficulty().add(level, 1, length=float(length), **{"pass@1": p1})
         # per prompt (pass@1, maj@k) and per sample (format, length): a short last batch weighs what it holds
+        self._val_problems = getattr(self, "_val_problems", 0) + len(scored.pass1)
         self.val_pass1.update(torch.tensor(scored.pass1))
         self.val_majk.update(torch.tensor(scored.majority))
         self.val_format.update(torch.tensor(scored.formats))
@@ -69,12 +78,23 @@ class GRPOEvaluation:
             f"val/maj@{k}": self.val_majk.compute().item(),
             "val/format": self.val_format.compute().item(),
             "val/completion_length": self.val_length.compute().item(),
+            "val/problems": self._problems_evaluated(),
         }
         for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
             metric.reset()
         metrics.update(self._difficulty_metrics())
         self.eval_history.append((self.global_step, metrics))
         return metrics
+
+    def _problems_evaluated(self) -> float:
+        """Held-out problems this evaluation scored, over all ranks (each is scored once)."""
+        import torch.distributed as dist
+
+        count = torch.tensor(float(getattr(self, "_val_problems", 0)), device=self.device)  # (NCCL: on the GPU)
+        self._val_problems = 0
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(count)
+        return count.item()
 
     def _by_difficulty(self) -> PerDifficulty:
         if not hasattr(self, "_val_by_difficulty"):
@@ -105,6 +125,7 @@ class GRPOEvaluation:
             for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
                 metric.reset()
             self._by_difficulty().pop_means()
+            self._val_problems = 0
             return
         metrics = self.compute_val_metrics()
         self.log_dict(metrics, sync_dist=False, batch_size=1)  # already aggregated over the whole set

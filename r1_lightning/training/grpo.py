@@ -70,6 +70,7 @@ from r1_lightning.training.losses import (
     ImportanceSamplingLevel,
     LossType,
     RewardScaling,
+    global_std,
     group_advantages,
     grpo_loss,
 )
@@ -335,7 +336,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         scored = time.perf_counter()
         self.reward_events.update(events)
         rewards = torch.tensor(totals, dtype=torch.float32, device=generation.input_ids.device)
-        advantages = group_advantages(rewards, group, scale_by_std=self.hparams.scale_rewards)
+        advantages = group_advantages(
+            rewards, group, scale_by_std=self.hparams.scale_rewards, batch_std=self.batch_reward_std(rewards)
+        )
         plans = self.plan_micro_batches(generation)
         old_logprobs, ref_logprobs = self.old_logprobs(generation, plans), self.reference_logprobs(generation, plans)
         # wall time of the rollout's parts: sampling plus the extra log-prob forwards, and the rewards
@@ -343,6 +346,13 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         return Rollout(
             generation, old_logprobs, ref_logprobs, rewards, advantages, per_fn, group, plans, dict(events), seconds
         )
+
+    def batch_reward_std(self, rewards: torch.Tensor) -> torch.Tensor | None:
+        """With ``scale_rewards: batch`` under data parallelism: the std of every rank's rewards (TRL's
+        scaling uses the gathered batch); None otherwise (each batch's own std is then the global one)."""
+        if self.hparams.scale_rewards != "batch" or self._trainer is None or self.trainer.world_size == 1:
+            return None
+        return global_std(rewards, self.all_gather)
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ that each formula has a hand-computed unit test.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -28,7 +28,11 @@ RewardScaling = Literal["group", "batch", "none"]
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_by_std: bool | RewardScaling = True, eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_size: int,
+    scale_by_std: bool | RewardScaling = True,
+    eps: float = 1e-4,
+    batch_std: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Group-relative advantages (R1 eq. 3): ``(r_i - mean_G(r)) / (std_G(r) + eps)``.
 
@@ -37,7 +41,9 @@ def group_advantages(
     by ``sqrt(G / (G - 1))``). ``scale_by_std`` is TRL's ``scale_rewards``: ``group`` (or True) divides
     by each group's std, ``batch`` by the std of the whole batch's rewards (more robust when a group's
     rewards barely differ), ``none`` (or False) does not scale: Dr. GRPO's unbiased variant. A group whose
-    rewards are all equal gets zero advantage (no NaN): it carries no learning signal.
+    rewards are all equal gets zero advantage (no NaN): it carries no learning signal. Under data
+    parallelism ``batch_std`` is the std of *all* ranks' rewards (:func:`global_std`), as TRL scales by
+    the std of the gathered batch; by default, this batch's.
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 3.0, 3.0]), group_size=2, scale_by_std="batch", eps=0.0)
     tensor([ 0.3849, -0.3849,  0.0000,  0.0000])
@@ -58,13 +64,24 @@ def group_advantages(
     grouped = rewards.view(-1, group_size).float()
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     if scaling == "batch":
-        std = grouped.std(correction=0)
+        std = grouped.std(correction=0) if batch_std is None else batch_std.to(grouped)
         return (centered / (std + eps) if std > 0 else torch.zeros_like(centered)).view(-1)
     if scaling == "group":
         std = grouped.std(dim=1, keepdim=True, correction=0)
         # An all-equal group has zero advantage even with eps = 0 (0 / 0 would be NaN).
         centered = torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
     return centered.view(-1)
+
+
+def global_std(values: torch.Tensor, all_gather: Any = None) -> torch.Tensor:
+    """Population std of ``values`` pooled over every rank; ``all_gather`` is the LightningModule's (or
+    any function returning ``[world, *shape]``); None means one rank. Ranks hold equal-sized batches.
+
+    >>> global_std(torch.tensor([1.0, 3.0]), all_gather=lambda v: torch.stack([v, v + 2]))
+    tensor(1.4142)
+    """
+    pooled = values if all_gather is None else all_gather(values).reshape(-1)
+    return pooled.float().std(correction=0)
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ class RankProbe(L.Callback):
                 # per group, advantages sum to zero: groups are whole on this rank
                 "group_advantage_sums": rollout.advantages.view(-1, rollout.group_size).sum(1).tolist(),
                 "weights": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
+                # where this rank's sampling stream stands after the rollout (ranks must differ)
+                "rng": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(),
             }
         )
 
