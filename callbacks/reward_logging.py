@@ -16,6 +16,17 @@ from r1_lightning.evaluation.behaviour import REFLECTIVE_WORDS, HackingAlarms, P
 ALARM_STATE = "_alarms"  # key of the alarms' state among the window metrics in a checkpoint
 
 
+def crossed_multiple(before: int, after: int, every: int) -> bool:
+    """Whether the steps ``(before, after]`` a batch moved through hold a multiple of ``every``: with
+    ``num_iterations`` = mu > 1 one batch makes mu optimizer steps, and a ``step % every == 0`` test on the
+    step a batch ends at would skip most multiples (mu = 3, every = 2: steps 3, 6, 9 -> only 6).
+
+    >>> crossed_multiple(0, 3, 2), crossed_multiple(3, 6, 4), crossed_multiple(4, 7, 4), crossed_multiple(0, 1, 1)
+    (True, True, False, True)
+    """
+    return every > 0 and after // every > before // every
+
+
 def counters(trainer: L.Trainer, pl_module: Any = None) -> dict[str, float]:
     """Running totals of things skipped or cut short, so none goes unnoticed, over the whole run and all
     ranks: prompts over the length limit, rows skipped per reason, this module's reward calls that timed
@@ -144,6 +155,7 @@ class RewardLoggingCallback(L.Callback):
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
+        self._step_before = trainer.global_step
         self._device = pl_module.device
         for name, metric in self.metrics.items():
             self.metrics[name] = metric.to(self._device)
@@ -182,7 +194,8 @@ class RewardLoggingCallback(L.Callback):
                 self._update(f"train/{key}", value)
         step = trainer.global_step
         pl_module.log("reward", rollout.rewards.mean(), prog_bar=True, on_step=True, logger=False)
-        if step % max(trainer.log_every_n_steps, 1) == 0 or step == 1:
+        before = getattr(self, "_step_before", step - 1)
+        if crossed_multiple(before, step, max(trainer.log_every_n_steps, 1)) or before == 0:
             if self.language_mix:
                 from r1_lightning.rewards.language import language_mix
 
@@ -203,7 +216,7 @@ class RewardLoggingCallback(L.Callback):
             values.update(self._difficulty.pop_means())
             for logger in trainer.loggers:  # straight to the loggers: these are already window means
                 logger.log_metrics(values, step=step)
-        if self.table_every_n_steps and step % self.table_every_n_steps == 0:
+        if self.table_every_n_steps and crossed_multiple(before, step, self.table_every_n_steps):
             self._log_table(trainer, batch, rollout, step)
 
     def _by_difficulty(self, batch: Any, rollout: Any, lengths: torch.Tensor) -> None:

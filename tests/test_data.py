@@ -149,3 +149,18 @@ def test_datamodule_skips_and_counts_long_prompts(tiny_model_and_tokenizer):
     dm.tokenizer = tokenizer
     assert dm.render({"prompt": "1 + 1", "answer": "2"}) is None
     assert dm.skipped_long_prompts == 1
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_hub_source_reads_a_local_dataset_streamed_or_downloaded(tmp_path, streaming):
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    rows = [{"prompt": f"{i} + 1", "answer": str(i + 1)} for i in range(20)]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    source = HubSource(str(folder), streaming=streaming, val_size=4, shuffle_buffer=8)
+    val = source.val_records(seed=0)
+    train = list(source.iter_train(seed=0, epoch=0))
+    assert [r["prompt"] for r in val] == [r["prompt"] for r in rows[:4]]  # held out in file order
+    assert sorted(r["prompt"] for r in train) == sorted(r["prompt"] for r in rows[4:])
+    assert [r["prompt"] for r in train] != [r["prompt"] for r in rows[4:]]  # shuffled
+    assert train == list(source.iter_train(seed=0, epoch=0))  # the same seed, the same order

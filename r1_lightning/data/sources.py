@@ -220,7 +220,10 @@ class DatasetSource(PromptSource):
         # Number the rows before shuffling, so a skipped row is reported by its place in the file.
         dataset = dataset.map(lambda row, index: {ROW_NUMBER: index + 1}, with_indices=True)
         if shuffle and self.shuffle_buffer:
-            dataset = dataset.shuffle(seed=seed + epoch, buffer_size=self.shuffle_buffer)
+            # a streamed dataset shuffles through a buffer; a downloaded (map-style) one shuffles whole
+            streamed = type(dataset).__name__ == "IterableDataset"
+            buffer = {"buffer_size": self.shuffle_buffer} if streamed else {}
+            dataset = dataset.shuffle(seed=seed + epoch, **buffer)
         empty = True
         for row in dataset:
             if empty:

@@ -20,15 +20,18 @@ from r1_lightning.rewards.contract import RewardState
 GROUP_COLUMN = "difficulty"
 
 
-def validation_due(trainer: L.Trainer) -> bool:
+def validation_due(trainer: L.Trainer, steps_per_batch: int = 1) -> bool:
     """Whether the step-interval validation (``val_check_interval: N`` with
-    ``check_val_every_n_epoch: null``) falls on the trainer's current global step."""
+    ``check_val_every_n_epoch: null``) falls on the trainer's current global step.
+
+    Lightning counts that interval in training batches; one GRPO batch makes ``num_iterations``
+    optimizer steps (``steps_per_batch``), so the batch count is the global step divided by it."""
     interval = getattr(trainer, "val_check_batch", None)
     if trainer.check_val_every_n_epoch is not None or not isinstance(interval, int) or interval <= 0:
         return False
     if not trainer.enable_validation or trainer.limit_val_batches == 0:
         return False
-    return trainer.global_step % interval == 0
+    return (trainer.global_step // steps_per_batch) % interval == 0
 
 
 class GRPOEvaluation:

@@ -169,8 +169,11 @@ def attach_to_resumed_run(trainer: Any, step: int) -> None:
     """Continue the resumed run's ``metrics.csv`` (same file, same columns) in every CSV logger.
 
     Lightning's CSV writer deletes an existing ``metrics.csv`` when it is created; the rows to keep
-    are read first and written back under the writer, which then appends.
+    are read first and written back under the writer, which then appends. Rank 0 alone does this: the
+    loggers write on rank 0 only, and two ranks rewriting one file would race.
     """
+    if not trainer.is_global_zero:
+        return
     for logger in trainer.loggers:
         if not isinstance(logger, CSVLogger):
             continue

@@ -443,7 +443,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
     def on_train_start(self) -> None:
         if self.hparams.validate_at_start and self.global_step == 0:
             self.run_evaluation()
-        elif self.global_step > 0 and validation_due(self.trainer):
+        elif self.global_step > 0 and validation_due(self.trainer, self.hparams.num_iterations):
             # Resumed from a checkpoint written at the end of its step, which is before that step's
             # scheduled validation (Lightning validates after on_train_batch_end), and Lightning does
             # not redo it on restore. Run it now, logged as Lightning logs it (at step - 1, with the
