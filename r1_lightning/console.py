@@ -24,6 +24,9 @@ IGNORED_WARNINGS = (
     (r"Using ModelCheckpoint with manual optimization and every_n_train_steps.*", "post-step state is intended"),
     # Checkpoints live in one folder per run (so --ckpt_path last finds them); a resumed run writes there.
     (r"Checkpoint directory .* exists and is not empty.*", "expected when a run resumes"),
+    # Validation metrics are summed over ranks by the module before they are logged (each rank scores its
+    # share of the held-out set; GRPOEvaluation), so Lightning's advice to sync them again does not apply.
+    (r"It is recommended to use `self.log\('val/.*sync_dist=True.*", "already reduced over ranks"),
     # The CLI always hands LightningCLI its arguments (after translating `--model X --help`).
     (r"LightningCLI's args parameter is intended to run from within Python.*", "intended"),
     # DataLoader worker advice for a CPU prompt stream that tokenizes in the main process on purpose.

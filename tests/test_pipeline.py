@@ -180,3 +180,52 @@ def test_killed_pipeline_resumes_without_redoing_finished_stages(tmp_path):
     assert "| sft | fit |" in report and "| rl | fit |" in report
     assert "stage 'rl': step" in second.stderr and "ETA" in second.stderr  # progress lines, output in a file
     assert (run / "report.csv").exists() and (run / "report.png").stat().st_size > 0
+
+
+def _short_r1_tiny(tmp_path: Path) -> Path:
+    """configs/pipeline/r1_tiny.yaml, every stage kept, each made a few steps long on a random-init model."""
+    spec = yaml.safe_load((ROOT / "configs" / "pipeline" / "r1_tiny.yaml").read_text())
+    spec["evaluation"]["num_samples"] = 2
+    spec["evaluation"]["pass_at"] = [2]
+    spec["evaluation"]["source"]["init_args"]["val_size"] = 8
+    for stage in spec["stages"]:
+        if stage.get("model") == "tiny:arithmetic":
+            stage["model"] = "tiny:random"
+        config = stage.get("config") or {}
+        if stage.get("kind", "fit") == "fit":
+            trainer = config["trainer"]
+            trainer.update(max_steps=2, limit_val_batches=0, log_every_n_steps=1)
+            trainer.pop("val_check_interval", None)
+            init = config["model"]["init_args"]
+            if init.get("model") == "tiny:arithmetic":
+                init["model"] = "tiny:random"
+            if config["model"]["class_path"].endswith("GRPOModule"):
+                init.update(validate_at_start=False, validate_at_end=False)
+        elif stage.get("kind") == "rejection_sampling":
+            config.update(num_prompts=8, samples_per_prompt=2, keep_per_prompt=1)
+    path = tmp_path / "r1_tiny_short.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_every_stage_of_r1_tiny_runs_with_ddp_on_two_cpu_ranks(tmp_path):
+    """``r1-lightning pipeline --fit_config configs/strategy/ddp.yaml``: each fit stage runs as its own
+    2-process group (the pipeline process alone walks the stages and writes the report)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "r1_lightning.cli", "pipeline", "--config", str(_short_r1_tiny(tmp_path)),
+        "--output_dir", str(tmp_path / "run"), "--fit_config", str(ROOT / "configs" / "strategy" / "ddp.yaml"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console[-4000:]
+    spec = yaml.safe_load((tmp_path / "r1_tiny_short.yaml").read_text())
+    fits = [s["name"] for s in spec["stages"] if s.get("kind", "fit") == "fit"]
+    for stage in spec["stages"]:
+        assert (tmp_path / "run" / stage["name"] / "stage.json").exists(), stage["name"]
+    for name in fits:
+        config = yaml.safe_load((tmp_path / "run" / name / "fit_config.yaml").read_text())
+        assert config["trainer"]["devices"] == 2 and "DDPStrategy" in config["trainer"]["strategy"]["class_path"]
+    assert console.count("GLOBAL_RANK: 1, MEMBER: 2/2") == len(fits) == 6
+    assert (tmp_path / "run" / "report.md").exists()

@@ -30,6 +30,9 @@ import copy
 import json
 import logging
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,14 @@ def pipeline_parser() -> ArgumentParser:
     )
     parser.add_argument("--from_stage", type=str | None, default=None, help="redo this stage and all after it")
     parser.add_argument(
+        "--fit_config",
+        type=str,
+        nargs="+",
+        default=[],
+        help="YAML merged into every fit stage's config, e.g. configs/strategy/ddp.yaml (repeatable); a stage "
+        "that then runs on several processes is launched as its own process group (`r1-lightning fit`)",
+    )
+    parser.add_argument(
         "--seed",
         type=int | None,
         default=None,
@@ -80,7 +91,9 @@ def build_evaluator(settings: dict[str, Any] | None) -> Evaluator:
     return parser.instantiate_classes(parser.parse_object({"evaluation": settings or {}})).evaluation
 
 
-def load_pipeline(path: str | Path, output_dir: str | None = None, seed: int | None = None) -> Pipeline:
+def load_pipeline(
+    path: str | Path, output_dir: str | None = None, seed: int | None = None, fit_configs: list[str] | None = None
+) -> Pipeline:
     """Read and check a pipeline YAML; stage configs stay plain mappings until their stage runs."""
     import difflib
 
@@ -97,6 +110,11 @@ def load_pipeline(path: str | Path, output_dir: str | None = None, seed: int | N
                 + f" (keys: {TOP_KEYS})"
             )
     name = spec.get("name") or path.stem
+    overrides = []
+    for fit_config in fit_configs or []:
+        if not Path(fit_config).exists():
+            raise MissingPathError(f"--fit_config file {fit_config!r} does not exist")
+        overrides.append(yaml.safe_load(Path(fit_config).read_text()) or {})
     return Pipeline(
         name,
         spec.get("stages") or [],
@@ -104,7 +122,40 @@ def load_pipeline(path: str | Path, output_dir: str | None = None, seed: int | N
         output_dir or spec.get("output_dir"),
         str(path.parent),
         seed,
+        overrides,
     )
+
+
+def merge_config(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base``: mappings merge key by key, anything else is replaced.
+
+    >>> merge_config({"trainer": {"devices": 1, "max_steps": 5}}, {"trainer": {"devices": 2}})
+    {'trainer': {'devices': 2, 'max_steps': 5}}
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            merge_config(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
+def process_count(trainer: dict) -> int:
+    """How many processes a fit with these trainer settings launches (devices x nodes; ``auto`` is 1 on a CPU).
+
+    >>> process_count({"devices": 2}), process_count({"devices": [0, 1], "num_nodes": 2}), process_count({})
+    (2, 4, 1)
+    """
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, list):
+        per_node = len(devices)
+    elif isinstance(devices, int) or (isinstance(devices, str) and devices.isdigit()):
+        per_node = max(int(devices), 1)
+    else:  # "auto" / -1: every visible GPU, or one CPU process
+        import torch
+
+        per_node = torch.cuda.device_count() if trainer.get("accelerator") != "cpu" and torch.cuda.is_available() else 1
+    return per_node * int(trainer.get("num_nodes", 1) or 1)
 
 
 def set_dotted(config: dict, key: str, value: Any) -> None:
@@ -179,9 +230,10 @@ class Pipeline:
         output_dir: str | None = None,
         base_dir: str | None = None,
         seed: int | None = None,
+        fit_overrides: list[dict] | None = None,
     ) -> None:
         stages = copy.deepcopy(stages)
-        self.seed = seed
+        self.seed, self.fit_overrides = seed, list(fit_overrides or [])
         validate_stages(stages)
         self.name, self.stages, self.evaluator = name, stages, evaluation
         self.output_dir = Path(output_dir or Path("runs") / "pipeline" / name)
@@ -305,6 +357,8 @@ class Pipeline:
         return evaluator
 
     def run_fit(self, stage: dict, config: dict, directory: Path) -> str:
+        for override in self.fit_overrides:
+            config = merge_config(config, override)
         export = directory / "hf_model"
         set_dotted(config, "model.init_args.export_dir", str(export))
         trainer = config.setdefault("trainer", {})
@@ -347,10 +401,28 @@ class Pipeline:
                 "pipeline %s: stage %r resumes from its checkpoints in %s", self.name, stage["name"], checkpoints
             )
             args += ["--ckpt_path", "last"]
-        run_lightning_cli(args)
+        processes = process_count(trainer)
+        if processes == 1:
+            run_lightning_cli(args)
+        else:
+            self.launch_fit(stage, args, processes)
         if not (export / "config.json").exists():
             raise RuntimeError(f"stage {stage['name']!r} finished without exporting a model to {export}")
         return str(export)
+
+    def launch_fit(self, stage: dict, args: list[str], processes: int) -> None:
+        """A fit stage on several processes runs as its own launched process group (``r1-lightning fit``,
+        whose launcher starts the other ranks), so that only this one pipeline process walks the stages,
+        holds the output folder's lock and writes the report. Its output goes to this console."""
+        log.warning("pipeline %s: stage %r runs on %d processes", self.name, stage["name"], processes)
+        result = subprocess.run([sys.executable, "-m", "r1_lightning.cli", *args], check=False)
+        if result.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGUSR1):
+            raise Preempted(result.returncode - 128, None, -1)  # its checkpoint is in the stage folder
+        if result.returncode != 0:
+            raise ConfigError(
+                f"stage {stage['name']!r}: `r1-lightning fit` on {processes} processes exited with "
+                f"{result.returncode} (its output is above); fix that and run the same command to resume"
+            )
 
     def run_rejection_sampling(self, stage: dict, directory: Path) -> tuple[str, str]:
         config = self.load_config(stage)
@@ -411,4 +483,4 @@ def pipeline_main(args: list[str]) -> list[dict[str, Any]]:
     """Entry point of ``r1-lightning pipeline``."""
     cfg = pipeline_parser().parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return load_pipeline(cfg.config, cfg.output_dir, cfg.seed).run(cfg.from_stage)
+    return load_pipeline(cfg.config, cfg.output_dir, cfg.seed, cfg.fit_config).run(cfg.from_stage)
