@@ -41,6 +41,9 @@ class GRPOEvaluation:
     global_step: int
     trainer: L.Trainer
     device: torch.device
+    _trainer: Any
+
+    def _is_sharded(self) -> bool: ...
 
     def evaluate_batch(self, batch: dict[str, list], batch_index: int = 0) -> None:
         """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length.
@@ -51,15 +54,20 @@ class GRPOEvaluation:
 
         Under data parallelism every rank iterates the same held-out batches and evaluates batch ``i``
         only on rank ``i % world_size``: each problem is evaluated once, with the same seed and batch as
-        in a 1-rank run, and the metrics are summed over ranks when computed (torchmetrics' sync).
+        in a 1-rank run, and the metrics are summed over ranks when computed (torchmetrics' sync). With
+        sharded weights (FSDP) every forward is a collective, so every rank samples every batch (the ranks
+        must run the same forwards) and only the batch's owner scores it: still once per problem.
         """
         world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1 and batch_index % world != self.trainer.global_rank:
+        owner = world == 1 or batch_index % world == self.trainer.global_rank
+        if not owner and not self._is_sharded():
             return
         k = self.hparams.val_num_samples
         prompts, columns = repeat_batch(batch, k)
         with isolated_rng(self.device, seed=1_000_003 * self.global_step + batch_index):
             generation = self.generate(prompts, self.val_sampling, group_size=k)
+        if not owner:
+            return
         state = RewardState(self.global_step, self.trainer.max_steps if self._trainer else -1, 0.0)
         scored = score_samples(generation, prompts, columns, k, self.val_reward_fn, state)
         lengths = torch.tensor(scored.lengths)
