@@ -123,3 +123,29 @@ def test_tokenizer_without_pad_token_uses_eos_and_without_either_is_an_error(
     reloaded.save_pretrained(neither)
     with pytest.raises(ValueError, match="neither a pad nor an EOS token"):
         load_tokenizer(str(neither))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_an_accelerator_this_machine_lacks_is_one_config_error(tmp_path):
+    from helpers import fast_args
+
+    from r1_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hardware settings cannot run here.*trainer.accelerator"):
+        main(["fit", *fast_args(tmp_path, "--trainer.accelerator", "gpu")])
+
+
+def test_slurm_tasks_per_node_against_devices_is_one_config_error(tmp_path, monkeypatch):
+    """Under SLURM, ``--ntasks-per-node`` must equal ``trainer.devices``; Lightning checks it inside the
+    launcher (a traceback); the CLI checks it first and says it in one line."""
+    from helpers import fast_args
+
+    from r1_lightning.errors import ConfigError
+
+    slurm = dict(SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="4", SLURM_JOB_NAME="job", SLURM_NODELIST="localhost")
+    slurm.update(SLURM_NNODES="1", SLURM_JOB_ID="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    ddp = str(ROOT / "configs" / "strategy" / "ddp.yaml")
+    with pytest.raises(ConfigError, match="ntasks-per-node=4.*devices=4"):
+        main(["fit", *fast_args(tmp_path, "--config", ddp)])

@@ -106,7 +106,19 @@ class R1LightningCLI(LightningCLI):
         self._resume = resume if self.subcommand in ("fit", None) else None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:
+            # Lightning's own refusals of the hardware settings: an accelerator this machine lacks, a
+            # strategy that cannot run on it, SLURM's --ntasks-per-node against trainer.devices, ...
+            files = config_files(self._argv)
+            source = f" (config: {', '.join(files)})" if files else ""
+            raise ConfigError(
+                f"the trainer's hardware settings cannot run here: {err} Check `trainer.accelerator`, "
+                f"`trainer.strategy`, `trainer.devices` and `trainer.num_nodes`{source}"
+            ) from err
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # (not a user's own plugin)
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         label_epochs_sensibly(trainer)
@@ -115,6 +127,14 @@ class R1LightningCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        # The cluster's own check (SLURM: --ntasks-per-node against trainer.devices) runs inside fit's
+        # launcher, as a traceback; run it first, as one line.
+        environment = getattr(self.trainer.strategy, "cluster_environment", None)
+        if environment is not None and hasattr(environment, "validate_settings"):
+            try:
+                environment.validate_settings(num_devices=self.trainer.num_devices, num_nodes=self.trainer.num_nodes)
+            except ValueError as err:
+                raise ConfigError(f"{err} (the launcher's settings against `trainer.devices` / `trainer.num_nodes`)") from None
         if self._resume is not None:
             attach_to_resumed_run(self.trainer, self._resume["step"])
 
