@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import NO_EVAL
 from helpers import fast_args as _fast
 
 from r1_lightning.cli.main import main
@@ -138,10 +139,7 @@ def test_reference_reset_schedule(tmp_path):
                 "2",
                 "--model.init_args.ref_model_sync_steps",
                 "2",
-                "--model.init_args.validate_at_start",
-                "false",
-                "--model.init_args.validate_at_end",
-                "false",
+                *NO_EVAL,
                 "--trainer.val_check_interval",
                 "2",
             ),
@@ -179,10 +177,7 @@ def test_truncated_importance_sampling_trains(tmp_path):
                 tmp_path,
                 "--trainer.max_steps",
                 "2",
-                "--model.init_args.validate_at_start",
-                "false",
-                "--model.init_args.validate_at_end",
-                "false",
+                *NO_EVAL,
                 "--model.init_args.tis_cap",
                 "2.0",
                 "--model.init_args.rewards",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import NO_EVAL
 
 from r1_lightning.cli.main import SUBCOMMANDS, main
 
@@ -63,10 +64,7 @@ def test_a_run_prints_no_library_noise(tmp_path):
         "tiny:random",
         "--trainer.max_steps",
         "1",
-        "--model.init_args.validate_at_start",
-        "false",
-        "--model.init_args.validate_at_end",
-        "false",
+        *NO_EVAL,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

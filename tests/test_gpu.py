@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_EVAL
 
 from r1_lightning.cli.main import main
 
@@ -82,10 +83,7 @@ def test_qlora_4bit_on_gpu(tmp_path):
         tmp_path,
         "--trainer.max_steps",
         "2",
-        "--model.init_args.validate_at_start",
-        "false",
-        "--model.init_args.validate_at_end",
-        "false",
+        *NO_EVAL,
         "--model.init_args.lora",
         "{r: 8, alpha: 16}",
         "--model.init_args.quantization",
@@ -104,10 +102,7 @@ def test_8bit_reference_and_8bit_optimizer_on_gpu(tmp_path):
         tmp_path,
         "--trainer.max_steps",
         "2",
-        "--model.init_args.validate_at_start",
-        "false",
-        "--model.init_args.validate_at_end",
-        "false",
+        *NO_EVAL,
         "--model.init_args.reference_quantization",
         "8bit",
         "--model.init_args.optimizer",

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_EVAL
 from helpers import fast_args as _fast
 
 from r1_lightning.cli.main import main
@@ -98,10 +99,7 @@ def test_lora_run_trains_adapters_only_and_exports_merged(tmp_path):
                 tmp_path,
                 "--trainer.max_steps",
                 "2",
-                "--model.init_args.validate_at_start",
-                "false",
-                "--model.init_args.validate_at_end",
-                "false",
+                *NO_EVAL,
                 "--model.init_args.lora",
                 "{r: 4, alpha: 8}",
                 "--model.init_args.lr",
@@ -158,10 +156,7 @@ def test_qlora_4bit_trains_on_cpu(tmp_path):
                 tmp_path,
                 "--trainer.max_steps",
                 "1",
-                "--model.init_args.validate_at_start",
-                "false",
-                "--model.init_args.validate_at_end",
-                "false",
+                *NO_EVAL,
                 "--model.init_args.lora",
                 "{r: 4, alpha: 8}",
                 "--model.init_args.quantization",
@@ -196,10 +191,7 @@ def test_8bit_optimizer_and_token_budget_in_a_run(tmp_path):
                 tmp_path,
                 "--trainer.max_steps",
                 "1",
-                "--model.init_args.validate_at_start",
-                "false",
-                "--model.init_args.validate_at_end",
-                "false",
+                *NO_EVAL,
                 "--model.init_args.optimizer",
                 "adamw_8bit",
                 "--model.init_args.micro_batch_tokens",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_EVAL
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,10 +155,7 @@ def test_ckpt_path_last_without_a_checkpoint_starts_fresh(tmp_path, monkeypatch,
             *ARGS[:-2],
             "--trainer.max_steps",
             "1",
-            "--model.init_args.validate_at_start",
-            "false",
-            "--model.init_args.validate_at_end",
-            "false",
+            *NO_EVAL,
             "--ckpt_path",
             "last",
         ]

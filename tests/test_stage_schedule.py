@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from helpers import NO_EVAL
 from helpers import fast_args as _fast
 
 from r1_lightning.callbacks import StageScheduleCallback
@@ -20,10 +21,7 @@ def test_late_rewards_join_at_their_step_and_are_logged(tmp_path):
                 tmp_path,
                 "--trainer.max_steps",
                 "5",
-                "--model.init_args.validate_at_start",
-                "false",
-                "--model.init_args.validate_at_end",
-                "false",
+                *NO_EVAL,
                 "--trainer.limit_val_batches",
                 "0",
                 "--trainer.log_every_n_steps",

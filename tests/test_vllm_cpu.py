@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_EVAL
 
 
 def _cpu_flags() -> set[str]:
@@ -131,10 +132,7 @@ def _fit(model_dir: str, root: Path, *extra: str) -> subprocess.CompletedProcess
     args += ["--model.init_args.model", model_dir, "--model.init_args.rollout_engine", "vllm"]
     args += ["--model.init_args.vllm", "{dtype: float32, max_model_len: 128}"]
     args += [
-        "--model.init_args.validate_at_start",
-        "false",
-        "--model.init_args.validate_at_end",
-        "false",
+        *NO_EVAL,
         "--trainer.limit_val_batches",
         "0",
     ]

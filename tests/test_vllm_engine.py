@@ -145,6 +145,7 @@ def test_vllm_engine_errors_are_clear(monkeypatch):
 
 def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tmp_path):
     """Two GRPO steps with ``rollout_engine: vllm`` (stand-in engine): weights synced before every rollout."""
+    from helpers import NO_EVAL
     from helpers import fast_args as _fast
 
     from r1_lightning.cli.main import main
@@ -165,10 +166,7 @@ def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tm
                 tmp_path,
                 "--trainer.max_steps",
                 "2",
-                "--model.init_args.validate_at_start",
-                "false",
-                "--model.init_args.validate_at_end",
-                "false",
+                *NO_EVAL,
                 "--model.init_args.rollout_engine",
                 "vllm",
                 "--model.init_args.lr",

@@ -5,6 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "r1_zero_tiny.yaml")
+#: GRPO without the held-out evaluations before the first step and after the last (short test runs)
+NO_EVAL = ["--model.init_args.validate_at_start", "false", "--model.init_args.validate_at_end", "false"]
 
 
 def fast_args(tmp_path, *extra: str, config: str = TINY, steps: int | None = None) -> list[str]:
@@ -12,18 +14,7 @@ def fast_args(tmp_path, *extra: str, config: str = TINY, steps: int | None = Non
 
     ``steps``: a run of that many optimizer steps, without the evaluation before the first one.
     """
-    short = (
-        []
-        if steps is None
-        else [
-            "--trainer.max_steps",
-            str(steps),
-            "--model.init_args.validate_at_start",
-            "false",
-            "--model.init_args.validate_at_end",
-            "false",
-        ]
-    )
+    short = [] if steps is None else ["--trainer.max_steps", str(steps), *NO_EVAL]
     return [
         "--config", str(config), "--model.init_args.model", "tiny:random",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
