@@ -1,0 +1,127 @@
+"""Token log-probs straight from the final hidden states, without a ``[rows, tokens, vocab]`` tensor.
+
+At a 151,936-token vocabulary the logits, not the weights, decide the memory of long reasoning: one
+4,096-token completion's fp32 logits are 2.5 GB, and autograd keeps them (and a log-softmax copy) for
+the backward pass. Here the output projection is applied to ``chunk_size`` tokens at a time; the forward
+keeps only each token's ``logsumexp`` and the backward recomputes the chunk's logits (Liger's fused
+linear cross-entropy and veRL's chunked entropy do the same). Per token ``t`` with hidden state ``h_t``,
+output weights ``W`` and temperature ``T``::
+
+    z_t = W h_t / T,   log p(y_t) = z_t[y_t] - logsumexp(z_t)
+    d log p(y_t) / d z_t = onehot(y_t) - softmax(z_t)
+
+so ``dL/dh_t = g_t (onehot - p_t)^T W / T`` and ``dL/dW = sum_t g_t (onehot - p_t) h_t^T / T`` for the
+upstream gradient ``g_t``. The result equals ``token_logprobs(h @ W.T, y, T)`` in value and gradient
+(float32 rounding; ``tests/test_chunked_logprobs.py``). Peak extra memory is one ``[chunk_size, vocab]``
+block instead of ``[tokens, vocab]``.
+
+Not yet wired into the trainer's forwards (issue 23 item 1 continues there); this is the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class _ChunkedLinearLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        tokens: torch.Tensor,
+        temperature: float,
+        chunk_size: int,
+    ) -> torch.Tensor:
+        # float32 at least (bf16 logits lose the precision log-probs need), float64 kept as it is
+        logprobs = torch.empty(hidden.shape[0], dtype=_compute_dtype(hidden), device=hidden.device)
+        logsumexp = torch.empty_like(logprobs)
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = _logits(hidden[rows], weight, bias, temperature)
+            logsumexp[rows] = torch.logsumexp(logits, dim=-1)
+            logprobs[rows] = logits.gather(-1, tokens[rows, None]).squeeze(-1) - logsumexp[rows]
+        ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return logprobs
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        hidden, weight, bias, tokens, logsumexp = ctx.saved_tensors
+        temperature, chunk_size = ctx.temperature, ctx.chunk_size
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+        dtype = _compute_dtype(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=dtype) if need_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_bias else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = _logits(hidden[rows], weight, bias, temperature)
+            # d(upstream) / d(logits): g * (onehot - softmax), then through the division by T
+            dlogits = -torch.exp(logits - logsumexp[rows, None]) * grad[rows, None]
+            dlogits.scatter_add_(-1, tokens[rows, None], grad[rows, None].to(dlogits.dtype))
+            dlogits = dlogits / temperature
+            if need_hidden:
+                grad_hidden[rows] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_weight:
+                grad_weight += dlogits.t() @ hidden[rows].to(dtype)
+            if need_bias:
+                grad_bias += dlogits.sum(0)
+        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(hidden.dtype, torch.float32)
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    logits = hidden @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    return logits.to(_compute_dtype(hidden)) / temperature
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``log softmax((hidden @ weight.T + bias) / T)[tokens]`` per token, computed ``chunk_size`` tokens at
+    a time in forward and backward (see the module docstring); float32 out (float64 for float64 inputs).
+
+    ``hidden`` is ``[..., H]`` (the final hidden states, already shifted to predict ``tokens`` ``[...]``),
+    ``weight`` the output projection ``[V, H]`` (a tied embedding matrix works the same: its gradient
+    adds to the embedding's).
+
+    >>> h, w = torch.eye(2), torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    >>> chunked_token_logprobs(h, w, torch.tensor([0, 0]), chunk_size=1).exp()
+    tensor([0.8808, 0.5000])
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    shape = tokens.shape
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat = _ChunkedLinearLogprobs.apply(flat_hidden, weight, bias, tokens.reshape(-1), float(temperature), chunk_size)
+    return flat.view(shape)
+
+
+@torch.no_grad()
+def chunked_token_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024, bias: Any = None
+) -> torch.Tensor:
+    """Entropy of each position's next-token distribution, ``[...]``, ``chunk_size`` tokens at a time (for
+    logging: no gradient)."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=_compute_dtype(flat), device=flat.device)
+    for start in range(0, flat.shape[0], chunk_size):
+        logp = torch.log_softmax(_logits(flat[start : start + chunk_size], weight, bias, temperature), dim=-1)
+        out[start : start + chunk_size] = -(logp.exp() * logp).sum(-1)
+    return out.view(hidden.shape[:-1])
