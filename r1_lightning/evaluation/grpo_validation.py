@@ -76,7 +76,7 @@ class GRPOEvaluation:
         ):
             self._by_difficulty().add(level, 1, length=float(length), **{"pass@1": p1})
         # per prompt (pass@1, maj@k) and per sample (format, length): a short last batch weighs what it holds
-        self._val_problems = getattr(self, "_val_problems", 0) + len(scored.pass1)
+        self.val_problems.update(len(scored.pass1))
         self.val_pass1.update(torch.tensor(scored.pass1))
         self.val_majk.update(torch.tensor(scored.majority))
         self.val_format.update(torch.tensor(scored.formats))
@@ -89,23 +89,17 @@ class GRPOEvaluation:
             f"val/maj@{k}": self.val_majk.compute().item(),
             "val/format": self.val_format.compute().item(),
             "val/completion_length": self.val_length.compute().item(),
-            "val/problems": self._problems_evaluated(),
+            "val/problems": self.val_problems.compute().item(),
         }
-        for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
+        for metric in self._val_metrics():
             metric.reset()
         metrics.update(self._difficulty_metrics())
         self.eval_history.append((self.global_step, metrics))
         return metrics
 
-    def _problems_evaluated(self) -> float:
-        """Held-out problems this evaluation scored, over all ranks (each is scored once)."""
-        import torch.distributed as dist
-
-        count = torch.tensor(float(getattr(self, "_val_problems", 0)), device=self.device)  # (NCCL: on the GPU)
-        self._val_problems = 0
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(count)
-        return count.item()
+    def _val_metrics(self) -> tuple[Any, ...]:
+        """The held-out metrics; torchmetrics sums their states over ranks when they are computed."""
+        return self.val_pass1, self.val_majk, self.val_format, self.val_length, self.val_problems
 
     def _by_difficulty(self) -> PerDifficulty:
         if not hasattr(self, "_val_by_difficulty"):
@@ -133,10 +127,9 @@ class GRPOEvaluation:
     @override
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            for metric in (self.val_pass1, self.val_majk, self.val_format, self.val_length):
+            for metric in self._val_metrics():
                 metric.reset()
             self._by_difficulty().pop_means()
-            self._val_problems = 0
             return
         metrics = self.compute_val_metrics()
         self.log_dict(metrics, sync_dist=False, batch_size=1)  # already aggregated over the whole set

@@ -34,7 +34,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
 from r1_lightning.callbacks import RewardLoggingCallback, RolloutCallback
@@ -213,6 +213,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         self.generator = self._rollout_engine(rollout_engine, vllm or {}, quantization)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
+        self.val_problems = SumMetric()  # held-out problems scored, over all ranks
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         # Running totals of reward timeouts and sandboxed code runs of this module's rollouts (logged as
         # train/reward_timeouts/<fn>, train/code_runs/<outcome>); a later pipeline stage starts at 0.
