@@ -25,6 +25,11 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
+def run_seed() -> int:
+    """The run's ``seed_everything`` (Lightning exports it; 0 when none was set)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
 def seed_all(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (all devices), as ``seed_everything`` does."""
     random.seed(seed)
@@ -91,7 +96,7 @@ class RolloutCallback(L.Callback):
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         if self._pending_rng is None and trainer.world_size > 1 and trainer.global_rank > 0:
-            seed_all(rank_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), trainer.global_rank))
+            seed_all(rank_seed(run_seed(), trainer.global_rank))
 
     def _restore(self, trainer: L.Trainer) -> None:
         per_rank = self._pending_per_rank
@@ -101,8 +106,7 @@ class RolloutCallback(L.Callback):
             restore_rng_states(self._pending_rng)
             if trainer.world_size > 1:
                 if trainer.global_rank > 0:
-                    seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) + trainer.global_step
-                    seed_all(rank_seed(seed, trainer.global_rank))
+                    seed_all(rank_seed(run_seed() + trainer.global_step, trainer.global_rank))
                 saved = len(per_rank) if per_rank is not None else 1
                 rank_zero_warn(
                     f"the checkpoint holds the random states of {saved} rank(s) and this run has "

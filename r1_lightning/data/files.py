@@ -97,10 +97,10 @@ def data_files(path: str) -> list[str]:
 def read_rows(path: str) -> Iterator[Row | SkippedLine]:
     """Every row of the file(s) at ``path``, in order, and a :class:`SkippedLine` for each line that is not
     one. Raises :class:`DataFileError` for a file that cannot be read at all (missing, empty, corrupt)."""
+    readers = {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet}
     for file in data_files(path):
-        fmt = FORMATS[Path(file).suffix.lower()]
         yielded = False
-        for item in {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet}[fmt](file):
+        for item in readers[FORMATS[Path(file).suffix.lower()]](file):
             yielded = True
             yield item
         if not yielded:

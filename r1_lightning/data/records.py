@@ -13,8 +13,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from r1_lightning.data.files import SkippedLine, as_text, is_chat, location, read_rows
-from r1_lightning.data.sources import SHOWN_BAD_ROWS
+from r1_lightning.data.files import SkippedLine, location, read_rows
+from r1_lightning.data.sources import BadRow, cell_text, count_skip
 from r1_lightning.data.tasks import _held_out
 from r1_lightning.errors import ConfigError
 
@@ -40,26 +40,16 @@ def text_records(records: list[dict], columns: list[str], where: str) -> tuple[l
         )
     kept, skipped = [], Counter()
     for index, record in enumerate(records, start=1):
-        problem = None
-        for column in columns:
-            value = record.get(column)
-            if is_chat(value):
-                continue
-            text = as_text(value) if value is not None else None
-            if value is None or (text is not None and not text.strip()):
-                problem = ("missing_value", f"column {column!r} is {value!r}")
-            elif text is None:
-                problem = ("wrong_type", f"column {column!r} is a {type(value).__name__}, not text")
-            else:
-                record = {**record, column: text}
-                continue
-            break
-        if problem is None:
-            kept.append(record)
+        try:
+            for column in columns:
+                value = cell_text(record.get(column), column, chat=True)
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise BadRow("missing_value", f"column {column!r} is {record.get(column)!r}")
+                record = {**record, column: value}
+        except BadRow as bad:
+            count_skip(skipped, bad.reason, f"{where} record {index}: {bad}")
             continue
-        skipped[problem[0]] += 1
-        if sum(skipped.values()) <= SHOWN_BAD_ROWS:
-            log.warning("skipped %s record %d: %s (%s)", where, index, problem[1], problem[0])
+        kept.append(record)
     if skipped:
         log.warning("%s: skipped %d records (%s)", where, sum(skipped.values()), dict(skipped))
     return kept, skipped
@@ -120,9 +110,7 @@ class DatasetRecords(RecordSource):
         rows = []
         for item in read_rows(self.path):
             if isinstance(item, SkippedLine):
-                self.skipped_rows[item.reason] += 1
-                if sum(self.skipped_rows.values()) <= SHOWN_BAD_ROWS:
-                    log.warning("skipped %s: %s (%s)", location(item), item.detail, item.reason)
+                count_skip(self.skipped_rows, item.reason, f"{location(item)}: {item.detail}")
                 continue
             rows.append(item.values)
             if self.limit is not None and len(rows) >= self.limit:

@@ -33,6 +33,32 @@ class BadRow(ValueError):
         self.reason = reason
 
 
+def cell_text(value: Any, column: str, chat: bool = False) -> Any:
+    """A row's cell as text (a number becomes its text: ``12`` -> ``"12"``), or as chat messages where
+    ``chat`` allows them; None stays None. Any other type (an object, a list, a bool) is a
+    :class:`BadRow` ``wrong_type``.
+
+    >>> cell_text(12, "answer"), cell_text([{"role": "user", "content": "hi"}], "prompt", chat=True)[0]["content"]
+    ('12', 'hi')
+    """
+    if value is None or (chat and is_chat(value)):
+        return value
+    text = as_text(value)
+    if text is None:
+        raise BadRow("wrong_type", f"column {column!r} is a {type(value).__name__}, not text")
+    return text
+
+
+def count_skip(skipped: Counter[str], reason: str, message: str) -> None:
+    """Count a skipped row under ``reason`` and show the first :data:`SHOWN_BAD_ROWS` of them in the log
+    (``message`` says which row and why); the rest are only counted."""
+    skipped[reason] += 1
+    total = sum(skipped.values())
+    if total <= SHOWN_BAD_ROWS:
+        further = "; further skipped rows are only counted" if total == SHOWN_BAD_ROWS else ""
+        log.warning("skipped %s (%s)%s", message, reason, further)
+
+
 def is_empty_prompt(prompt: Any) -> bool:
     """No text to prompt with: None, blank text, or chat messages without content.
 
@@ -185,21 +211,11 @@ class DatasetSource(PromptSource):
         (``12`` -> ``"12"``), and any other type (an object, a list, a bool) makes the row ``wrong_type``.
         A row missing the prompt or answer key counts as empty (the columns were checked on the first row).
         """
-        prompt = row.get(self.prompt_column)
-        if prompt is not None and not is_chat(prompt):
-            text = as_text(prompt)
-            if text is None:
-                raise BadRow("wrong_type", f"column {self.prompt_column!r} is a {type(prompt).__name__}, not text")
-            prompt = text
+        prompt = cell_text(row.get(self.prompt_column), self.prompt_column, chat=True)
         if is_empty_prompt(prompt):
             raise BadRow("empty_prompt", f"column {self.prompt_column!r} is empty")
         record = {"prompt": prompt}
-        answer = row.get(self.answer_column) if self.answer_column else None
-        if answer is not None:
-            text = as_text(answer)
-            if text is None:
-                raise BadRow("wrong_type", f"column {self.answer_column!r} is a {type(answer).__name__}, not text")
-            answer = text
+        answer = cell_text(row.get(self.answer_column), self.answer_column) if self.answer_column else None
         if self.answer_column and (answer is None or not answer.strip()):
             raise BadRow("missing_answer", f"column {self.answer_column!r} is {answer!r}")
         if answer is not None and self.answer_parser:
@@ -252,16 +268,7 @@ class DatasetSource(PromptSource):
         if (split, where) in self._bad_rows_seen:  # the stream's next pass over the same file
             return
         self._bad_rows_seen.add((split, where))
-        self.skipped_rows[bad.reason] += 1
-        total = sum(self.skipped_rows.values())
-        if total <= SHOWN_BAD_ROWS:
-            log.warning(
-                "skipped %s: %s (%s)%s",
-                where,
-                bad,
-                bad.reason,
-                "; further skipped rows are only counted" if total == SHOWN_BAD_ROWS else "",
-            )
+        count_skip(self.skipped_rows, bad.reason, f"{where}: {bad}")
 
     def iter_train(self, seed: int, epoch: int) -> Iterator[dict]:
         held_out = {str(r["prompt"]) for r in self.val_records(seed)} if self.val_split is None else set()
