@@ -13,6 +13,15 @@ from r1_lightning.hf_compat import cache_argument, returned_cache
 from r1_lightning.models.logprobs import token_entropy, token_logprobs
 
 
+def _scores(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``tokens`` (and entropies) from logits aligned with them, at the sampling temperature
+    (greedy sampling, T = 0, scores the unscaled distribution)."""
+    scale = temperature if temperature > 0 else 1.0
+    return token_logprobs(logits, tokens, scale), (token_entropy(logits, scale) if with_entropy else None)
+
+
 def completion_logprobs(
     model: Any,
     input_ids: torch.Tensor,
@@ -36,10 +45,7 @@ def completion_logprobs(
         logits_to_keep=completion_length + 1,
         use_cache=False,
     ).logits[:, :-1, :]
-    scale = temperature if temperature > 0 else 1.0
-    logprobs = token_logprobs(logits, input_ids[:, prompt_length:], scale)
-    entropy = token_entropy(logits, scale) if with_entropy else None
-    return logprobs, entropy
+    return _scores(logits, input_ids[:, prompt_length:], temperature, with_entropy)
 
 
 def shared_prefix_logprobs(
@@ -87,10 +93,7 @@ def shared_prefix_logprobs(
     logits = out.logits[:, -1:, :][index]
     if completion_logits is not None:
         logits = torch.cat([logits, completion_logits], dim=1)
-    scale = temperature if temperature > 0 else 1.0
-    logprobs = token_logprobs(logits, input_ids[:, prompt_length:], scale)
-    entropy = token_entropy(logits, scale) if with_entropy else None
-    return logprobs, entropy
+    return _scores(logits, input_ids[:, prompt_length:], temperature, with_entropy)
 
 
 def micro_batch_logprobs(
