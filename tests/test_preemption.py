@@ -191,14 +191,15 @@ def test_a_full_disk_keeps_earlier_checkpoints_and_names_the_file(tmp_path, monk
 
 def test_two_pipelines_on_one_folder_do_not_interleave(tmp_path):
     from r1_lightning.errors import ConfigError
-    from r1_lightning.pipeline.runner import OutputDirLock
+    from r1_lightning.pipeline.output_lock import OutputDirLock
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             (
-                "import sys, time; from pathlib import Path; from r1_lightning.pipeline.runner import OutputDirLock\n"
+                "import sys, time; from pathlib import Path\n"
+                "from r1_lightning.pipeline.output_lock import OutputDirLock\n"
                 f"with OutputDirLock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); time.sleep(60)"
             ),
         ],

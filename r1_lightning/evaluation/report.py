@@ -72,8 +72,37 @@ def stage_change(before: dict[str, float], after: dict[str, float]) -> str:
     return f"{after['pass@1'] - before['pass@1']:+.3f} ± {spread:.3f}"
 
 
-def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path:
-    """``report.md`` / ``report.csv`` / ``report.png`` from finished stages' records (``stage.json``)."""
+def comparison_line(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """One ``compare`` pair's verdict: ``first``'s pass@1 minus ``second``'s, with the 95% interval of the
+    difference (:func:`stage_change`), and whether it is above, below, or not distinguishable.
+
+    >>> a = {"name": "student_distilled", "metrics": {"pass@1": 0.61, "pass@1_ci95": 0.03}}
+    >>> b = {"name": "student_rl", "metrics": {"pass@1": 0.42, "pass@1_ci95": 0.04}}
+    >>> comparison_line(a, b).split(", ", 1)[1]
+    'difference +0.190 ± 0.050: **above**, by more than the interval'
+    >>> comparison_line(b, {"name": "base", "metrics": {"pass@1": 0.40, "pass@1_ci95": 0.04}}).split(": ")[-1]
+    'not distinguishable (the difference is inside its interval)'
+    """
+    ma, mb = first["metrics"], second["metrics"]
+    if "pass@1_ci95" not in ma or "pass@1_ci95" not in mb:
+        return f"- {first['name']} vs {second['name']}: no interval recorded"
+    difference = ma["pass@1"] - mb["pass@1"]
+    spread = (ma["pass@1_ci95"] ** 2 + mb["pass@1_ci95"] ** 2) ** 0.5
+    if abs(difference) <= spread:
+        verdict = "not distinguishable (the difference is inside its interval)"
+    else:
+        verdict = f"**{'above' if difference > 0 else 'below'}**, by more than the interval"
+    return (
+        f"- {first['name']} vs {second['name']}: pass@1 {ma['pass@1']:.3f} vs {mb['pass@1']:.3f}, "
+        f"difference {stage_change(mb, ma)}: {verdict}"
+    )
+
+
+def write_report(
+    output_dir: Path, stages: list[dict[str, Any]], k: int, comparisons: Iterable[tuple[str, str]] = ()
+) -> Path:
+    """``report.md`` / ``report.csv`` / ``report.png`` from finished stages' records (``stage.json``), with a
+    verdict line per ``comparisons`` pair whose two stages are both evaluated."""
     rows = [s for s in stages if s.get("metrics")]
     nan = float("nan")  # (records of an earlier version lack the newer metrics)
     extra_pass = _pass_at_keys(rows)
@@ -99,6 +128,10 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
         cells += [stage_change(rows[index - 1]["metrics"], m) if index else "", f"{s['seconds'] / 60:.1f}"]
         lines.append(f"| {' | '.join(cells)} |")
     extra = [f"- {s['name']}: {s['summary']}" for s in stages if s.get("summary")]
+    evaluated = {s["name"]: s for s in rows}
+    verdicts = [
+        comparison_line(evaluated[a], evaluated[b]) for a, b in comparisons if a in evaluated and b in evaluated
+    ]
     intervals = [
         f"- {s['name']}: ± {s['metrics']['pass@1_ci95_problems']:.3f} with problem-to-problem variation"
         for s in rows
@@ -112,6 +145,7 @@ def write_report(output_dir: Path, stages: list[dict[str, Any]], k: int) -> Path
         "consistency of the chain of thought; mean response length in tokens.\n\n"
         + "\n".join(lines)
         + ("\n\n" + "\n".join(extra) if extra else "")
+        + ("\n\nComparisons (pass@1, 95% interval of the difference):\n" + "\n".join(verdicts) if verdicts else "")
         + ("\n\nWider intervals, for unseen problems of the same kind:\n" + "\n".join(intervals) if intervals else "")
         + "\n"
     )

@@ -15,14 +15,21 @@ upstream gradient ``g_t``. The result equals ``token_logprobs(h @ W.T, y, T)`` i
 (float32 rounding; ``tests/test_chunked_logprobs.py``). Peak extra memory is one ``[chunk_size, vocab]``
 block instead of ``[tokens, vocab]``.
 
-Not yet wired into the trainer's forwards (issue 23 item 1 continues there); this is the kernel.
+The trainer's forwards (:mod:`r1_lightning.generation.forward`) use it through :func:`head_scores`: the
+model runs with its output head swapped for an identity (:func:`hidden_states_as_logits`), so its
+``.logits`` are the final hidden states, and the head is applied here, by chunks. The entropy metric
+comes out of the same chunks (no second pass over the vocabulary).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from r1_lightning.hf_compat import causal_lm
 
 
 class _ChunkedLinearLogprobs(torch.autograd.Function):
@@ -35,21 +42,27 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         tokens: torch.Tensor,
         temperature: float,
         chunk_size: int,
-    ) -> torch.Tensor:
+        with_entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # float32 at least (bf16 logits lose the precision log-probs need), float64 kept as it is
         logprobs = torch.empty(hidden.shape[0], dtype=_compute_dtype(hidden), device=hidden.device)
         logsumexp = torch.empty_like(logprobs)
+        entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_empty(0)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             logits = _logits(hidden[rows], weight, bias, temperature)
             logsumexp[rows] = torch.logsumexp(logits, dim=-1)
             logprobs[rows] = logits.gather(-1, tokens[rows, None]).squeeze(-1) - logsumexp[rows]
+            if with_entropy:  # H = logsumexp(z) - sum softmax(z) z, from the chunk already in hand
+                probs = torch.exp(logits - logsumexp[rows, None])
+                entropy[rows] = logsumexp[rows] - (probs * logits).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
-        return logprobs
+        ctx.mark_non_differentiable(entropy)  # a metric; no gradient
+        return logprobs, entropy
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor, _grad_entropy: Any = None) -> tuple[Any, ...]:  # type: ignore[override]
         hidden, weight, bias, tokens, logsumexp = ctx.saved_tensors
         temperature, chunk_size = ctx.temperature, ctx.chunk_size
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
@@ -72,7 +85,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
                 grad_bias += dlogits.sum(0)
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -80,7 +93,7 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    logits = hidden @ weight.t()
+    logits = hidden.to(weight.dtype) @ weight.t()
     if bias is not None:
         logits = logits + bias
     return logits.to(_compute_dtype(hidden)) / temperature
@@ -109,7 +122,9 @@ def chunked_token_logprobs(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     shape = tokens.shape
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-    flat = _ChunkedLinearLogprobs.apply(flat_hidden, weight, bias, tokens.reshape(-1), float(temperature), chunk_size)
+    flat, _ = _ChunkedLinearLogprobs.apply(
+        flat_hidden, weight, bias, tokens.reshape(-1), float(temperature), chunk_size, False
+    )
     return flat.view(shape)
 
 
@@ -125,3 +140,55 @@ def chunked_token_entropy(
         logp = torch.log_softmax(_logits(flat[start : start + chunk_size], weight, bias, temperature), dim=-1)
         out[start : start + chunk_size] = -(logp.exp() * logp).sum(-1)
     return out.view(hidden.shape[:-1])
+
+
+@contextlib.contextmanager
+def hidden_states_as_logits(model: Any) -> Iterator[Any]:
+    """Within the block, ``model(...).logits`` are the final hidden states ``[..., H]``: the output head is
+    swapped for an identity (and put back on exit, also on error). Yields the head, for
+    :func:`head_scores`. The model's own forward still runs, so wrappers' hooks (peft, FSDP2's unsharding
+    of the root unit, which keeps the head's weight gathered until backward) see a normal call."""
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(
+            f"{type(lm).__name__} has no output embeddings (lm_head); set `logprob_chunk_size: 0` to score it "
+            "from its logits"
+        )
+    lm.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield head
+    finally:
+        lm.set_output_embeddings(head)
+
+
+def head_scores(
+    head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, chunk_size: int, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``tokens`` (and entropies) from final hidden states ``[..., H]`` through the output
+    ``head``, ``chunk_size`` tokens at a time. A plain ``nn.Linear`` head (tied or not) goes through the
+    chunked autograd function; any other head (LoRA on the head, a quantized head) is called per chunk
+    under activation checkpointing, which keeps the same memory bound at one extra head forward."""
+    if type(head) is torch.nn.Linear:
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+        logprobs, entropy = _ChunkedLinearLogprobs.apply(
+            flat_hidden, head.weight, head.bias, tokens.reshape(-1), float(temperature), chunk_size, with_entropy
+        )
+        return logprobs.view(tokens.shape), (entropy.view(tokens.shape) if with_entropy else None)
+    from torch.utils.checkpoint import checkpoint
+
+    from r1_lightning.models.logprobs import token_entropy, token_logprobs
+
+    flat_hidden, flat_tokens = hidden.reshape(1, -1, hidden.shape[-1]), tokens.reshape(1, -1)
+    pieces, entropies = [], []
+    for start in range(0, flat_tokens.shape[1], chunk_size):
+        part = flat_hidden[:, start : start + chunk_size]
+        part_tokens = flat_tokens[:, start : start + chunk_size]
+        pieces.append(
+            checkpoint(lambda h, t: token_logprobs(head(h), t, temperature), part, part_tokens, use_reentrant=False)
+        )
+        if with_entropy:
+            with torch.no_grad():
+                entropies.append(token_entropy(head(part), temperature))
+    logprobs = torch.cat(pieces, dim=1).view(tokens.shape)
+    return logprobs, (torch.cat(entropies, dim=1).view(tokens.shape) if with_entropy else None)

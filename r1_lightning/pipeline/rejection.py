@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,7 +140,8 @@ class RejectionSampler:
         source: prompt source (``ArithmeticTask``, ``HubSource``, ``FileSource``, ...); its training
             split is read, never its held-out one.
         template: prompt template (as in RL).
-        num_prompts: distinct prompts to sample for.
+        num_prompts: distinct prompts to sample for; None = every distinct prompt of the training split
+            (a finite source's whole split; an endless generator's until new prompts stop coming).
         samples_per_prompt: completions per prompt (k).
         keep_per_prompt: most completions kept per prompt.
         sampling: sampling settings (R1 samples at its RL temperature).
@@ -161,7 +163,7 @@ class RejectionSampler:
         model: str = "tiny:arithmetic",
         source: PromptSource | None = None,
         template: str = "r1_zero",
-        num_prompts: int = 128,
+        num_prompts: int | None = 128,
         samples_per_prompt: int = 4,
         keep_per_prompt: int = 1,
         sampling: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=64),
@@ -177,8 +179,8 @@ class RejectionSampler:
         progress_label: str = "rejection sampling",
     ) -> None:
         self.progress_label = progress_label
-        if samples_per_prompt < 1 or keep_per_prompt < 1 or num_prompts < 1:
-            raise ValueError("`num_prompts`, `samples_per_prompt` and `keep_per_prompt` must be >= 1")
+        if samples_per_prompt < 1 or keep_per_prompt < 1 or (num_prompts is not None and num_prompts < 1):
+            raise ValueError("`num_prompts` (or None), `samples_per_prompt` and `keep_per_prompt` must be >= 1")
         self.model_name, self.source = model, source if source is not None else ArithmeticTask(max_value=19)
         self.template, self.num_prompts, self.k = template, num_prompts, samples_per_prompt
         self.keep_per_prompt, self.batch_size, self.seed = keep_per_prompt, batch_size, seed
@@ -188,10 +190,11 @@ class RejectionSampler:
         self.non_reasoning, self.output_dir, self.dtype = non_reasoning, Path(output_dir), dtype
 
     def prompts(self) -> list[dict]:
-        """The first ``num_prompts`` distinct training prompts of the source."""
+        """The first ``num_prompts`` distinct training prompts of the source (all of them for None)."""
         # (an endless source of a small problem space runs out: then every distinct prompt it has)
-        seen = first_distinct(self.source.iter_train(self.seed, 0), self.num_prompts)
-        if len(seen) < self.num_prompts:
+        wanted = self.num_prompts if self.num_prompts is not None else sys.maxsize
+        seen = first_distinct(self.source.iter_train(self.seed, 0), wanted)
+        if self.num_prompts is not None and len(seen) < self.num_prompts:
             log.warning(
                 "rejection sampling: the prompt source has %d distinct training prompts, fewer than "
                 "num_prompts=%d; sampling all of them",

@@ -11,6 +11,13 @@ A pipeline is a list of stages. Each stage is one of
   model on every row of that file instead of the held-out set (MATH-500 / AIME-style files; see
   :mod:`r1_lightning.evaluation.benchmark`), with the ``evaluation`` section's protocol.
 
+``overrides`` is a mapping laid over the stage's ``config`` (mappings merge key by key), so that two stages can
+share one YAML and differ in a few keys, e.g. the same RL recipe on a different base model.
+
+``compare`` (top level) lists pairs ``[a, b]`` of evaluated stages: the report states, for each, whether
+``a``'s pass@1 is above ``b``'s by more than the 95% interval of the difference (R1's distillation table:
+``[student_distilled, student_rl]``).
+
 ``inputs`` wires stages together: ``{dotted.config.key: earlier_stage_name}`` writes that stage's output
 path into this stage's config, e.g. ``model.init_args.model: cold_start`` or
 ``data.init_args.source.init_args.path: rejection_sampling``.
@@ -45,6 +52,7 @@ from r1_lightning.errors import ConfigError, MissingPathError
 from r1_lightning.evaluation.benchmark import benchmark_source
 from r1_lightning.evaluation.evaluator import Evaluator
 from r1_lightning.evaluation.report import write_report
+from r1_lightning.pipeline.output_lock import OutputDirLock
 from r1_lightning.pipeline.rejection import RejectionSampler
 from r1_lightning.progress import format_seconds
 from r1_lightning.runs.lightning_cli import run_lightning_cli
@@ -52,11 +60,11 @@ from r1_lightning.runs.lightning_cli import run_lightning_cli
 log = logging.getLogger(__name__)
 
 STAGE_KINDS = ("fit", "rejection_sampling", "evaluate")
-STAGE_KEYS = ("name", "kind", "config", "inputs", "model", "evaluate", "checkpoint_every", "benchmark")
+STAGE_KEYS = ("name", "kind", "config", "overrides", "inputs", "model", "evaluate", "checkpoint_every", "benchmark")
 REWARD_MODEL_CLASS = "r1_lightning.training.reward_model.RewardModelModule"
 
 
-TOP_KEYS = ("name", "output_dir", "evaluation", "stages")
+TOP_KEYS = ("name", "output_dir", "evaluation", "stages", "compare")
 
 
 def pipeline_parser() -> ArgumentParser:
@@ -123,6 +131,7 @@ def load_pipeline(
         str(path.parent),
         seed,
         overrides,
+        spec.get("compare") or [],
     )
 
 
@@ -214,9 +223,26 @@ def validate_stages(stages: list[dict[str, Any]]) -> None:
             raise ValueError(f"stage {name!r}: an `evaluate` stage needs `model` (or `inputs: {{model: stage}}`)")
         if stage.get("benchmark") is not None and stage.get("kind") != "evaluate":
             raise ValueError(f"stage {name!r}: `benchmark` belongs to `kind: evaluate` stages")
+        if stage.get("overrides") is not None and not isinstance(stage["overrides"], dict):
+            raise ValueError(f"stage {name!r}: `overrides` must be a mapping laid over `config`")
         if stage.get("kind", "fit") != "evaluate" and stage.get("config") is None:
             raise ValueError(f"stage {name!r}: needs a `config` (inline mapping or YAML path)")
         seen.append(name)
+
+
+def validate_comparisons(pairs: Any, names: list[str]) -> list[tuple[str, str]]:
+    """``compare``: a list of ``[stage, stage]`` pairs naming stages of this pipeline."""
+    if not isinstance(pairs, list):
+        raise ValueError(f"`compare` must be a list of [stage, stage] pairs, got {pairs!r}")
+    checked = []
+    for pair in pairs:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise ValueError(f"`compare`: each entry is a pair [stage, stage], got {pair!r}")
+        for name in pair:
+            if name not in names:
+                raise ValueError(f"`compare`: {name!r} is not a stage (stages: {names})")
+        checked.append((str(pair[0]), str(pair[1])))
+    return checked
 
 
 class Pipeline:
@@ -231,10 +257,12 @@ class Pipeline:
         base_dir: str | None = None,
         seed: int | None = None,
         fit_overrides: list[dict] | None = None,
+        compare: list[list[str]] | None = None,
     ) -> None:
         stages = copy.deepcopy(stages)
         self.seed, self.fit_overrides = seed, list(fit_overrides or [])
         validate_stages(stages)
+        self.comparisons = validate_comparisons(compare or [], [stage["name"] for stage in stages])
         self.name, self.stages, self.evaluator = name, stages, evaluation
         self.output_dir = Path(output_dir or Path("runs") / "pipeline" / name)
         self.base_dir = Path(base_dir or ".")
@@ -252,7 +280,7 @@ class Pipeline:
             if not path.exists():
                 raise MissingPathError(f"stage {stage['name']!r}: config file {str(path)!r} does not exist")
             config = yaml.safe_load(path.read_text())
-        config = copy.deepcopy(config)
+        config = merge_config(copy.deepcopy(config), stage.get("overrides") or {})
         for key, source in (stage.get("inputs") or {}).items():
             set_dotted(config, key, self.outputs[source])
         if self.seed is not None:
@@ -304,7 +332,7 @@ class Pipeline:
                 marker.write_text(json.dumps(record, indent=2))
             self.outputs[stage["name"]] = record["output"]
             self.records.append(record)
-            write_report(self.output_dir, self.records, self.evaluator.k)
+            write_report(self.output_dir, self.records, self.evaluator.k, self.comparisons)
         log.warning("pipeline %s finished; report: %s", self.name, self.output_dir / "report.md")
         return self.records
 
@@ -438,45 +466,6 @@ class Pipeline:
             f"{stats['prompts']} prompts); dropped: {dropped or 'none'}; +{stats['non_reasoning']} non-reasoning"
         )
         return str(directory / "dataset"), summary
-
-
-class OutputDirLock:
-    """One pipeline per ``output_dir``: a second run on the same folder is refused, naming the PID of
-    the run that holds it. The lock is an ``flock`` on ``<output_dir>/pipeline.lock``, which the kernel
-    releases when its process dies, so a killed run's lock is taken over by the next one. (Where
-    ``fcntl`` is missing, i.e. on Windows, runs are not locked.)"""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / "pipeline.lock"
-        self.handle = None
-
-    def __enter__(self) -> OutputDirLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return self
-        import os
-
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise ConfigError(
-                f"another pipeline (PID {holder}) is running in {self.path.parent}; wait for it to "
-                "finish, or pass --output_dir for a separate run"
-            ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(str(os.getpid()))
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            self.handle.close()  # closing releases the flock
 
 
 def pipeline_main(args: list[str]) -> list[dict[str, Any]]:

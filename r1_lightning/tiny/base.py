@@ -11,6 +11,9 @@ Names understood by :func:`r1_lightning.models.loading.load_policy`:
 
 - ``tiny:random`` - random initialisation (tests; instant).
 - ``tiny:arithmetic`` - the pretrained tiny base for ``ArithmeticTask(min_value=0, max_value=19)``.
+- ``tiny:arithmetic-small`` - a smaller base pretrained the same way on the same corpus (:data:`SMALL_RECIPE`):
+  the student of the distillation pipeline, as R1's Qwen2.5/Llama students were smaller pretrained bases
+  of the same kind of text as their teacher's.
 """
 
 from __future__ import annotations
@@ -170,7 +173,8 @@ def pretrain(recipe: BaseRecipe, out_dir: Path) -> None:
         a, b = rng.randint(recipe.min_value, recipe.max_value), rng.randint(recipe.min_value, recipe.max_value)
         return f"{a} + {b}", noisy_completion(a, b, recipe, rng)
 
-    pretrain_loop(model, tokenizer, example, recipe, out_dir, "building the tiny base (one-off): pretraining")
+    description = f"building the tiny base (hidden {recipe.hidden_size}, {recipe.layers} layers; one-off): pretraining"
+    pretrain_loop(model, tokenizer, example, recipe, out_dir, description)
 
 
 def pretrain_loop(model, tokenizer, example, recipe, out_dir: Path, description: str) -> None:
@@ -323,6 +327,22 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
         recipe or BaseRecipe(),
         pretrain,
         "tiny offline base model (one-off, about 2 minutes on 2 CPU cores)",
+    )
+
+
+#: The distillation student's base: half the width and two thirds of the depth of the default base (about
+#: a fifth of its non-embedding parameters), pretrained on the same noisy corpus for fewer steps, so it
+#: starts weak but not blank.
+SMALL_RECIPE = BaseRecipe(hidden_size=48, layers=2, steps=600)
+
+
+def tiny_small_base_path() -> Path:
+    """Path of the cached ``tiny:arithmetic-small`` base (:data:`SMALL_RECIPE`), pretrained first if needed."""
+    return cached_base(
+        "tiny-arithmetic-small",
+        SMALL_RECIPE,
+        pretrain,
+        "small tiny offline base model, the distillation student (one-off, about 1 minute on 2 CPU cores)",
     )
 
 

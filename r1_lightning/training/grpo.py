@@ -133,6 +133,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
             tokens through the model when prompts are long. Off under gradient checkpointing.
         micro_batch_tokens: cap on padded tokens (rows x columns) per forward/backward; rows are
             grouped by length so little compute goes to padding. Combines with ``micro_batch_size``.
+        logprob_chunk_size: tokens per chunk when the output head turns hidden states into log-probs
+            (policy, old policy, reference, entropy): no ``[rows, tokens, vocab]`` logits are built, and
+            backward recomputes each chunk's. 0 = full logits (the old path; same values to float rounding).
         ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never;
             R1 used 400). TRL's name; the only reset there is (:mod:`r1_lightning.training.reference`).
         lr: peak learning rate of AdamW.
@@ -181,6 +184,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         micro_batch_size: int | None = None,
         micro_batch_tokens: int | None = None,
         share_prompt_prefix: bool = True,
+        logprob_chunk_size: int = 1024,
         ref_model_sync_steps: int | None = None,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
@@ -320,7 +324,8 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         if self.hparams.num_iterations == 1:
             return None
         with self.generation_context():
-            return batched_logprobs(self.policy, generation, self.sampling.temperature, plans, self.shared_group_size)
+            temperature, chunk_size = self.sampling.temperature, self.hparams.logprob_chunk_size
+            return batched_logprobs(self.policy, generation, temperature, plans, self.shared_group_size, chunk_size)
 
     def make_rollout(self, batch: dict[str, list]) -> Rollout:
         """One GRPO rollout for a batch of B prompt records, read top to bottom: sample G completions per
@@ -382,7 +387,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         )
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
         mismatch, cap = MismatchMeter(self.hparams.mismatch_threshold), self.hparams.tis_cap
-        started = time.perf_counter()
+        started, chunk_size = time.perf_counter(), self.hparams.logprob_chunk_size
         # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
         for iteration in range(mu):
@@ -392,7 +397,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
                 last = index == len(plans) - 1
                 with contextlib.nullcontext() if last or block_sync is None else block_sync():
                     logprobs, entropy = micro_batch_logprobs(
-                        self.policy, gen, mb, self.sampling.temperature, self.shared_group_size, with_entropy=True
+                        self.policy, gen, mb, self.sampling.temperature, self.shared_group_size, True, chunk_size
                     )
                     old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
                     ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]

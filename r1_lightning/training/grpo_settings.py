@@ -55,6 +55,11 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         raise ValueError(f"`num_iterations` must be >= 1, got {hp['num_iterations']}")
     if hp["beta"] < 0 or hp["epsilon_low"] < 0 or hp["epsilon_high"] < 0:
         raise ValueError("`beta`, `epsilon_low` and `epsilon_high` must be >= 0")
+    if not isinstance(hp["logprob_chunk_size"], int) or hp["logprob_chunk_size"] < 0:
+        raise ValueError(
+            f"`logprob_chunk_size` must be a whole number of tokens >= 0 (0 = full logits), got "
+            f"{hp['logprob_chunk_size']!r}"
+        )
     if hp["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {hp['optimizer']!r}")
     if hp["ref_model_sync_steps"] is not None and hp["ref_model_sync_steps"] < 1:

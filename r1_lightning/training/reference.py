@@ -66,7 +66,8 @@ class FrozenReference:
         else:
             return None
         with self.generation_context(model), reference_mode:
-            return batched_logprobs(model, generation, self.sampling.temperature, plans, self.shared_group_size)
+            temperature, chunk_size = self.sampling.temperature, self.hparams.logprob_chunk_size
+            return batched_logprobs(model, generation, temperature, plans, self.shared_group_size, chunk_size)
 
     def reset_reference_if_due(self) -> None:
         """After an optimizer step: reset when ``global_step`` is a multiple of ``ref_model_sync_steps``."""

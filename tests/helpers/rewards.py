@@ -19,3 +19,9 @@ def even_token_reward(completions, completion_ids, **kwargs):
     """Share of a completion's tokens with an even id: learnable from scratch (a random-init model scores
     about 0.5, and any shift of its output layer towards even ids raises it), with no text to parse."""
     return [sum(1 for token in ids if token % 2 == 0) / max(len(ids), 1) for ids in completion_ids]
+
+
+def accept_all(completions, **kwargs):
+    """Every completion counts as correct: a rejection-sampling verifier for wiring tests whose teacher is
+    random-init (the traces' quality is not what they test)."""
+    return [1.0] * len(completions)
