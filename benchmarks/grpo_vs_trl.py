@@ -77,6 +77,8 @@ class Setting:
     lr: float = 1e-6
     rollout_engine: str = "auto"
     gradient_checkpointing: bool = False
+    micro_batch: int | None = None  # completions per forward/backward (None: the whole batch at once)
+    logprob_chunk_size: int = 1024  # r1-lightning's chunked log-probs (0: full logits, as before)
 
 
 @dataclass
@@ -89,8 +91,9 @@ class Result:
     generation_fraction: float  # share of the step spent generating
 
 
-def build_model(shape: str, folder: Path, dtype: str) -> Path:
-    """Save a random-init Qwen2 of ``shape`` with the tiny offline tokenizer to ``folder``."""
+def build_model(shape: str, folder: Path, dtype: str, layers: int | None = None) -> Path:
+    """Save a random-init Qwen2 of ``shape`` (``layers`` decoder layers if given) with the tiny offline
+    tokenizer to ``folder``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from r1_lightning.tiny.base import build_tokenizer
@@ -98,9 +101,10 @@ def build_model(shape: str, folder: Path, dtype: str) -> Path:
     tokenizer = build_tokenizer()
     spec = dict(SHAPES[shape])
     spec["vocab_size"] = spec["vocab_size"] or len(tokenizer)
+    spec["num_hidden_layers"] = layers or spec["num_hidden_layers"]
     config = Qwen2Config(
         **spec,
-        max_position_embeddings=4096,
+        max_position_embeddings=32768,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -170,6 +174,8 @@ def run_ours(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> R
         beta=s.beta,
         lr=s.lr,
         loss_type="sequence",
+        micro_batch_size=s.micro_batch,
+        logprob_chunk_size=s.logprob_chunk_size,
         sampling=SamplingConfig(temperature=1.0, max_new_tokens=s.max_new_tokens),
         validate_at_start=False,
         export_dir=str(work / "ours_hf"),
@@ -220,19 +226,27 @@ def run_trl(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> Re
     model.generate = timed_generate
 
     class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
+        # from one optimizer step's end to the next (on_step_begin may fire per accumulation micro-step)
+        def on_train_begin(self, args, state, control, **kwargs):
             _sync(s.device)
-            self.started = time.perf_counter()
+            self.last = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync(s.device)
-            step_seconds.append(time.perf_counter() - self.started)
+            now = time.perf_counter()
+            step_seconds.append(now - self.last)
+            self.last = now
 
     completions_per_step = s.prompts_per_step * s.group_size
+    micro = s.micro_batch or completions_per_step
+    if completions_per_step % micro:
+        raise ValueError(f"micro_batch {micro} must divide the {completions_per_step} completions per step")
     config = GRPOConfig(
         output_dir=str(work / "trl"),
-        per_device_train_batch_size=completions_per_step,
-        gradient_accumulation_steps=1,
+        # one generation batch of all completions, trained in micro-batches of `micro` (TRL generates
+        # per_device_train_batch_size x steps_per_generation, which defaults to gradient_accumulation_steps)
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=completions_per_step // micro,
         num_generations=s.group_size,
         max_completion_length=s.max_new_tokens,
         temperature=1.0,

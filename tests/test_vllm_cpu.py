@@ -120,6 +120,35 @@ def test_lora_policy_is_synced_as_merged_weights(engine_and_policy):
     lora.unload()
 
 
+@pytest.mark.parametrize("num_prompts", [16, 32], ids=["shipped-batch-128", "256-requests"])
+def test_the_shipped_batch_and_larger_sample_without_a_split_prefill_crash(engine_and_policy, num_prompts):
+    """16 R1-Zero-template prompts x G 8 (configs/r1_zero_tiny.yaml's batch) and twice that: over the engine's
+    token budget, so vLLM splits prefills across engine steps, where a per-request CPU generator crashed
+    ("CPU Generator does not use offset"). Same seed, same samples; the trainer's RNG stream moves by one."""
+    from r1_lightning.data import ArithmeticTask
+    from r1_lightning.data.templates import render_prompt
+
+    engine, policy = engine_and_policy
+    task = ArithmeticTask(max_value=19)
+    records = [r for _, r in zip(range(num_prompts), task.iter_train(0, 0), strict=False)]
+    prompts = [render_prompt(r["prompt"], "r1_zero", engine.tokenizer) for r in records for _ in range(8)]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=24, stop_strings=("</answer>",))
+
+    def sample():
+        torch.manual_seed(0)
+        gen = engine.generate(policy, prompts, sampling, group_size=8)
+        return gen, torch.rand(())  # where the trainer's stream is after the rollout
+
+    first, after_first = sample()
+    assert first.input_ids.shape[0] == num_prompts * 8
+    assert int(first.completion_mask.sum()) > 0
+    second, after_second = sample()
+    assert torch.equal(first.input_ids, second.input_ids)
+    torch.manual_seed(0)
+    torch.randint(0, 2**31 - 1, ())
+    assert torch.equal(after_first, torch.rand(())) and torch.equal(after_first, after_second)
+
+
 def _fit(model_dir: str, root: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [
         sys.executable,

@@ -17,8 +17,13 @@ Design decisions:
 - **One request per distinct prompt with ``n = G``**, so vLLM shares the prompt's prefill across the
   group, as the HF engine's shared prefix does. Prompts are tokenized by our tokenizer and sent as
   token ids, so both engines see identical prompts.
-- **Seeded from torch's RNG**: each request's seed is drawn from ``torch.randint``, so ``seed_everything``
-  and the isolated evaluation generator control vLLM's sampling too.
+- **Seeded from torch's RNG**: a seed is drawn from ``torch.randint`` per request (CUDA), so
+  ``seed_everything`` and the isolated evaluation generator control vLLM's sampling too. On the CPU build
+  requests carry no seed of their own: vLLM rewinds a seeded request's generator when its prefill is
+  split across engine steps (a batch over the token budget, e.g. the shipped 16 prompts x G 8), and only
+  CUDA generators can rewind ("CPU Generator does not use offset"). There one seed drawn the same way
+  seeds torch's global generator, which the in-process engine samples from, inside ``fork_rng``: the
+  trainer's own stream advances by that one draw, and a run is as reproducible as vLLM's scheduling.
 - **Stops as the HF engine stops**: EOS ids and stop strings; the completion keeps every token through
   the EOS or the token that completed the stop string; ``finish_reason == "length"`` marks truncation.
 - **The sampler's log-probs come back** (``logprobs=0``, ``logprobs_mode="processed_logprobs"``: after
@@ -43,6 +48,7 @@ logic is also tested against a stand-in engine (tests/test_vllm_engine.py), in t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -242,6 +248,7 @@ class VLLMGenerator:
         distinct, group_size = prompt_groups(prompts, group_size)
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in distinct]
         eos = eos_token_ids(model, self.tokenizer)
+        per_request_seeds = torch.cuda.is_available()  # (see "Seeded from torch's RNG" above)
         params = [
             SamplingParams(
                 n=group_size,
@@ -254,13 +261,17 @@ class VLLMGenerator:
                 include_stop_str_in_output=True,
                 skip_special_tokens=True,
                 logprobs=0,  # the sampled token's own log-prob
-                seed=int(torch.randint(0, 2**31 - 1, ())),
+                seed=int(torch.randint(0, 2**31 - 1, ())) if per_request_seeds else None,
             )
             for _ in distinct
         ]
         if self.enable_sleep_mode:
             llm.wake_up(tags=["kv_cache"])
-        outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        batch_seed = None if per_request_seeds else int(torch.randint(0, 2**31 - 1, ()))
+        with contextlib.nullcontext() if per_request_seeds else torch.random.fork_rng(devices=[]):
+            if batch_seed is not None:  # one seed for the batch, on the generator vLLM's CPU sampler draws from
+                torch.manual_seed(batch_seed)
+            outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         if self.enable_sleep_mode:
             llm.sleep(level=2)
         rows_prompt, rows_completion, truncated, logprobs = [], [], [], []
