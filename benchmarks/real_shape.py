@@ -131,6 +131,15 @@ def table(rows: list[dict]) -> str:
             f"| {_ratio(ours, trl, 'seconds_per_step')} | {_cell(ours, 'peak_rss_gb')} | {_cell(trl, 'peak_rss_gb')} "
             f"| {_ratio(ours, trl, 'peak_rss_gb')} |"
         )
+    full = [row for row in rows if "ours_full_logits" in row]
+    if full:
+        lines += ["", "| layers | new tokens | r1-lightning, full logits (logprob_chunk_size 0): s/step | peak GiB |"]
+        lines += ["|---|---|---|---|"]
+        for row in full:
+            r = row["ours_full_logits"]
+            lines.append(
+                f"| {row['layers']} | {row['tokens']} | {_cell(r, 'seconds_per_step')} | {_cell(r, 'peak_rss_gb')} |"
+            )
     return "\n".join(lines)
 
 

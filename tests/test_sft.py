@@ -136,3 +136,29 @@ def test_sft_cli_run_lowers_the_loss_and_exports(tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
     for p, q in zip(exported.parameters(), cli.model.policy.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_chunked_response_loss_equals_full_logits_in_value_and_gradient(tiny_model_and_tokenizer, packing):
+    """The default path (logprob_chunk_size 1024; here 5, so batches span many chunks) runs the output head
+    on response tokens only; the loss and every gradient equal those of full logits."""
+    model, tokenizer = tiny_model_and_tokenizer
+    batch = _datamodule(tokenizer, packing, max_length=128, template="plain").collate(
+        _datamodule(tokenizer, packing, max_length=128, template="plain").train_rows
+    )
+    results = []
+    for chunk in (0, 5):
+        module = SFTModule.__new__(SFTModule)
+        torch.nn.Module.__init__(module)
+        module.policy = model
+        module._hparams = {"logprob_chunk_size": chunk}
+        model.zero_grad()
+        loss, count = module.forward_loss(batch)
+        loss.backward()
+        results.append((loss.item(), int(count), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, full_count, full_grads), (chunked, count, grads) = results
+    assert count == full_count and chunked == pytest.approx(full, rel=1e-6)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="`logprob_chunk_size` must be a whole number"):
+        SFTModule("tiny:random", logprob_chunk_size=-2)

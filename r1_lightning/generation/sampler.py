@@ -21,7 +21,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from r1_lightning.generation.lean_decode import LeanDecoder, unsupported_reason
 from r1_lightning.generation.rollout import Generation, SamplingConfig, prompt_groups, repeat_batch
-from r1_lightning.hf_compat import cache_argument, returned_cache
+from r1_lightning.hf_compat import cache_argument, causal_lm, returned_cache
 
 
 def sample_categorical(scores: torch.Tensor) -> torch.Tensor:
@@ -141,6 +141,12 @@ class TorchGenerator:
         distinct, group_size = prompt_groups(prompts, group_size)
         encoded = self.tokenizer(distinct, return_tensors="pt", padding=True, add_special_tokens=False)
         prompt_ids, attention = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+        limit = getattr(getattr(causal_lm(model), "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and prompt_ids.shape[1] + max_new_tokens > limit:
+            raise ValueError(
+                f"a prompt of {prompt_ids.shape[1]} tokens plus sampling.max_new_tokens {max_new_tokens} passes the "
+                f"model's max_position_embeddings ({limit}): shorten the prompts or lower max_new_tokens"
+            )
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         out = model(
             input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1

@@ -49,7 +49,7 @@ from r1_lightning.generation.rollout import (
     plan_micro_batches,
     repeat_batch,
 )
-from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
+from r1_lightning.generation.sampler import TorchGenerator
 from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.loading import (
     LoraSettings,
@@ -65,7 +65,14 @@ from r1_lightning.rewards import resolve_reward, score_completions
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.limits import count_reward_events
 from r1_lightning.rewards.registry import build_rewards
-from r1_lightning.training.grpo_settings import DEFAULT_REWARDS, as_sampling, check_grpo_settings, validation_sampling
+from r1_lightning.training.grpo_settings import (
+    DEFAULT_REWARDS,
+    as_sampling,
+    build_rollout_engine,
+    check_grpo_settings,
+    check_lengths,
+    validation_sampling,
+)
 from r1_lightning.training.losses import (
     ImportanceSamplingLevel,
     LossType,
@@ -74,12 +81,13 @@ from r1_lightning.training.losses import (
     group_advantages,
     grpo_loss,
 )
+from r1_lightning.training.memory_plan import MemoryPlanning
 from r1_lightning.training.reference import FrozenReference
 
 log = logging.getLogger(__name__)
 
 
-class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
+class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningModule):
     """Policy + frozen reference trained with GRPO and rule-based rewards.
 
     Args:
@@ -214,7 +222,8 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         self.build_reference(model, dtype, attn_implementation)  # before LoRA wraps the policy
         if self.lora is not None:
             self.policy = apply_lora(self.policy, self.lora, quantization is not None, gradient_checkpointing)
-        self.generator = self._rollout_engine(rollout_engine, vllm or {}, quantization)
+        check_lengths(self.policy, self.sampling, self.val_sampling)
+        self.generator = build_rollout_engine(rollout_engine, vllm or {}, quantization, self.tokenizer)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
         self.val_problems = SumMetric()  # held-out problems scored, over all ranks
@@ -222,21 +231,6 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
         # Running totals of reward timeouts and sandboxed code runs of this module's rollouts (logged as
         # train/reward_timeouts/<fn>, train/code_runs/<outcome>); a later pipeline stage starts at 0.
         self.reward_events: Counter[str] = Counter()
-
-    def _rollout_engine(self, engine: str, vllm: dict[str, Any], quantization: Any) -> Any:
-        if engine not in (*ROLLOUT_ENGINES, "vllm"):
-            raise ValueError(f"`model.rollout_engine` must be one of {(*ROLLOUT_ENGINES, 'vllm')}, got {engine!r}")
-        if engine != "vllm":
-            if vllm:
-                raise ValueError("`model.vllm` settings apply only with `model.rollout_engine: vllm`")
-            return TorchGenerator(self.tokenizer, engine=engine)
-        # (function-local: the vLLM engine module is only for runs that ask for it)
-        from r1_lightning.generation import vllm_engine
-
-        vllm_engine.require_vllm()
-        if quantization is not None:
-            raise ValueError("`model.rollout_engine: vllm` does not take a bitsandbytes-quantized policy (QLoRA)")
-        return vllm_engine.VLLMGenerator(self.tokenizer, **vllm)
 
     # ----------------------------------------------------------------------------- optimization
     @override
@@ -297,6 +291,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, L.LightningModule):
                 yield
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
+        self.plan_memory(prompts)  # once, before the first generation (training or validation)
         if not isinstance(self.generator, TorchGenerator):  # vLLM samples from its own copy of the weights
             return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
         with self.generation_context():

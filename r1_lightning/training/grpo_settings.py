@@ -11,6 +11,8 @@ import dataclasses
 from typing import Any
 
 from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
+from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.loading import OPTIMIZERS
 from r1_lightning.training.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES
 
@@ -73,3 +75,33 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         )
     if hp["reference_quantization"] is not None and hp["ref_model_sync_steps"]:
         raise ValueError("`ref_model_sync_steps` cannot copy weights into a quantized reference; unset one")
+
+
+def check_lengths(policy: Any, sampling: SamplingConfig, val_sampling: SamplingConfig) -> None:
+    """Refuse, before any compute, a completion length the model's positions cannot reach (every prompt
+    needs at least one position too); a prompt that makes a rollout too long is refused at that rollout."""
+    limit = getattr(causal_lm(policy).config, "max_position_embeddings", None)
+    for key, settings in (("sampling", sampling), ("val_sampling", val_sampling)):
+        if limit is not None and settings.max_new_tokens >= limit:
+            raise ValueError(
+                f"`model.{key}.max_new_tokens` {settings.max_new_tokens} leaves no room for a prompt in the "
+                f"model's max_position_embeddings ({limit}); lower it below {limit} minus the longest prompt"
+            )
+
+
+def build_rollout_engine(engine: str, vllm: dict[str, Any], quantization: Any, tokenizer: Any) -> Any:
+    """The rollout engine ``model.rollout_engine`` names: the torch sampler (``auto``/``lean``/``hf``) or
+    the optional vLLM engine, with its settings checked."""
+    if engine not in (*ROLLOUT_ENGINES, "vllm"):
+        raise ValueError(f"`model.rollout_engine` must be one of {(*ROLLOUT_ENGINES, 'vllm')}, got {engine!r}")
+    if engine != "vllm":
+        if vllm:
+            raise ValueError("`model.vllm` settings apply only with `model.rollout_engine: vllm`")
+        return TorchGenerator(tokenizer, engine=engine)
+    # (function-local: the vLLM engine module is only for runs that ask for it)
+    from r1_lightning.generation import vllm_engine
+
+    vllm_engine.require_vllm()
+    if quantization is not None:
+        raise ValueError("`model.rollout_engine: vllm` does not take a bitsandbytes-quantized policy (QLoRA)")
+    return vllm_engine.VLLMGenerator(tokenizer, **vllm)

@@ -8,6 +8,9 @@ tokens are masked with -100 by ``SFTDataModule``):
 
 With packed rows (``segment_ids``) the model gets a block-diagonal causal mask, so no example attends
 to another and each example's log-likelihood is that of its unpacked forward (tested).
+The output head runs only on response tokens, ``logprob_chunk_size`` of them at a time (recomputed in
+backward; :mod:`r1_lightning.models.chunked_logprobs`), so no ``[rows, tokens, vocab]`` logits are built:
+with a 151,936-token vocabulary they, not the weights, decide the memory of long traces.
 With ``trainer.accumulate_grad_batches`` Lightning averages per-batch means (the usual SFT convention);
 GRPO, where the normaliser matters more, keeps its own token totals.
 """
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from r1_lightning.models.chunked_logprobs import head_scores, hidden_states_as_logits
 from r1_lightning.models.loading import (
     LoraSettings,
     apply_lora,
@@ -59,6 +63,18 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return loss / count.clamp(min=1), count
 
 
+def chunked_response_nll(
+    head: Any, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_nll` from final hidden states: the output ``head`` is applied to the response
+    positions only, ``chunk_size`` at a time (same value and gradient)."""
+    targets = labels[:, 1:]
+    scored = targets != -100
+    count = scored.sum()
+    logprobs, _ = head_scores(head, hidden[:, :-1][scored], targets[scored], 1.0, chunk_size, False)
+    return -logprobs.sum() / count.clamp(min=1), count
+
+
 class SFTModule(L.LightningModule):
     """Supervised fine-tuning of a causal LM on prompt/response records.
 
@@ -75,6 +91,7 @@ class SFTModule(L.LightningModule):
         warmup_steps: linear warmup steps.
         lr_scheduler: transformers scheduler name (``cosine`` / ``linear`` need ``trainer.max_steps``).
         export_dir: where the final model is written as an HF folder (default ``<log dir>/hf_model``).
+        logprob_chunk_size: response tokens per chunk through the output head (0 = full logits).
     """
 
     def __init__(
@@ -91,8 +108,11 @@ class SFTModule(L.LightningModule):
         warmup_steps: int = 0,
         lr_scheduler: str = "constant_with_warmup",
         export_dir: str | None = None,
+        logprob_chunk_size: int = 1024,
     ) -> None:
         super().__init__()
+        if not isinstance(logprob_chunk_size, int) or logprob_chunk_size < 0:
+            raise ValueError(f"`logprob_chunk_size` must be a whole number of tokens >= 0, got {logprob_chunk_size!r}")
         self.save_hyperparameters()
         self.policy, self.tokenizer = load_policy(model, dtype, attn_implementation, gradient_checkpointing)
         self.lora = as_lora(lora)
@@ -109,8 +129,13 @@ class SFTModule(L.LightningModule):
             mask, positions = packed_attention_mask(segments), batch["position_ids"]
         else:
             mask, positions = (segments >= 0).long(), None
-        logits = self.policy(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions).logits
-        return response_nll(logits, batch["labels"])
+        chunk_size = self.hparams.get("logprob_chunk_size", 0)
+        if not chunk_size:
+            logits = self.policy(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions).logits
+            return response_nll(logits, batch["labels"])
+        with hidden_states_as_logits(self.policy) as head:
+            hidden = self.policy(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions).logits
+        return chunked_response_nll(head, hidden, batch["labels"], chunk_size)
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
