@@ -78,7 +78,7 @@ class Setting:
     rollout_engine: str = "auto"
     gradient_checkpointing: bool = False
     micro_batch: int | None = None  # completions per forward/backward (None: the whole batch at once)
-    logprob_chunk_size: int = 1024  # r1-lightning's chunked log-probs (0: full logits, as before)
+    logprob_chunk_size: int | None = None  # r1-lightning's chunked log-probs (None: auto; 0: full logits)
 
 
 @dataclass

@@ -68,7 +68,7 @@ def child(spec: dict) -> None:
         spec["device"],
         spec["dtype"],
         micro_batch=spec["micro_batch"],
-        logprob_chunk_size=spec.get("chunk", 1024),
+        logprob_chunk_size=spec.get("chunk"),
     )
     steps: list[float] = []
     summarise = bench._summarise

@@ -188,5 +188,5 @@ def test_a_wrapped_head_is_scored_by_checkpointed_chunks(tiny_model_and_tokenize
 def test_grpo_checks_the_chunk_size(tmp_path):
     from r1_lightning.training.grpo import GRPOModule
 
-    with pytest.raises(ValueError, match="`logprob_chunk_size` must be a whole number of tokens >= 0"):
+    with pytest.raises(ValueError, match="`logprob_chunk_size` must be a whole number of tokens >= 0 .0 = full"):
         GRPOModule(model="tiny:random", logprob_chunk_size=-1)

@@ -151,7 +151,7 @@ def test_chunked_response_loss_equals_full_logits_in_value_and_gradient(tiny_mod
         module = SFTModule.__new__(SFTModule)
         torch.nn.Module.__init__(module)
         module.policy = model
-        module._hparams = {"logprob_chunk_size": chunk}
+        module.logprob_chunk = chunk
         model.zero_grad()
         loss, count = module.forward_loss(batch)
         loss.backward()

@@ -54,8 +54,9 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
             logsumexp[rows] = torch.logsumexp(logits, dim=-1)
             logprobs[rows] = logits.gather(-1, tokens[rows, None]).squeeze(-1) - logsumexp[rows]
             if with_entropy:  # H = logsumexp(z) - sum softmax(z) z, from the chunk already in hand
-                probs = torch.exp(logits - logsumexp[rows, None])
-                entropy[rows] = logsumexp[rows] - (probs * logits).sum(-1)
+                probs = (logits - logsumexp[rows, None]).exp_()
+                entropy[rows] = logsumexp[rows] - probs.mul_(logits).sum(-1)
+            del logits
         ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.mark_non_differentiable(entropy)  # a metric; no gradient
@@ -72,17 +73,20 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_bias else None
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = _logits(hidden[rows], weight, bias, temperature)
-            # d(upstream) / d(logits): g * (onehot - softmax), then through the division by T
-            dlogits = -torch.exp(logits - logsumexp[rows, None]) * grad[rows, None]
+            # d(upstream) / d(logits) = g * (onehot - softmax), then through the division by T; computed in
+            # place in the recomputed logits' buffer (one [chunk, vocab] block at a time, nothing else)
+            dlogits = _logits(hidden[rows], weight, bias, temperature)
+            dlogits.sub_(logsumexp[rows, None]).exp_().mul_(-grad[rows, None])
             dlogits.scatter_add_(-1, tokens[rows, None], grad[rows, None].to(dlogits.dtype))
-            dlogits = dlogits / temperature
+            if temperature != 1.0:
+                dlogits.div_(temperature)
             if need_hidden:
                 grad_hidden[rows] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if need_weight:
-                grad_weight += dlogits.t() @ hidden[rows].to(dtype)
+            if need_weight:  # accumulated in place: no [vocab, hidden] temporary per chunk
+                grad_weight.addmm_(dlogits.t(), hidden[rows].to(dtype))
             if need_bias:
                 grad_bias += dlogits.sum(0)
+            del dlogits
         grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
@@ -93,10 +97,39 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """``(hidden @ weight.T + bias) / T`` in the compute dtype, one buffer (bias and T applied in place)."""
     logits = hidden.to(weight.dtype) @ weight.t()
     if bias is not None:
-        logits = logits + bias
-    return logits.to(_compute_dtype(hidden)) / temperature
+        logits.add_(bias)
+    logits = logits.to(_compute_dtype(hidden))
+    if temperature != 1.0:
+        logits.div_(temperature)
+    return logits
+
+
+def default_chunk_size(vocab_size: int, block_bytes: int = 64 * 1024**2) -> int:
+    """Tokens per chunk so that one float32 ``[chunk, vocab]`` block is about ``block_bytes`` (64 MiB):
+    ~110 tokens at a 151,936-token vocabulary, the whole micro-batch at a 500-token one. Big enough for
+    the head's matrix products to run at full speed, small enough that the few such blocks alive at once
+    stay far below the model's own memory.
+
+    >>> default_chunk_size(151936), default_chunk_size(500)
+    (110, 33554)
+    """
+    return max(1, block_bytes // (4 * vocab_size))
+
+
+def resolve_chunk_size(setting: int | None, model: Any) -> int:
+    """``logprob_chunk_size`` as used: None picks :func:`default_chunk_size` for ``model``'s vocabulary;
+    0 means full logits; a whole number of tokens is taken as it is (a ValueError names anything else)."""
+    if setting is None:
+        return default_chunk_size(causal_lm(model).config.vocab_size)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise ValueError(
+            f"`logprob_chunk_size` must be a whole number of tokens >= 0 (0 = full logits) or null (sized to the "
+            f"vocabulary), got {setting!r}"
+        )
+    return setting
 
 
 def chunked_token_logprobs(

@@ -51,6 +51,7 @@ from r1_lightning.generation.rollout import (
 )
 from r1_lightning.generation.sampler import TorchGenerator
 from r1_lightning.hf_compat import causal_lm
+from r1_lightning.models.chunked_logprobs import resolve_chunk_size
 from r1_lightning.models.loading import (
     LoraSettings,
     Quantization,
@@ -143,7 +144,8 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
             grouped by length so little compute goes to padding. Combines with ``micro_batch_size``.
         logprob_chunk_size: tokens per chunk when the output head turns hidden states into log-probs
             (policy, old policy, reference, entropy): no ``[rows, tokens, vocab]`` logits are built, and
-            backward recomputes each chunk's. 0 = full logits (the old path; same values to float rounding).
+            backward recomputes each chunk's. null (default) = about 64 MiB of float32 logits per chunk
+            (110 tokens at a 151,936-token vocabulary); 0 = full logits (same values to float rounding).
         ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never;
             R1 used 400). TRL's name; the only reset there is (:mod:`r1_lightning.training.reference`).
         lr: peak learning rate of AdamW.
@@ -192,7 +194,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         micro_batch_size: int | None = None,
         micro_batch_tokens: int | None = None,
         share_prompt_prefix: bool = True,
-        logprob_chunk_size: int = 1024,
+        logprob_chunk_size: int | None = None,
         ref_model_sync_steps: int | None = None,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
@@ -223,6 +225,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         if self.lora is not None:
             self.policy = apply_lora(self.policy, self.lora, quantization is not None, gradient_checkpointing)
         check_lengths(self.policy, self.sampling, self.val_sampling)
+        self.logprob_chunk = resolve_chunk_size(logprob_chunk_size, self.policy)
         self.generator = build_rollout_engine(rollout_engine, vllm or {}, quantization, self.tokenizer)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
@@ -319,7 +322,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         if self.hparams.num_iterations == 1:
             return None
         with self.generation_context():
-            temperature, chunk_size = self.sampling.temperature, self.hparams.logprob_chunk_size
+            temperature, chunk_size = self.sampling.temperature, self.logprob_chunk
             return batched_logprobs(self.policy, generation, temperature, plans, self.shared_group_size, chunk_size)
 
     def make_rollout(self, batch: dict[str, list]) -> Rollout:
@@ -382,7 +385,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         )
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
         mismatch, cap = MismatchMeter(self.hparams.mismatch_threshold), self.hparams.tis_cap
-        started, chunk_size = time.perf_counter(), self.hparams.logprob_chunk_size
+        started, chunk_size = time.perf_counter(), self.logprob_chunk
         # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
         for iteration in range(mu):

@@ -14,7 +14,7 @@ from r1_lightning.generation.rollout import SamplingConfig
 from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
 from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.loading import OPTIMIZERS
-from r1_lightning.training.losses import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES
+from r1_lightning.training.losses import IMPORTANCE_SAMPLING_LEVELS, canonical_loss_type
 
 #: the rewards of R1-Zero's recipe when ``model.rewards`` is unset
 DEFAULT_REWARDS = {"accuracy_reward": 1.0, "format_reward": 0.5}
@@ -44,8 +44,7 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
     """
     if hp["num_generations"] < 2:
         raise ValueError(f"`num_generations` must be >= 2 (group-relative advantages), got {hp['num_generations']}")
-    if hp["loss_type"] not in LOSS_TYPES:
-        raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {hp['loss_type']!r}")
+    canonical_loss_type(hp["loss_type"])
     if hp["importance_sampling_level"] not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(
             f"`importance_sampling_level` must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
@@ -57,11 +56,6 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         raise ValueError(f"`num_iterations` must be >= 1, got {hp['num_iterations']}")
     if hp["beta"] < 0 or hp["epsilon_low"] < 0 or hp["epsilon_high"] < 0:
         raise ValueError("`beta`, `epsilon_low` and `epsilon_high` must be >= 0")
-    if not isinstance(hp["logprob_chunk_size"], int) or hp["logprob_chunk_size"] < 0:
-        raise ValueError(
-            f"`logprob_chunk_size` must be a whole number of tokens >= 0 (0 = full logits), got "
-            f"{hp['logprob_chunk_size']!r}"
-        )
     if hp["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {hp['optimizer']!r}")
     if hp["ref_model_sync_steps"] is not None and hp["ref_model_sync_steps"] < 1:

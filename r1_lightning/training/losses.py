@@ -16,15 +16,57 @@ that each formula has a hand-computed unit test.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
 
-LossType = Literal["sequence", "token", "dr_grpo"]
-LOSS_TYPES: tuple[str, ...] = ("sequence", "token", "dr_grpo")
+LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo", "sequence", "token"]
+#: TRL 1.16's ``loss_type`` values (``_compute_loss``); ``sequence`` and ``token`` are this project's older
+#: names of ``grpo`` and ``dapo``, kept as aliases
+LOSS_TYPES: tuple[str, ...] = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+LOSS_ALIASES = {"sequence": "grpo", "token": "dapo"}
+#: loss types whose per-token term is PPO's clipped surrogate (``epsilon_low`` / ``epsilon_high`` / ``delta``)
+CLIPPED_LOSSES = ("grpo", "dapo", "dr_grpo", "bnpo", "luspo")
 ImportanceSamplingLevel = Literal["token", "sequence"]
 IMPORTANCE_SAMPLING_LEVELS: tuple[str, ...] = ("token", "sequence")
 RewardScaling = Literal["group", "batch", "none"]
+
+
+def canonical_loss_type(name: str) -> str:
+    """TRL's name of a ``loss_type`` (aliases resolved); a ValueError naming the choices otherwise.
+
+    >>> canonical_loss_type("sequence"), canonical_loss_type("cispo")
+    ('grpo', 'cispo')
+    """
+    name = LOSS_ALIASES.get(name, name)
+    if name not in LOSS_TYPES:
+        raise ValueError(f"`loss_type` must be one of {LOSS_TYPES} (or {tuple(LOSS_ALIASES)}), got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class LossParameters:
+    """The per-loss-type parameters of TRL 1.16's ``GRPOConfig``, under its names and defaults.
+
+    Args:
+        delta: two-sided clipping (the unclipped ratio capped at ``delta``) for the clipped losses; None = off.
+        sapo_temperature_pos: SAPO's soft-gate temperature for positive advantages.
+        sapo_temperature_neg: SAPO's temperature for negative advantages.
+        vespo_k_pos: VESPO's gamma-weight shape ``k`` for non-negative advantages.
+        vespo_lambda_pos: VESPO's rate ``lambda`` for non-negative advantages.
+        vespo_k_neg: ``k`` for negative advantages.
+        vespo_lambda_neg: ``lambda`` for negative advantages.
+    """
+
+    delta: float | None = None
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
 
 
 def group_advantages(
@@ -104,31 +146,81 @@ def aggregate_loss(
     num_sequences: int | None = None,
     num_tokens: int | float | None = None,
     max_completion_length: int | None = None,
+    num_micro_batches: int = 1,
 ) -> torch.Tensor:
-    """Reduce ``[B, L]`` per-token losses to a scalar.
+    """Reduce ``[B, L]`` per-token losses to a scalar, as TRL 1.16 does for each ``loss_type``.
 
-    - ``sequence`` (DeepSeekMath / R1): mean over each completion's tokens, then mean over completions.
-    - ``token`` (DAPO): sum over all completion tokens / number of completion tokens in the batch.
-    - ``dr_grpo`` (Dr. GRPO): sum over all tokens / (number of completions x ``max_completion_length``),
-      a constant, so no length bias.
+    - ``grpo`` / ``sapo`` (DeepSeekMath / R1): mean over each completion's tokens, then over completions.
+    - ``dapo`` / ``cispo`` / ``vespo``: sum over all completion tokens / the rollout's completion tokens.
+    - ``dr_grpo`` (Dr. GRPO): sum / (completions x ``max_completion_length``), a constant: no length bias.
+    - ``luspo``: sum over each completion's tokens, mean over completions.
+    - ``bnpo``: sum / this micro-batch's own tokens, averaged over the ``num_micro_batches`` (TRL normalises
+      it per accumulation step: the one loss here that changes with the micro-batch size, as in TRL).
 
     The denominators default to this batch's own. When the caller splits a rollout into micro-batches it
     passes the *whole rollout's* ``num_sequences`` and ``num_tokens``: every micro-batch loss is then a
     partial sum of the full-batch loss and accumulating their gradients gives exactly the un-split
     gradient, whatever the micro-batch size.
     """
+    loss_type = canonical_loss_type(loss_type)
     mask = mask.to(per_token.dtype)
     num_sequences = per_token.shape[0] if num_sequences is None else num_sequences
-    if loss_type == "sequence":
-        per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return per_sequence.sum() / num_sequences
-    if loss_type == "token":
+    masked = per_token * mask
+    if loss_type in ("grpo", "sapo"):
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_sequences
+    if loss_type in ("dapo", "cispo", "vespo"):
         num_tokens = mask.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
-        return (per_token * mask).sum() / num_tokens
+        return masked.sum() / num_tokens
     if loss_type == "dr_grpo":
         length = mask.shape[1] if max_completion_length is None else max_completion_length
-        return (per_token * mask).sum() / (num_sequences * length)
-    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        return masked.sum() / (num_sequences * length)
+    if loss_type == "luspo":
+        return masked.sum() / num_sequences
+    return masked.sum() / mask.sum().clamp(min=1.0) / num_micro_batches  # bnpo
+
+
+def off_policy_sequence_mask(
+    advantages: torch.Tensor,
+    logprobs: torch.Tensor,
+    sampling_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (TRL's ``off_policy_mask_threshold``), ``[B, 1]``: a completion
+    with a negative advantage is dropped when its mean per-token ``log pi_sampler - log pi_theta`` (a forward-KL
+    estimate of how far the policy has moved from what sampled it) passes ``threshold``; tokens without a
+    sampling log-prob (NaN) count as no evidence.
+
+    >>> off_policy_sequence_mask(torch.tensor([1.0, -1.0, -1.0]), torch.tensor([[-2.0], [-2.0], [-1.0]]),
+    ...                          torch.tensor([[-1.0], [-1.0], [-1.0]]), torch.ones(3, 1), 0.5).flatten()
+    tensor([1., 0., 1.])
+    """
+    kl = torch.nan_to_num(sampling_logprobs - logprobs.detach(), nan=0.0)
+    mask = mask.to(logprobs.dtype)
+    mean_kl = (kl * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+    return ((advantages.view(-1, 1) >= 0) | (mean_kl <= threshold)).to(mask.dtype)
+
+
+@torch.no_grad()
+def vespo_weights(
+    advantages: torch.Tensor,
+    log_ratio: torch.Tensor,
+    mask: torch.Tensor,
+    params: LossParameters,
+    is_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """VESPO's gamma weights ``phi(w) = exp(lambda + k log w - lambda w)`` (``phi(1) = 1``) of the sequence
+    ratio ``w = prod_t pi_theta / pi_old`` (times the sampler correction, if any), ``[B, 1]``, no gradient;
+    ``k, lambda`` by the advantage's sign. Clamped in log space as TRL clamps it."""
+    floor = math.log(1e-8)
+    log_w = (torch.clamp(log_ratio, -20.0, 20.0) * mask).sum(-1, keepdim=True)
+    if is_weights is not None:
+        log_w = log_w + torch.clamp(torch.log(is_weights), floor, 20.0).sum(-1, keepdim=True)
+    log_w = torch.clamp(log_w, floor, 20.0)
+    positive = advantages.view(-1, 1) >= 0
+    k = torch.where(positive, params.vespo_k_pos, params.vespo_k_neg).to(log_w)
+    lam = torch.where(positive, params.vespo_lambda_pos, params.vespo_lambda_neg).to(log_w).clamp(min=1e-4)
+    return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class GRPOLossOutput(NamedTuple):
@@ -148,28 +240,40 @@ def grpo_loss(
     beta: float = 0.0,
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
-    loss_type: LossType = "sequence",
+    loss_type: LossType = "grpo",
     num_sequences: int | None = None,
     num_tokens: int | float | None = None,
     max_completion_length: int | None = None,
     importance_sampling_level: ImportanceSamplingLevel = "token",
     kl_bias_correction: bool = False,
     is_weights: torch.Tensor | None = None,
+    params: LossParameters | None = None,
+    sequence_mask: torch.Tensor | None = None,
+    token_mask: torch.Tensor | None = None,
+    num_micro_batches: int = 1,
 ) -> GRPOLossOutput:
-    """GRPO objective (R1 eq. 1) as a loss to minimise.
+    """GRPO objective (R1 eq. 1) as a loss to minimise, with TRL 1.16's family of per-token terms.
 
     Shapes: ``logprobs``, ``old_logprobs``, ``ref_logprobs``, ``mask``: ``[B, L]`` over completion tokens;
-    ``advantages``: ``[B]``. ``mask`` is 1 on tokens that count. The clip is active where the unclipped
-    term was not the minimum, i.e. where the gradient of the surrogate is zeroed.
+    ``advantages``: ``[B]``. ``mask`` is 1 on tokens that count. With ``w`` the ratio ``pi_theta / pi_old``
+    and ``A`` the advantage, the per-token policy term is
 
-    ``importance_sampling_level="sequence"`` is GSPO (Zheng et al. 2025): one ratio per completion,
-    ``s_i = exp(mean_t log(pi_theta / pi_old))`` over its tokens, clipped and applied to every token.
-    ``kl_bias_correction`` multiplies the per-token k3 KL by the importance ratio (DeepSeek-V3.2; TRL's
-    default since 1.x), which makes its gradient the unbiased reverse-KL gradient when ``pi_old !=
-    pi_theta``; the paper's plain k3 (``False``) is the default here. ``is_weights`` ([B, L], no
-    gradient) multiplies each token's policy-gradient term, not the KL: truncated importance sampling
-    against a sampler whose log-probs differ from the trainer's (``r1_lightning.generation.mismatch``).
+    - clipped losses (``grpo``, ``dapo``, ``dr_grpo``, ``bnpo``, ``luspo``): ``-min(w A, clip(w, 1 - eps_low,
+      1 + eps_high) A)``, with ``w`` capped at ``delta`` first when set (two-sided clipping);
+    - ``cispo``: ``-sg(min(w, eps_high)) A log pi_theta`` (the clipped weight carries no gradient);
+    - ``sapo``: ``-sigmoid(tau (w - 1)) 4 / tau A`` with ``tau`` by the sign of ``A`` (a soft gate);
+    - ``vespo``: ``-phi(w_seq) A log pi_theta`` with :func:`vespo_weights`.
+
+    ``importance_sampling_level="sequence"`` is GSPO: one length-normalised ratio per completion. Then, in
+    TRL's order: ``sequence_mask`` ([B, 1], :func:`off_policy_sequence_mask`) and ``token_mask`` ([B, L],
+    the ``top_entropy_quantile`` tokens) multiply the policy term; ``is_weights`` ([B, L] or [B, 1], no
+    gradient: the sampler correction, ``r1_lightning.generation.mismatch``) multiplies it (VESPO folds it
+    into its weights instead); ``beta`` times the k3 KL is added, times ``w`` with ``kl_bias_correction``
+    (DeepSeek-V3.2; TRL's default, not the paper's). The clip is active where the unclipped term was not
+    the minimum, i.e. where the surrogate's gradient is zeroed.
     """
+    loss_type = canonical_loss_type(loss_type)
+    params = params or LossParameters()
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs (log-probs of the frozen reference model)")
     if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
@@ -177,28 +281,49 @@ def grpo_loss(
             f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {importance_sampling_level!r}"
         )
     mask = mask.to(logprobs.dtype)
-    log_ratio = logprobs - old_logprobs
+    token_log_ratio = logprobs - old_logprobs
+    log_ratio = token_log_ratio
     if importance_sampling_level == "sequence":
         log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
     ratio = torch.exp(log_ratio)
     adv = advantages.to(logprobs.dtype).unsqueeze(1)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv
-    surrogate = torch.min(unclipped, clipped)
+    clip_active = torch.zeros_like(ratio)
+    if loss_type in CLIPPED_LOSSES:
+        clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv
+        unclipped = (ratio if params.delta is None else torch.clamp(ratio, max=params.delta)) * adv
+        surrogate = torch.min(unclipped, clipped)
+        clip_active = (clipped < unclipped).to(mask.dtype)
+    elif loss_type == "cispo":
+        surrogate = torch.clamp(ratio, max=epsilon_high).detach() * adv * logprobs
+        clip_active = (ratio > epsilon_high).to(mask.dtype)
+    elif loss_type == "sapo":
+        tau = torch.where(adv > 0, params.sapo_temperature_pos, params.sapo_temperature_neg).to(ratio)
+        surrogate = torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
+    else:  # vespo
+        surrogate = vespo_weights(advantages, token_log_ratio, mask, params, is_weights) * adv * logprobs
     per_token = -surrogate
-    if is_weights is not None:
+    for factor in (sequence_mask, token_mask):
+        if factor is not None:
+            per_token = per_token * factor
+    if is_weights is not None and loss_type != "vespo":
         per_token = per_token * is_weights
+    policy_term = per_token
     kl = torch.zeros_like(per_token)
     if beta != 0.0:
         kl = k3_kl(logprobs, ref_logprobs)
         if kl_bias_correction:
             kl = kl * ratio
         per_token = per_token + beta * kl
-    reduce = dict(num_sequences=num_sequences, num_tokens=num_tokens, max_completion_length=max_completion_length)
+    reduce = dict(
+        num_sequences=num_sequences,
+        num_tokens=num_tokens,
+        max_completion_length=max_completion_length,
+        num_micro_batches=num_micro_batches,
+    )
     loss = aggregate_loss(per_token, mask, loss_type, **reduce)
     with torch.no_grad():
         tokens = mask.sum().clamp(min=1.0)
-        clip_active = ((clipped < unclipped).to(mask.dtype).expand_as(mask) * mask).sum() / tokens
-        policy_loss = aggregate_loss(-surrogate, mask, loss_type, **reduce)
-        mean_kl = (kl * mask).sum() / tokens
-    return GRPOLossOutput(loss, policy_loss.detach(), mean_kl.detach(), clip_active.detach())
+        clip_fraction = (clip_active.expand_as(mask) * mask).sum() / tokens
+        policy_loss = aggregate_loss(policy_term, mask, loss_type, **reduce)
+        mean_kl = (kl.expand_as(mask) * mask).sum() / tokens
+    return GRPOLossOutput(loss, policy_loss.detach(), mean_kl.detach(), clip_fraction.detach())

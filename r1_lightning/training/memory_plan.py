@@ -171,7 +171,7 @@ class MemoryPlanning:
             longest,
             min(rows, train_rows),
             self.shared_group_size,
-            hp.logprob_chunk_size,
+            self.logprob_chunk,
             max(resident_bytes() - weights_in_ram - _ref_bytes(self), 0) + TRAINING_CODE_BYTES
             if device.type == "cpu"
             else 0,

@@ -66,7 +66,7 @@ class FrozenReference:
         else:
             return None
         with self.generation_context(model), reference_mode:
-            temperature, chunk_size = self.sampling.temperature, self.hparams.logprob_chunk_size
+            temperature, chunk_size = self.sampling.temperature, self.logprob_chunk
             return batched_logprobs(model, generation, temperature, plans, self.shared_group_size, chunk_size)
 
     def reset_reference_if_due(self) -> None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from r1_lightning.models.chunked_logprobs import head_scores, hidden_states_as_logits
+from r1_lightning.models.chunked_logprobs import head_scores, hidden_states_as_logits, resolve_chunk_size
 from r1_lightning.models.loading import (
     LoraSettings,
     apply_lora,
@@ -91,7 +91,8 @@ class SFTModule(L.LightningModule):
         warmup_steps: linear warmup steps.
         lr_scheduler: transformers scheduler name (``cosine`` / ``linear`` need ``trainer.max_steps``).
         export_dir: where the final model is written as an HF folder (default ``<log dir>/hf_model``).
-        logprob_chunk_size: response tokens per chunk through the output head (0 = full logits).
+        logprob_chunk_size: response tokens per chunk through the output head (null: ~64 MiB of float32
+            logits per chunk, from the vocabulary size; 0 = full logits).
     """
 
     def __init__(
@@ -108,13 +109,12 @@ class SFTModule(L.LightningModule):
         warmup_steps: int = 0,
         lr_scheduler: str = "constant_with_warmup",
         export_dir: str | None = None,
-        logprob_chunk_size: int = 1024,
+        logprob_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(logprob_chunk_size, int) or logprob_chunk_size < 0:
-            raise ValueError(f"`logprob_chunk_size` must be a whole number of tokens >= 0, got {logprob_chunk_size!r}")
         self.save_hyperparameters()
         self.policy, self.tokenizer = load_policy(model, dtype, attn_implementation, gradient_checkpointing)
+        self.logprob_chunk = resolve_chunk_size(logprob_chunk_size, self.policy)
         self.lora = as_lora(lora)
         if self.lora is not None:
             self.policy = apply_lora(self.policy, self.lora, False, gradient_checkpointing)
@@ -129,7 +129,7 @@ class SFTModule(L.LightningModule):
             mask, positions = packed_attention_mask(segments), batch["position_ids"]
         else:
             mask, positions = (segments >= 0).long(), None
-        chunk_size = self.hparams.get("logprob_chunk_size", 0)
+        chunk_size = getattr(self, "logprob_chunk", 0)
         if not chunk_size:
             logits = self.policy(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions).logits
             return response_nll(logits, batch["labels"])
