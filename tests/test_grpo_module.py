@@ -47,7 +47,7 @@ def test_val_sampling_defaults_to_paper_protocol():
     "kwargs, message",
     [
         ({"num_generations": 1}, "num_generations"),
-        ({"loss_type": "grpo"}, "loss_type"),
+        ({"loss_type": "ppo"}, "loss_type"),
         ({"num_iterations": 0}, "num_iterations"),
         ({"rewards": {"acuracy_reward": 1.0}}, "Did you mean 'accuracy_reward'"),
     ],

@@ -28,6 +28,9 @@ class _Accelerator:
     def gather(self, x):
         return x
 
+    def pad_across_processes(self, x, dim=0, pad_index=0):
+        return x
+
     gather_for_metrics = gather
 
     def reduce(self, x, reduction="sum"):
@@ -35,17 +38,21 @@ class _Accelerator:
 
 
 def trl_loss(
-    logprobs, old, ref, advantages, mask, *, loss_type, beta, eps_low, eps_high, level, bias_kl, is_ratio=None
-):
+    logprobs, old, ref, advantages, mask, *, loss_type, beta, eps_low, eps_high, level, bias_kl, is_ratio=None,
+    args=None, off_policy=None, sampling=None, entropies=None, top_entropy_quantile=1.0,
+):  # fmt: skip
     """TRL's ``_compute_loss`` on given per-token log-probs (its model forward is stood in for)."""
+    entropies = torch.zeros_like(logprobs) if entropies is None else entropies
     stub = SimpleNamespace(
-        loss_type=TRL_LOSS[loss_type],
+        loss_type=TRL_LOSS.get(loss_type, loss_type),
         beta=beta,
         epsilon_low=eps_low,
         epsilon_high=eps_high,
         importance_sampling_level=level,
-        top_entropy_quantile=1.0,
-        off_policy_mask_threshold=None,
+        top_entropy_quantile=top_entropy_quantile,
+        off_policy_mask_threshold=off_policy,
+        get_off_policy_mask=trl_grpo.GRPOTrainer.get_off_policy_mask,
+        get_gamma_weights=trl_grpo.GRPOTrainer.get_gamma_weights,
         use_vllm=is_ratio is not None,
         vllm_importance_sampling_correction=is_ratio is not None,
         _entropy_bonus_enabled=False,
@@ -55,9 +62,12 @@ def trl_loss(
         model=SimpleNamespace(training=True),
         accelerator=_Accelerator(),
         _metrics=defaultdict(lambda: defaultdict(list)),
-        args=SimpleNamespace(use_bias_correction_kl=bias_kl, delta=None, steps_per_generation=1),
-        _get_per_token_logps_and_entropies=lambda *a, **k: (logprobs, torch.zeros_like(logprobs), None),
+        args=SimpleNamespace(
+            **{"use_bias_correction_kl": bias_kl, "delta": None, "steps_per_generation": 1, **(args or {})}
+        ),
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logprobs, entropies, None),
     )
+    stub.get_high_entropy_mask = lambda e, m, t: trl_grpo.GRPOTrainer.get_high_entropy_mask(stub, e, m, t)
     batch, length = mask.shape
     inputs = {
         "prompt_ids": torch.zeros(batch, 1, dtype=torch.long),
@@ -70,6 +80,8 @@ def trl_loss(
         "num_items_in_batch": mask.sum(),
         "importance_sampling_ratio": is_ratio,
     }
+    if sampling is not None:
+        inputs["sampling_per_token_logps"] = sampling
     return trl_grpo.GRPOTrainer._compute_loss(stub, None, inputs)
 
 
@@ -155,3 +167,100 @@ def test_truncated_importance_sampling_equals_trl(loss_type, level):
     assert (weights == 2.0).any() and (weights < 1.0).any()  # the cap binds somewhere, and weights vary
     assert_equal_to_trl(current, old, ref, advantages, mask, loss_type=loss_type, beta=0.04, clip=(0.2, 0.28),
                         level=level, is_weights=weights)  # fmt: skip
+
+
+# TRL 1.16's other loss types, each with and without the KL and at both importance-sampling levels
+NEW_LOSSES = [
+    (loss_type, beta, level)
+    for loss_type, beta, level in itertools.product(
+        ["grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"], [0.0, 0.04], ["token", "sequence"]
+    )
+]
+
+
+def assert_family_equal_to_trl(loss_type, beta, level, clip=(0.2, 0.28), params=None, seed=3, **extra):
+    """Ours and TRL's on the same inputs for any loss type and its parameters, plus the masks."""
+    from r1_lightning.training.losses import (
+        LossParameters,
+        high_entropy_mask,
+        off_policy_sequence_mask,
+    )
+
+    current, old, ref, advantages, mask = _rollout(seed=seed)
+    params = params or {}
+    ours_in, theirs_in = current.clone().requires_grad_(True), current.clone().requires_grad_(True)
+    masks = {}
+    if extra.get("off_policy") is not None:
+        masks["sequence_mask"] = off_policy_sequence_mask(
+            advantages, ours_in, extra["sampling"], mask, extra["off_policy"]
+        )
+    if extra.get("top_entropy_quantile", 1.0) < 1.0:
+        masks["token_mask"] = high_entropy_mask(extra["entropies"], mask, extra["top_entropy_quantile"])
+    ours = grpo_loss(ours_in, old, advantages, mask, ref_logprobs=ref, beta=beta, epsilon_low=clip[0],
+                     epsilon_high=clip[1], loss_type=loss_type, importance_sampling_level=level,
+                     params=LossParameters(**params), **masks).loss  # fmt: skip
+    trl_args = {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05, "vespo_k_pos": 2.0,
+                "vespo_lambda_pos": 3.0, "vespo_k_neg": 3.0, "vespo_lambda_neg": 2.0, **params}  # fmt: skip
+    theirs = trl_loss(theirs_in, old, ref, advantages, mask, loss_type=loss_type, beta=beta, eps_low=clip[0],
+                      eps_high=clip[1], level=level, bias_kl=False, args=trl_args, **extra)  # fmt: skip
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-12, atol=1e-14)
+    assert ours_in.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss_type,beta,level", NEW_LOSSES)
+def test_every_trl_loss_type_equals_trl(loss_type, beta, level):
+    clip = (0.2, 1.1) if loss_type == "cispo" else (0.2, 0.28)  # CISPO's epsilon_high is its ratio cap
+    assert_family_equal_to_trl(loss_type, beta, level, clip=clip, seed=len(loss_type))
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "luspo"])
+def test_two_sided_clipping_delta_equals_trl(loss_type):
+    assert_family_equal_to_trl(loss_type, 0.04, "token", params={"delta": 1.05})
+
+
+@pytest.mark.parametrize("temperatures", [(0.5, 2.0), (3.0, 0.3)])
+def test_sapo_temperatures_equal_trl(temperatures):
+    params = {"sapo_temperature_pos": temperatures[0], "sapo_temperature_neg": temperatures[1]}
+    assert_family_equal_to_trl("sapo", 0.0, "token", params=params)
+
+
+def test_vespo_parameters_equal_trl():
+    params = {"vespo_k_pos": 1.5, "vespo_lambda_pos": 2.0, "vespo_k_neg": 4.0, "vespo_lambda_neg": 1.0}
+    assert_family_equal_to_trl("vespo", 0.04, "token", params=params)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "cispo"])
+def test_off_policy_mask_equals_trl(loss_type):
+    """DeepSeek-V3.2's off-policy sequence mask drops some negative-advantage completions (not all)."""
+    from r1_lightning.training.losses import off_policy_sequence_mask
+
+    current, old, _, advantages, mask = _rollout(seed=3)
+    sampling = old + torch.randn(old.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.6
+    dropped = off_policy_sequence_mask(advantages, current, sampling, mask, 0.05)
+    assert 0 < int((dropped == 0).sum()) < int((advantages < 0).sum()) + 1
+    clip = (0.2, 1.1) if loss_type == "cispo" else (0.2, 0.28)
+    assert_family_equal_to_trl(loss_type, 0.04, "token", clip=clip, off_policy=0.05, sampling=sampling)
+
+
+@pytest.mark.parametrize("rho", [0.2, 0.5])
+def test_top_entropy_quantile_equals_trl(rho):
+    entropies = torch.rand(6, 7, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 3
+    assert_family_equal_to_trl("dapo", 0.04, "token", entropies=entropies, top_entropy_quantile=rho)
+
+
+def test_top_20_percent_of_tokens_by_entropy_carry_the_policy_gradient():
+    """rho = 0.2: exactly the top 20% of the 20 completion tokens by entropy (4) get a non-zero gradient."""
+    from r1_lightning.training.losses import high_entropy_mask
+
+    mask = torch.ones(4, 5, dtype=torch.float64)
+    entropy = torch.randperm(20, generator=torch.Generator().manual_seed(0)).double().view(4, 5)
+    logprobs = torch.full((4, 5), -1.0, dtype=torch.float64, requires_grad=True)
+    token_mask = high_entropy_mask(entropy, mask, 0.2)
+    grpo_loss(logprobs, logprobs.detach(), torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64), mask,
+              loss_type="dapo", token_mask=token_mask).loss.backward()  # fmt: skip
+    carrying = logprobs.grad != 0
+    assert int(carrying.sum()) == 4
+    assert torch.equal(carrying, entropy >= 16)  # entropies 16..19 are the top 20%

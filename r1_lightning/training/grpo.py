@@ -50,7 +50,6 @@ from r1_lightning.generation.rollout import (
     repeat_batch,
 )
 from r1_lightning.generation.sampler import TorchGenerator
-from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.chunked_logprobs import resolve_chunk_size
 from r1_lightning.models.loading import (
     LoraSettings,
@@ -59,28 +58,32 @@ from r1_lightning.models.loading import (
     as_lora,
     load_policy,
     optimizer_and_scheduler,
-    save_policy,
 )
-from r1_lightning.models.strategies import full_state_dict, gathered, is_sharded, shard_model
+from r1_lightning.models.strategies import gathered, is_sharded, shard_model
 from r1_lightning.rewards import resolve_reward, score_completions
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.limits import count_reward_events
 from r1_lightning.rewards.registry import build_rewards
+from r1_lightning.training.export import PolicyExport
 from r1_lightning.training.grpo_settings import (
     DEFAULT_REWARDS,
     as_sampling,
     build_rollout_engine,
     check_grpo_settings,
     check_lengths,
+    loss_settings,
     validation_sampling,
 )
 from r1_lightning.training.losses import (
     ImportanceSamplingLevel,
+    LossParameters,
     LossType,
     RewardScaling,
     global_std,
     group_advantages,
     grpo_loss,
+    high_entropy_mask,
+    off_policy_sequence_mask,
 )
 from r1_lightning.training.memory_plan import MemoryPlanning
 from r1_lightning.training.reference import FrozenReference
@@ -88,7 +91,7 @@ from r1_lightning.training.reference import FrozenReference
 log = logging.getLogger(__name__)
 
 
-class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningModule):
+class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, L.LightningModule):
     """Policy + frozen reference trained with GRPO and rule-based rewards.
 
     Args:
@@ -121,7 +124,15 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         beta: KL coefficient; 0 loads no reference model at all.
         epsilon_low: lower clip range of the ratio (1 - epsilon_low).
         epsilon_high: upper clip range (1 + epsilon_high); larger than epsilon_low = clip-higher.
-        loss_type: ``sequence`` (paper), ``token`` (DAPO) or ``dr_grpo``.
+        loss_type: TRL 1.16's names: ``grpo`` (the paper: per-completion token mean), ``dapo`` (token mean over
+            the rollout), ``dr_grpo``, ``bnpo``, ``cispo``, ``sapo``, ``luspo``, ``vespo``
+            (:func:`r1_lightning.training.losses.grpo_loss`); ``sequence`` / ``token`` are aliases of grpo / dapo.
+        loss_params: the loss types' parameters under TRL's names: ``delta`` (two-sided clipping),
+            ``sapo_temperature_pos`` / ``_neg``, ``vespo_k_pos`` / ``vespo_lambda_pos`` / ``_neg``.
+        off_policy_mask_threshold: DeepSeek-V3.2's off-policy sequence mask (TRL's name): drop a completion with
+            a negative advantage whose mean ``log pi_sampler - log pi_theta`` passes this; null = off.
+        top_entropy_quantile: only the top ``rho`` share of completion tokens by entropy carry the policy
+            gradient ("Beyond the 80/20 rule"; TRL's name); 1.0 = every token.
         scale_rewards: divide advantages by the std of each group (``group``, or true), of the whole
             batch (``batch``), or not at all (``none``, or false: Dr. GRPO); TRL's ``scale_rewards``.
         importance_sampling_level: ``token`` (GRPO) or ``sequence`` (GSPO: one length-normalised ratio
@@ -184,6 +195,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         epsilon_low: float = 0.2,
         epsilon_high: float = 0.2,
         loss_type: LossType = "sequence",
+        loss_params: LossParameters | None = None,
+        off_policy_mask_threshold: float | None = None,
+        top_entropy_quantile: float = 1.0,
         scale_rewards: bool | RewardScaling = True,
         importance_sampling_level: ImportanceSamplingLevel = "token",
         kl_bias_correction: bool = False,
@@ -225,6 +239,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         if self.lora is not None:
             self.policy = apply_lora(self.policy, self.lora, quantization is not None, gradient_checkpointing)
         check_lengths(self.policy, self.sampling, self.val_sampling)
+        self.loss_settings = loss_settings(self.hparams)
         self.logprob_chunk = resolve_chunk_size(logprob_chunk_size, self.policy)
         self.generator = build_rollout_engine(rollout_engine, vllm or {}, quantization, self.tokenizer)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
@@ -405,21 +420,11 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
                     weights = (
                         None if cap is None or sampled is None else truncated_importance_weights(old, sampled, cap)
                     )
+                    masks = self.loss_masks(logprobs, entropy, rollout.advantages[rows], old, sampled, part_mask)
                     out = grpo_loss(
-                        logprobs,
-                        old,
-                        rollout.advantages[rows],
-                        part_mask,
-                        ref_logprobs=ref,
-                        beta=self.hparams.beta,
-                        epsilon_low=self.hparams.epsilon_low,
-                        epsilon_high=self.hparams.epsilon_high,
-                        loss_type=self.hparams.loss_type,
-                        importance_sampling_level=self.hparams.importance_sampling_level,
-                        kl_bias_correction=self.hparams.kl_bias_correction,
-                        is_weights=weights,
-                        **totals,
-                    )
+                        logprobs, old, rollout.advantages[rows], part_mask, ref_logprobs=ref, is_weights=weights,
+                        **masks, **self.loss_settings, **totals, num_micro_batches=len(plans),
+                    )  # fmt: skip
                     self.manual_backward(out.loss)
                 share = part_mask.sum().item() / max(local_tokens, 1.0) / mu
                 stats["loss"] += out.loss.item() / mu
@@ -437,6 +442,26 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
         stats["train_seconds"] = time.perf_counter() - started
         stats.update(mismatch.summary())
         return {**stats, "loss": torch.tensor(stats["loss"])}  # Lightning wants the loss as a tensor
+
+    def loss_masks(self, logprobs, entropy, advantages, old, sampled, mask) -> dict[str, torch.Tensor | None]:
+        """The off-policy sequence mask and the high-entropy token mask of one micro-batch (None when off)."""
+        hp, sequence_mask, token_mask = self.hparams, None, None
+        if hp.off_policy_mask_threshold is not None:  # the sampler's log-probs where the engine gave them
+            behaviour, threshold = (sampled if sampled is not None else old), hp.off_policy_mask_threshold
+            sequence_mask = off_policy_sequence_mask(advantages, logprobs, behaviour, mask, threshold)
+        if hp.top_entropy_quantile < 1.0:
+            token_mask = high_entropy_mask(entropy, mask, hp.top_entropy_quantile, self.all_gather_ranks)
+        return {"sequence_mask": sequence_mask, "token_mask": token_mask}
+
+    def all_gather_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` of every rank, concatenated (ranks may hold different counts; one rank: unchanged)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return values
+        count = int(self.trainer.strategy.reduce(torch.tensor(float(values.numel()), device=values.device), "max"))
+        padded = torch.full((count,), -1.0, dtype=values.dtype, device=values.device)
+        padded[: values.numel()] = values
+        gathered = self.all_gather(padded).reshape(-1)
+        return gathered[gathered >= 0]  # entropies are >= 0: the -1 padding drops out
 
     def _clip_gradients(self, max_norm: float) -> float:
         """Clip the global gradient norm (under FSDP2 torch computes it over every rank's shard)."""
@@ -466,32 +491,3 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, L.LightningMod
             )
         target = self.hparams.export_dir or (Path(self.trainer.log_dir or ".") / "hf_model")
         self.save_hf(target)  # every rank calls it: under FSDP gathering the weights is a collective
-
-    # ----------------------------------------------------------------------------- checkpoints
-    def save_hf(self, directory: str | Path) -> Path:
-        """Write the policy and tokenizer as a ``save_pretrained`` folder ``AutoModelForCausalLM`` loads.
-
-        Under FSDP2 every rank must call it: gathering the full weights is a collective.
-        """
-        directory = Path(directory)
-        if self._is_sharded():
-            state = full_state_dict(self.policy)
-            lm = causal_lm(self.policy)
-            # a tied head is one parameter: write it once, as an unsharded save_pretrained does
-            tied = getattr(lm, "all_tied_weights_keys", None) or {}
-            for key, source in tied.items() if isinstance(tied, dict) else ():
-                if key in state and source in state and torch.equal(state[key], state[source]):
-                    del state[key]
-            if self.trainer.is_global_zero:
-                directory.mkdir(parents=True, exist_ok=True)
-                lm.save_pretrained(directory, state_dict=state)
-                self.tokenizer.save_pretrained(directory)
-                rank_zero_info(f"policy exported in Hugging Face format to {directory}")
-            return directory
-        if self._trainer is not None and not self.trainer.is_global_zero:
-            return directory
-        save_policy(
-            self.policy, self.tokenizer, directory, self.lora is not None, self.hparams.quantization is not None
-        )
-        rank_zero_info(f"policy exported in Hugging Face format to {directory}")
-        return directory

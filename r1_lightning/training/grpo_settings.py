@@ -14,7 +14,7 @@ from r1_lightning.generation.rollout import SamplingConfig
 from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
 from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.loading import OPTIMIZERS
-from r1_lightning.training.losses import IMPORTANCE_SAMPLING_LEVELS, canonical_loss_type
+from r1_lightning.training.losses import IMPORTANCE_SAMPLING_LEVELS, LossParameters, canonical_loss_type
 
 #: the rewards of R1-Zero's recipe when ``model.rewards`` is unset
 DEFAULT_REWARDS = {"accuracy_reward": 1.0, "format_reward": 0.5}
@@ -45,6 +45,10 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
     if hp["num_generations"] < 2:
         raise ValueError(f"`num_generations` must be >= 2 (group-relative advantages), got {hp['num_generations']}")
     canonical_loss_type(hp["loss_type"])
+    if not 0.0 < hp["top_entropy_quantile"] <= 1.0:
+        raise ValueError(f"`top_entropy_quantile` must be in (0, 1] (1: every token), got {hp['top_entropy_quantile']}")
+    if hp["off_policy_mask_threshold"] is not None and hp["off_policy_mask_threshold"] < 0:
+        raise ValueError(f"`off_policy_mask_threshold` must be >= 0 or null, got {hp['off_policy_mask_threshold']}")
     if hp["importance_sampling_level"] not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(
             f"`importance_sampling_level` must be one of {IMPORTANCE_SAMPLING_LEVELS}, "
@@ -99,3 +103,20 @@ def build_rollout_engine(engine: str, vllm: dict[str, Any], quantization: Any, t
     if quantization is not None:
         raise ValueError("`model.rollout_engine: vllm` does not take a bitsandbytes-quantized policy (QLoRA)")
     return vllm_engine.VLLMGenerator(tokenizer, **vllm)
+
+
+def loss_settings(hp: Any) -> dict[str, Any]:
+    """The ``grpo_loss`` keywords the module's options fix for the whole run (``loss_params`` arrives as the
+    dataclass, or as a mapping from saved hyperparameters)."""
+    params = hp["loss_params"]
+    if params is not None and not isinstance(params, LossParameters):
+        params = LossParameters(**dict(params))
+    return {
+        "beta": hp["beta"],
+        "epsilon_low": hp["epsilon_low"],
+        "epsilon_high": hp["epsilon_high"],
+        "loss_type": canonical_loss_type(hp["loss_type"]),
+        "importance_sampling_level": hp["importance_sampling_level"],
+        "kl_bias_correction": hp["kl_bias_correction"],
+        "params": params,
+    }

@@ -202,6 +202,24 @@ def off_policy_sequence_mask(
 
 
 @torch.no_grad()
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float, gather: Any = None) -> torch.Tensor:
+    """``[B, L]`` 0/1 mask of the completion tokens whose entropy is in the top ``quantile`` share ("Beyond
+    the 80/20 rule"; TRL's ``top_entropy_quantile``): at or above the ``1 - quantile`` quantile of every
+    rank's masked entropies (``gather`` concatenates them; None = this rank's).
+
+    >>> high_entropy_mask(torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.3]]), torch.ones(1, 5), 0.4)
+    tensor([[0., 1., 0., 1., 0.]])
+    """
+    valid = mask.bool()
+    pooled = entropy[valid].float()
+    pooled = pooled if gather is None else gather(pooled)
+    if pooled.numel() == 0:
+        return torch.zeros_like(mask, dtype=entropy.dtype)
+    threshold = torch.quantile(pooled, 1.0 - quantile)
+    return ((entropy >= threshold) & valid).to(entropy.dtype)
+
+
+@torch.no_grad()
 def vespo_weights(
     advantages: torch.Tensor,
     log_ratio: torch.Tensor,
