@@ -3,6 +3,7 @@
 This folder is installed as ``r1_lightning.callbacks``.
 """
 
+from r1_lightning.callbacks.completion_log import CompletionLogCallback
 from r1_lightning.callbacks.reward_logging import RewardLoggingCallback
 from r1_lightning.callbacks.rollout_callback import RolloutCallback
 from r1_lightning.callbacks.run_report import RunReportCallback
@@ -10,6 +11,7 @@ from r1_lightning.callbacks.stage_schedule import StageScheduleCallback
 from r1_lightning.callbacks.step_progress import StepProgressCallback
 
 __all__ = [
+    "CompletionLogCallback",
     "RewardLoggingCallback",
     "RolloutCallback",
     "RunReportCallback",

@@ -52,3 +52,29 @@ def test_a_bad_value_is_one_clear_line(tmp_path, option, message):
     )
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_log_completions_writes_every_step_once_across_a_resume(tmp_path):
+    """TRL's log_completions: each step's B x G rows (prompt, completion, per-function rewards, advantage) in
+    completions.jsonl; lines a killed run wrote after its last checkpoint are dropped on resume."""
+    import json
+
+    args = fast_args(tmp_path, "--model.init_args.log_completions", "true", "--data.init_args.batch_size", "2",
+                     "--model.init_args.num_generations", "4",
+                     "--trainer.callbacks.every_n_train_steps", "1")  # fmt: skip
+    main(["fit", *args, "--trainer.max_steps", "2", "--model.init_args.validate_at_start", "false",
+          "--model.init_args.validate_at_end", "false"])  # fmt: skip
+    (path,) = tmp_path.glob("**/completions.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * 8 + [2] * 8
+    assert set(rows[0]) == {"step", "rank", "prompt", "completion", "reward", "rewards", "advantage"}
+    assert set(rows[0]["rewards"]) == {"accuracy_reward", "format_reward"} and "User:" in rows[0]["prompt"]
+    # a killed run had written step 3's rows (and half a line) after the step-2 checkpoint
+    with open(path, "a") as handle:
+        handle.write(json.dumps({**rows[0], "step": 3, "completion": "STALE"}) + "\n" + '{"step": 3, "pro')
+    main(["fit", *args, "--trainer.max_steps", "4", "--ckpt_path", "last", "--model.init_args.validate_at_start",
+          "false", "--model.init_args.validate_at_end", "false"])  # fmt: skip
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * 8 + [2] * 8 + [3] * 8 + [4] * 8
+    assert "STALE" not in {r["completion"] for r in rows}

@@ -37,7 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
-from r1_lightning.callbacks import RewardLoggingCallback, RolloutCallback
+from r1_lightning.callbacks import CompletionLogCallback, RewardLoggingCallback, RolloutCallback
 from r1_lightning.evaluation.grpo_validation import GRPOEvaluation, validation_due
 from r1_lightning.generation.forward import batched_logprobs, micro_batch_logprobs
 from r1_lightning.generation.mismatch import MismatchMeter, truncated_importance_weights
@@ -172,6 +172,8 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         validate_at_start: evaluate before the first step, so a run logs its starting val/pass@1.
         validate_at_end: evaluate after the last step unless a scheduled validation just did, so a run
             logs its final val/pass@1 and prints the change.
+        log_completions: append every step's prompts, completions, per-function rewards and advantages to
+            ``<log dir>/completions.jsonl`` (TRL's name; rank 0, resume-safe: ``callbacks/completion_log.py``).
         export_dir: write the final policy as an HF ``save_pretrained`` folder here at the end of fit
             (default: ``<log dir>/hf_model``).
     """
@@ -221,6 +223,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         val_reward: str = "accuracy_reward",
         validate_at_start: bool = True,
         validate_at_end: bool = True,
+        log_completions: bool = False,
         export_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -258,7 +261,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
         present = {type(c) for c in (self.trainer.callbacks if self._trainer else [])}
-        return [cb() for cb in (RolloutCallback, RewardLoggingCallback) if cb not in present]
+        logged = (CompletionLogCallback,) if self.hparams.log_completions else ()
+        wanted = (RolloutCallback, RewardLoggingCallback, *logged)
+        return [cb() for cb in wanted if cb not in present]
 
     @override
     def configure_model(self) -> None:
