@@ -124,3 +124,37 @@ def test_two_rank_validation_evaluates_each_problem_once_and_equals_one_rank(tmp
     assert results[1]["val/problems"] == results[2]["val/problems"] == 40  # each problem once, on either
     for key, value in results[1].items():
         assert results[2][key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_on_two_ranks_keeps_them_in_step(tmp_path):
+    """max_num_gen_batches under DDP: ranks draw different extra prompts and different numbers of useful
+    groups, yet each trains B whole groups with signal, in lockstep (identical weights after each step)."""
+    probe = tmp_path / "probe"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable, "-m", "r1_lightning.cli.main", "fit",
+        "--config", str(ROOT / "configs" / "r1_zero_tiny.yaml"),
+        "--config", str(ROOT / "configs" / "strategy" / "ddp.yaml"),
+        *probe_args(tmp_path, probe),
+        "--model.init_args.rewards", "{helpers.rewards.signal_on_even_answers: 1.0}",
+        "--model.init_args.max_num_gen_batches", "6",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    for step0, step1 in zip(*ranks, strict=True):
+        assert step0["weights"] == step1["weights"]
+        for step in (step0, step1):
+            assert step["num_completions"] == 4 * step["group_size"]  # B groups on every rank
+            assert all(abs(s) < 1e-4 for s in step["group_advantage_sums"])
+    rows = []
+    for path in tmp_path.glob("**/metrics.csv"):
+        with open(path) as handle:
+            rows += [r for r in csv.DictReader(handle) if r.get("train/zero_std_groups")]
+    assert rows and all(float(r["train/zero_std_groups"]) == 0.0 for r in rows)

@@ -78,3 +78,56 @@ def test_log_completions_writes_every_step_once_across_a_resume(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] * 8 + [2] * 8 + [3] * 8 + [4] * 8
     assert "STALE" not in {r["completion"] for r in rows}
+
+
+def _dynamic_args(tmp_path, cap="6", *extra):
+    return fast_args(tmp_path, "--model.init_args.rewards", "{helpers.rewards.signal_on_even_answers: 1.0}",
+                     "--data.init_args.batch_size", "4", "--model.init_args.num_generations", "4",
+                     "--model.init_args.max_num_gen_batches", cap, "--trainer.log_every_n_steps", "1",
+                     *extra)  # fmt: skip
+
+
+def _logged(tmp_path) -> list[dict]:
+    rows = []
+    for path in sorted(tmp_path.glob("**/metrics.csv")):
+        with open(path) as handle:
+            rows += [r for r in csv.DictReader(handle) if r.get("train/dynamic_sampling/gen_batches")]
+    return rows
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_trains_only_groups_with_signal(tmp_path):
+    main(["fit", *_dynamic_args(tmp_path), "--trainer.max_steps", "4", "--model.init_args.validate_at_start",
+          "false", "--model.init_args.validate_at_end", "false"])  # fmt: skip
+    rows = _logged(tmp_path)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(float(r["train/zero_std_groups"]) == 0.0 for r in rows)  # every trained group carries signal
+    assert sum(float(r["train/dynamic_sampling/dropped_groups"]) for r in rows) > 0  # and some were dropped
+    assert any(float(r["train/dynamic_sampling/gen_batches"]) > 1 for r in rows)  # by drawing more prompts
+    assert all(float(r["train/dynamic_sampling/cap_hits"]) == 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_cap_fills_the_step_and_counts_it(tmp_path, caplog):
+    main(["fit", *_dynamic_args(tmp_path, "1"), "--trainer.max_steps", "2", "--model.init_args.validate_at_start",
+          "false", "--model.init_args.validate_at_end", "false"])  # fmt: skip
+    rows = _logged(tmp_path)
+    assert [float(r["train/dynamic_sampling/gen_batches"]) for r in rows] == [1.0, 1.0]
+    assert float(rows[-1]["train/dynamic_sampling/cap_hits"]) >= 1  # odd-answer groups had to stay in
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_resumes_exactly(tmp_path):
+    """4 steps straight, and 2 then --ckpt_path last to 4: the same rewards at every step."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    no_eval = ["--model.init_args.validate_at_start", "false", "--model.init_args.validate_at_end", "false"]
+    every_step = ["--trainer.callbacks.every_n_train_steps", "1"]
+    main(["fit", *_dynamic_args(straight, "6", *every_step), "--trainer.max_steps", "4", *no_eval])
+    main(["fit", *_dynamic_args(resumed, "6", *every_step), "--trainer.max_steps", "2", *no_eval])
+    main(["fit", *_dynamic_args(resumed, "6", *every_step), "--trainer.max_steps", "4", "--ckpt_path", "last",
+          *no_eval])  # fmt: skip
+    keys = ("train/reward", "train/dynamic_sampling/gen_batches", "train/dynamic_sampling/dropped_groups")
+    first = {int(r["step"]): [r[k] for k in keys] for r in _logged(straight)}
+    second = {int(r["step"]): [r[k] for k in keys] for r in _logged(resumed)}
+    assert sorted(first) == sorted(second) == [1, 2, 3, 4]
+    assert first == second

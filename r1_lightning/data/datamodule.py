@@ -51,6 +51,10 @@ class HeldOutRecords(IterableDataset):
         return len(self.records)
 
 
+#: epoch keys of dynamic sampling's extra draws start here, far from the main stream's passes
+EXTRA_EPOCHS = 100_000_000
+
+
 class PromptStream(IterableDataset):
     """Endless stream of rendered training records; reshuffled each pass over a finite source.
 
@@ -202,6 +206,26 @@ class PromptDataModule(L.LightningDataModule):
                     )
                 return None
         return {**record, "raw_prompt": record["prompt"], "prompt": text}
+
+    def extra_batch(self, step: int, draw: int) -> dict[str, list]:
+        """``batch_size`` more rendered training records for dynamic sampling's ``draw``-th extra batch of
+        ``step``: this rank's share of a pass of the source of its own (epoch key ``step``, ``draw``), so a
+        resumed or re-run step draws the same ones and ranks draw different ones. Not taken from the main
+        stream, which stays as without dynamic sampling (its position is what checkpoints save)."""
+        index, count = _shard()
+        records: list[dict] = []
+        epoch = EXTRA_EPOCHS + step * 1000 + draw
+        for position, record in enumerate(self.source.iter_train(self.seed, epoch)):
+            if position % count != index:
+                continue
+            rendered = self.render(record, count_skips=False)
+            if rendered is not None:
+                records.append(rendered)
+            if len(records) == self.batch_size:
+                return collate_records(records)
+        if not records:
+            raise ValueError("the training prompt source yielded no records; check the dataset and split")
+        return collate_records(records)  # a finite source smaller than a batch: all of its share
 
     def val_records(self) -> list[dict]:
         records = [r for r in map(self.render, self.source.val_records(self.seed)) if r is not None]

@@ -76,6 +76,7 @@ class Rollout(NamedTuple):
     micro_batches: list[MicroBatch] | None = None  # how forward/backward passes split it (None = one)
     reward_events: dict[str, int] = {}  # reward timeouts and code runs while scoring it, e.g. code_runs/ok
     seconds: dict[str, float] = {}  # wall time of its parts: "rollout" (sampling, log-probs), "reward"
+    sampling_stats: dict[str, float] = {}  # dynamic sampling's counts for this step (logged as train/<key>)
 
 
 class MicroBatch(NamedTuple):
@@ -175,3 +176,56 @@ def prompt_groups(prompts: list[str], group_size: int) -> tuple[list[str], int]:
     ):
         return prompts[::group_size], group_size
     return prompts, 1
+
+
+def select_rows(generation: Generation, rows: list[int]) -> Generation:
+    """The given rows of a generation, in that order (its widths unchanged)."""
+    index = torch.tensor(rows, dtype=torch.long, device=generation.input_ids.device)
+    return Generation(
+        generation.input_ids[index],
+        generation.attention_mask[index],
+        generation.completion_mask[index],
+        generation.prompt_length,
+        generation.truncated[index],
+        [generation.texts[i] for i in rows],
+        generation.seconds,
+        None if generation.sample_logprobs is None else generation.sample_logprobs[index],
+    )
+
+
+def concat_generations(parts: list[Generation], pad_id: int) -> Generation:
+    """The rows of several generations as one: prompts left-padded to the longest, completions right-padded
+    (padding is ``pad_id`` with attention 0, as the sampler pads); decode seconds add up.
+
+    >>> one = lambda n: torch.ones(1, n, dtype=torch.long)
+    >>> a = Generation(torch.tensor([[5, 6, 7]]), one(3), one(1), 2, torch.tensor([False]), ["x"], 1.0)
+    >>> b = Generation(torch.tensor([[8, 9, 9]]), one(3), one(2), 1, torch.tensor([True]), ["yz"], 2.0)
+    >>> ab = concat_generations([a, b], pad_id=0)
+    >>> ab.input_ids.tolist(), ab.attention_mask.tolist(), ab.prompt_length, ab.seconds
+    ([[5, 6, 7, 0], [0, 8, 9, 9]], [[1, 1, 1, 0], [0, 1, 1, 1]], 2, 3.0)
+    """
+    prompt = max(g.prompt_length for g in parts)
+    completion = max(g.completion_mask.shape[1] for g in parts)
+    pad = torch.nn.functional.pad
+    widened = []
+    for g in parts:
+        left, right = prompt - g.prompt_length, completion - g.completion_mask.shape[1]
+        widened.append(
+            (
+                pad(g.input_ids, (left, right), value=pad_id),
+                pad(g.attention_mask, (left, right), value=0),
+                pad(g.completion_mask, (0, right), value=0),
+                None if g.sample_logprobs is None else pad(g.sample_logprobs, (0, right), value=0.0),
+            )
+        )
+    logprobs = [w[3] for w in widened]
+    return Generation(
+        torch.cat([w[0] for w in widened]),
+        torch.cat([w[1] for w in widened]),
+        torch.cat([w[2] for w in widened]),
+        prompt,
+        torch.cat([g.truncated for g in parts]),
+        [text for g in parts for text in g.texts],
+        sum(g.seconds for g in parts),
+        None if any(lp is None for lp in logprobs) else torch.cat(logprobs),
+    )

@@ -64,6 +64,7 @@ from r1_lightning.rewards import resolve_reward, score_completions
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.limits import count_reward_events
 from r1_lightning.rewards.registry import build_rewards
+from r1_lightning.training.dynamic_sampling import Scored, fill_with_signal
 from r1_lightning.training.export import PolicyExport
 from r1_lightning.training.grpo_settings import (
     DEFAULT_REWARDS,
@@ -74,6 +75,7 @@ from r1_lightning.training.grpo_settings import (
     loss_settings,
     validation_sampling,
 )
+from r1_lightning.training.loss_masks import LossMasks
 from r1_lightning.training.losses import (
     ImportanceSamplingLevel,
     LossParameters,
@@ -82,8 +84,6 @@ from r1_lightning.training.losses import (
     global_std,
     group_advantages,
     grpo_loss,
-    high_entropy_mask,
-    off_policy_sequence_mask,
 )
 from r1_lightning.training.memory_plan import MemoryPlanning
 from r1_lightning.training.reference import FrozenReference
@@ -91,7 +91,7 @@ from r1_lightning.training.reference import FrozenReference
 log = logging.getLogger(__name__)
 
 
-class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, L.LightningModule):
+class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, LossMasks, L.LightningModule):
     """Policy + frozen reference trained with GRPO and rule-based rewards.
 
     Args:
@@ -163,6 +163,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
         max_grad_norm: clip the gradient norm to this (None = no clipping).
+        max_num_gen_batches: dynamic sampling (DAPO; veRL's name): drop groups whose rewards are all equal
+            and draw more prompts until the step has B groups with signal, at most this many generation
+            batches; 0 = off (:mod:`r1_lightning.training.dynamic_sampling`).
         warmup_steps: linear warmup steps.
         lr_scheduler: a transformers scheduler name: ``constant_with_warmup``, ``cosine``, ``linear``.
         val_num_samples: samples per validation prompt (k of pass@1-over-k and maj@k).
@@ -216,6 +219,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.99),
         max_grad_norm: float | None = 1.0,
+        max_num_gen_batches: int = 0,
         warmup_steps: int = 0,
         lr_scheduler: str = "constant_with_warmup",
         val_num_samples: int = 4,
@@ -347,29 +351,39 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
 
     def make_rollout(self, batch: dict[str, list]) -> Rollout:
         """One GRPO rollout for a batch of B prompt records, read top to bottom: sample G completions per
-        prompt, score them (TRL's reward contract, ``rewards/contract.py``), group-relative advantages
-        (eq. 3), the micro-batch plan, and the log-probs the loss needs besides the policy's own."""
+        prompt, score them (TRL's reward contract, ``rewards/contract.py``), with dynamic sampling keep only
+        groups with reward signal (drawing more), group-relative advantages (eq. 3), the micro-batch plan,
+        and the log-probs the loss needs besides the policy's own."""
         group, started = self.hparams.num_generations, time.perf_counter()
-        prompts, columns = repeat_batch(batch, group)  # B*G rows, each group contiguous
-        generation = self.generate(prompts, self.sampling, group_size=group)
-        scoring = time.perf_counter()
-        state = RewardState(self.trainer.global_step, self.trainer.max_steps, float(self.trainer.current_epoch))
-        completions, kwargs = generation_reward_inputs(generation, columns, state, rendered_prompts=prompts)
-        with count_reward_events() as events:  # timeouts, sandboxed code runs: this rollout's share
-            totals, per_fn = score_completions(self.rewards, completions, kwargs)
-        scored = time.perf_counter()
-        self.reward_events.update(events)
-        rewards = torch.tensor(totals, dtype=torch.float32, device=generation.input_ids.device)
+        scored, stats = self.sample_and_score(batch), {}
+        if self.hparams.max_num_gen_batches:
+            scored, stats = fill_with_signal(self, scored, self.hparams.max_num_gen_batches)
+            batch.update(scored.batch)  # what the logging callbacks read: the records actually trained on
+        generation, rewards = scored.generation, scored.rewards
         advantages = group_advantages(
             rewards, group, scale_by_std=self.hparams.scale_rewards, batch_std=self.batch_reward_std(rewards)
         )
         plans = self.plan_micro_batches(generation)
         old_logprobs, ref_logprobs = self.old_logprobs(generation, plans), self.reference_logprobs(generation, plans)
         # wall time of the rollout's parts: sampling plus the extra log-prob forwards, and the rewards
-        seconds = {"rollout": scoring - started + time.perf_counter() - scored, "reward": scored - scoring}
+        seconds = {"rollout": time.perf_counter() - started - scored.reward_seconds, "reward": scored.reward_seconds}
         return Rollout(
-            generation, old_logprobs, ref_logprobs, rewards, advantages, per_fn, group, plans, dict(events), seconds
-        )
+            generation, old_logprobs, ref_logprobs, rewards, advantages, scored.per_fn, group, plans,
+            scored.events, seconds, stats,
+        )  # fmt: skip
+
+    def sample_and_score(self, batch: dict[str, list]) -> Scored:
+        """G completions for each of the batch's records, scored by the reward functions."""
+        prompts, columns = repeat_batch(batch, self.hparams.num_generations)  # B*G rows, groups contiguous
+        generation = self.generate(prompts, self.sampling, group_size=self.hparams.num_generations)
+        scoring = time.perf_counter()
+        state = RewardState(self.trainer.global_step, self.trainer.max_steps, float(self.trainer.current_epoch))
+        completions, kwargs = generation_reward_inputs(generation, columns, state, rendered_prompts=prompts)
+        with count_reward_events() as events:  # timeouts, sandboxed code runs: this rollout's share
+            totals, per_fn = score_completions(self.rewards, completions, kwargs)
+        self.reward_events.update(events)
+        rewards = torch.tensor(totals, dtype=torch.float32, device=generation.input_ids.device)
+        return Scored(batch, generation, rewards, per_fn, dict(events), time.perf_counter() - scoring)
 
     def batch_reward_std(self, rewards: torch.Tensor) -> torch.Tensor | None:
         """With ``scale_rewards: batch`` under data parallelism: the std of every rank's rewards (TRL's
@@ -444,29 +458,10 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
             scheduler.step()
             self.reset_reference_if_due()
         stats["lr"] = scheduler.get_last_lr()[0]
+        stats.update(rollout.sampling_stats)
         stats["train_seconds"] = time.perf_counter() - started
         stats.update(mismatch.summary())
         return {**stats, "loss": torch.tensor(stats["loss"])}  # Lightning wants the loss as a tensor
-
-    def loss_masks(self, logprobs, entropy, advantages, old, sampled, mask) -> dict[str, torch.Tensor | None]:
-        """The off-policy sequence mask and the high-entropy token mask of one micro-batch (None when off)."""
-        hp, sequence_mask, token_mask = self.hparams, None, None
-        if hp.off_policy_mask_threshold is not None:  # the sampler's log-probs where the engine gave them
-            behaviour, threshold = (sampled if sampled is not None else old), hp.off_policy_mask_threshold
-            sequence_mask = off_policy_sequence_mask(advantages, logprobs, behaviour, mask, threshold)
-        if hp.top_entropy_quantile < 1.0:
-            token_mask = high_entropy_mask(entropy, mask, hp.top_entropy_quantile, self.all_gather_ranks)
-        return {"sequence_mask": sequence_mask, "token_mask": token_mask}
-
-    def all_gather_ranks(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` of every rank, concatenated (ranks may hold different counts; one rank: unchanged)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return values
-        count = int(self.trainer.strategy.reduce(torch.tensor(float(values.numel()), device=values.device), "max"))
-        padded = torch.full((count,), -1.0, dtype=values.dtype, device=values.device)
-        padded[: values.numel()] = values
-        gathered = self.all_gather(padded).reshape(-1)
-        return gathered[gathered >= 0]  # entropies are >= 0: the -1 padding drops out
 
     def _clip_gradients(self, max_norm: float) -> float:
         """Clip the global gradient norm (under FSDP2 torch computes it over every rank's shard)."""

@@ -45,6 +45,10 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
     if hp["num_generations"] < 2:
         raise ValueError(f"`num_generations` must be >= 2 (group-relative advantages), got {hp['num_generations']}")
     canonical_loss_type(hp["loss_type"])
+    if hp["max_num_gen_batches"] < 0:
+        raise ValueError(
+            f"`max_num_gen_batches` must be >= 0 (0 = no dynamic sampling), got {hp['max_num_gen_batches']}"
+        )
     if not 0.0 < hp["top_entropy_quantile"] <= 1.0:
         raise ValueError(f"`top_entropy_quantile` must be in (0, 1] (1: every token), got {hp['top_entropy_quantile']}")
     if hp["off_policy_mask_threshold"] is not None and hp["off_policy_mask_threshold"] < 0:

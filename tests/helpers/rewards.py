@@ -25,3 +25,9 @@ def accept_all(completions, **kwargs):
     """Every completion counts as correct: a rejection-sampling verifier for wiring tests whose teacher is
     random-init (the traces' quality is not what they test)."""
     return [1.0] * len(completions)
+
+
+def signal_on_even_answers(completions, answer, **kwargs):
+    """Varies within a group only for problems with an even answer; constant 0 for odd ones: about half of
+    every batch's groups carry no signal (what dynamic sampling drops)."""
+    return [float(len(c) % 3) if int(a) % 2 == 0 else 0.0 for c, a in zip(completions, answer, strict=True)]
