@@ -190,3 +190,26 @@ def test_grpo_checks_the_chunk_size(tmp_path):
 
     with pytest.raises(ValueError, match="`logprob_chunk_size` must be a whole number of tokens >= 0 .0 = full"):
         GRPOModule(model="tiny:random", logprob_chunk_size=-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_gradient_by_chunks_equals_autograd_on_full_logits(temperature):
+    """The entropy bonus needs dH/dz = -p (log p + H) through the chunked head: equal to autograd's."""
+    from r1_lightning.models.chunked_logprobs import head_scores
+
+    hidden, weight, bias, tokens, upstream = _inputs(torch.float64, bias=True)
+    head = torch.nn.Linear(16, 50, dtype=torch.float64)
+    with torch.no_grad():
+        head.weight.copy_(weight), head.bias.copy_(bias)
+    g_entropy = torch.randn(2, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    logprobs, entropy = head_scores(head, hidden, tokens, temperature, 3, True)
+    ((logprobs * upstream).sum() + (entropy * g_entropy).sum()).backward()
+    chunked = (hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+    hidden.grad, head.weight.grad, head.bias.grad = None, None, None
+    logp = torch.log_softmax(head(hidden) / temperature, -1)
+    full_entropy = -(logp.exp() * logp).sum(-1)
+    full_lp = logp.gather(-1, tokens[..., None]).squeeze(-1)
+    ((full_lp * upstream).sum() + (full_entropy * g_entropy).sum()).backward()
+    torch.testing.assert_close(entropy.detach(), full_entropy.detach())
+    for got, want in zip(chunked, (hidden.grad, head.weight.grad, head.bias.grad), strict=True):
+        torch.testing.assert_close(got, want)

@@ -16,6 +16,8 @@ OPTIONS = [
     ["--model.init_args.loss_type", "sapo", "--model.init_args.loss_params", "{sapo_temperature_neg: 2.0}"],
     ["--model.init_args.off_policy_mask_threshold", "0.1", "--model.init_args.num_iterations", "2"],
     ["--model.init_args.top_entropy_quantile", "0.2"],
+    ["--model.init_args.entropy_coef", "0.01"],
+    ["--model.init_args.entropy_coef", "0.01", "--model.init_args.top_entropy_quantile", "0.5"],
 ]
 
 
@@ -38,6 +40,11 @@ def test_each_option_trains_from_the_shipped_config(tmp_path, option):
         (["--model.init_args.top_entropy_quantile", "0"], "`top_entropy_quantile` must be in"),
         (["--model.init_args.off_policy_mask_threshold", "-1"], "`off_policy_mask_threshold` must be >= 0"),
         (["--model.init_args.logprob_chunk_size", "-3"], "`logprob_chunk_size` must be a whole number"),
+        (
+            ["--model.init_args.entropy_coef", "0.1", "--model.init_args.logprob_chunk_size", "0"],
+            "`entropy_coef` needs",
+        ),
+        (["--model.init_args.max_num_gen_batches", "-1"], "`max_num_gen_batches` must be >= 0"),
     ],
 )
 def test_a_bad_value_is_one_clear_line(tmp_path, option, message):

@@ -39,7 +39,7 @@ class _Accelerator:
 
 def trl_loss(
     logprobs, old, ref, advantages, mask, *, loss_type, beta, eps_low, eps_high, level, bias_kl, is_ratio=None,
-    args=None, off_policy=None, sampling=None, entropies=None, top_entropy_quantile=1.0,
+    args=None, off_policy=None, sampling=None, entropies=None, top_entropy_quantile=1.0, entropy_coef=0.0,
 ):  # fmt: skip
     """TRL's ``_compute_loss`` on given per-token log-probs (its model forward is stood in for)."""
     entropies = torch.zeros_like(logprobs) if entropies is None else entropies
@@ -55,7 +55,9 @@ def trl_loss(
         get_gamma_weights=trl_grpo.GRPOTrainer.get_gamma_weights,
         use_vllm=is_ratio is not None,
         vllm_importance_sampling_correction=is_ratio is not None,
-        _entropy_bonus_enabled=False,
+        _entropy_bonus_enabled=entropy_coef != 0.0,
+        entropy_coef=entropy_coef,
+        use_adaptive_entropy=False,
         aux_loss_enabled=False,
         current_gradient_accumulation_steps=1,
         max_completion_length=mask.shape[1],
@@ -264,3 +266,27 @@ def test_top_20_percent_of_tokens_by_entropy_carry_the_policy_gradient():
     carrying = logprobs.grad != 0
     assert int(carrying.sum()) == 4
     assert torch.equal(carrying, entropy >= 16)  # entropies 16..19 are the top 20%
+
+
+@pytest.mark.parametrize("loss_type,rho", [("dapo", 1.0), ("grpo", 1.0), ("dr_grpo", 0.5)])
+def test_entropy_bonus_equals_trl_in_loss_and_both_gradients(loss_type, rho):
+    """entropy_coef (TRL's name): L - coef * mean H over the tokens carrying the policy gradient; the same
+    loss and the same gradients in the log-probs and in the entropies."""
+    current, old, ref, advantages, mask = _rollout(seed=4)
+    entropy = torch.rand(6, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2
+    ours_lp, theirs_lp = current.clone().requires_grad_(True), current.clone().requires_grad_(True)
+    ours_h, theirs_h = entropy.clone().requires_grad_(True), entropy.clone().requires_grad_(True)
+    from r1_lightning.training.losses import high_entropy_mask
+
+    token_mask = high_entropy_mask(entropy, mask, rho) if rho < 1.0 else None
+    ours = grpo_loss(ours_lp, old, advantages, mask, ref_logprobs=ref, beta=0.04, epsilon_low=0.2, epsilon_high=0.28,
+                     loss_type=loss_type, token_mask=token_mask, entropy=ours_h, entropy_coef=0.05).loss  # fmt: skip
+    theirs = trl_loss(theirs_lp, old, ref, advantages, mask, loss_type=loss_type, beta=0.04, eps_low=0.2,
+                      eps_high=0.28, level="token", bias_kl=False, entropies=theirs_h, top_entropy_quantile=rho,
+                      entropy_coef=0.05)  # fmt: skip
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours_h.grad, theirs_h.grad, rtol=1e-12, atol=1e-14)
+    assert ours_h.grad.abs().sum() > 0

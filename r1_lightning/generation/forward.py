@@ -29,6 +29,8 @@ def _scores(
     scale = temperature if temperature > 0 else 1.0
     if head is not None:
         return head_scores(head, outputs, tokens, scale, chunk_size, with_entropy)
+    # (no gradient through the full-logits entropy: it would keep a log-softmax copy of every row; an entropy
+    # bonus needs the chunked path, which has it for free)
     return token_logprobs(outputs, tokens, scale), (token_entropy(outputs, scale) if with_entropy else None)
 
 

@@ -57,14 +57,17 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
                 probs = (logits - logsumexp[rows, None]).exp_()
                 entropy[rows] = logsumexp[rows] - probs.mul_(logits).sum(-1)
             del logits
-        ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp)
+        ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp, entropy)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
-        ctx.mark_non_differentiable(entropy)  # a metric; no gradient
+        ctx.set_materialize_grads(False)  # an output the loss does not use gets None: no work for it
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, _grad_entropy: Any = None) -> tuple[Any, ...]:  # type: ignore[override]
-        hidden, weight, bias, tokens, logsumexp = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor | None, grad_entropy: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
+        hidden, weight, bias, tokens, logsumexp, entropy = ctx.saved_tensors
+        if grad is None and grad_entropy is None:
+            return (None,) * 7
+        grad = torch.zeros_like(logsumexp) if grad is None else grad
         temperature, chunk_size = ctx.temperature, ctx.chunk_size
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None
@@ -76,7 +79,14 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
             # d(upstream) / d(logits) = g * (onehot - softmax), then through the division by T; computed in
             # place in the recomputed logits' buffer (one [chunk, vocab] block at a time, nothing else)
             dlogits = _logits(hidden[rows], weight, bias, temperature)
-            dlogits.sub_(logsumexp[rows, None]).exp_().mul_(-grad[rows, None])
+            if grad_entropy is None:
+                dlogits.sub_(logsumexp[rows, None]).exp_().mul_(-grad[rows, None])
+            else:  # plus the entropy's: dH/dz = -p (log p + H), weighted by its upstream gradient
+                log_probs = dlogits.sub_(logsumexp[rows, None])
+                probs = log_probs.exp()
+                weights = log_probs.add_(entropy[rows, None]).mul_(grad_entropy[rows, None])
+                dlogits = weights.add_(grad[rows, None]).mul_(probs).neg_()
+                del probs
             dlogits.scatter_add_(-1, tokens[rows, None], grad[rows, None].to(dlogits.dtype))
             if temperature != 1.0:
                 dlogits.div_(temperature)
@@ -212,16 +222,19 @@ def head_scores(
 
     from r1_lightning.models.logprobs import token_entropy, token_logprobs
 
+    def chunk_scores(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(h)
+        entropy = token_entropy(logits, temperature, differentiable=True) if with_entropy else logits.new_zeros(0)
+        return token_logprobs(logits, t, temperature), entropy
+
     flat_hidden, flat_tokens = hidden.reshape(1, -1, hidden.shape[-1]), tokens.reshape(1, -1)
     pieces, entropies = [], []
     for start in range(0, flat_tokens.shape[1], chunk_size):
         part = flat_hidden[:, start : start + chunk_size]
-        part_tokens = flat_tokens[:, start : start + chunk_size]
-        pieces.append(
-            checkpoint(lambda h, t: token_logprobs(head(h), t, temperature), part, part_tokens, use_reentrant=False)
+        logprobs, entropy = checkpoint(
+            chunk_scores, part, flat_tokens[:, start : start + chunk_size], use_reentrant=False
         )
-        if with_entropy:
-            with torch.no_grad():
-                entropies.append(token_entropy(head(part), temperature))
+        pieces.append(logprobs)
+        entropies.append(entropy)
     logprobs = torch.cat(pieces, dim=1).view(tokens.shape)
     return logprobs, (torch.cat(entropies, dim=1).view(tokens.shape) if with_entropy else None)

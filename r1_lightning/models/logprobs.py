@@ -27,11 +27,12 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return torch.stack(rows)
 
 
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy ``-sum p log p`` of each position's next-token distribution, ``[B, L]``, for logging."""
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0, differentiable: bool = False) -> torch.Tensor:
+    """Entropy ``-sum p log p`` of each position's next-token distribution, ``[B, L]``: for logging (no
+    gradient, so no log-softmax copy kept), or ``differentiable`` for an entropy bonus."""
     rows = []
-    for row_logits in logits:
-        logp = torch.log_softmax(row_logits.float() / temperature, dim=-1)
-        rows.append(-(logp.exp() * logp).sum(-1))
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        for row_logits in logits:
+            logp = torch.log_softmax(row_logits.float() / temperature, dim=-1)
+            rows.append(-(logp.exp() * logp).sum(-1))
     return torch.stack(rows)

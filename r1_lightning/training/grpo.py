@@ -131,6 +131,8 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
             ``sapo_temperature_pos`` / ``_neg``, ``vespo_k_pos`` / ``vespo_lambda_pos`` / ``_neg``.
         off_policy_mask_threshold: DeepSeek-V3.2's off-policy sequence mask (TRL's name): drop a completion with
             a negative advantage whose mean ``log pi_sampler - log pi_theta`` passes this; null = off.
+        entropy_coef: entropy bonus (TRL's name): subtract this times the mean token entropy (of the tokens
+            carrying the policy gradient) from the loss; needs ``logprob_chunk_size`` != 0.
         top_entropy_quantile: only the top ``rho`` share of completion tokens by entropy carry the policy
             gradient ("Beyond the 80/20 rule"; TRL's name); 1.0 = every token.
         scale_rewards: divide advantages by the std of each group (``group``, or true), of the whole
@@ -203,6 +205,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         loss_params: LossParameters | None = None,
         off_policy_mask_threshold: float | None = None,
         top_entropy_quantile: float = 1.0,
+        entropy_coef: float = 0.0,
         scale_rewards: bool | RewardScaling = True,
         importance_sampling_level: ImportanceSamplingLevel = "token",
         kl_bias_correction: bool = False,
@@ -442,6 +445,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
                     masks = self.loss_masks(logprobs, entropy, rollout.advantages[rows], old, sampled, part_mask)
                     out = grpo_loss(
                         logprobs, old, rollout.advantages[rows], part_mask, ref_logprobs=ref, is_weights=weights,
+                        entropy=entropy,
                         **masks, **self.loss_settings, **totals, num_micro_batches=len(plans),
                     )  # fmt: skip
                     self.manual_backward(out.loss)

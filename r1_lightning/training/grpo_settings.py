@@ -45,6 +45,10 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
     if hp["num_generations"] < 2:
         raise ValueError(f"`num_generations` must be >= 2 (group-relative advantages), got {hp['num_generations']}")
     canonical_loss_type(hp["loss_type"])
+    if hp["entropy_coef"] and hp["logprob_chunk_size"] == 0:
+        raise ValueError(
+            "`entropy_coef` needs the chunked log-probs (its entropy gradient): unset `logprob_chunk_size: 0`"
+        )
     if hp["max_num_gen_batches"] < 0:
         raise ValueError(
             f"`max_num_gen_batches` must be >= 0 (0 = no dynamic sampling), got {hp['max_num_gen_batches']}"
@@ -123,4 +127,5 @@ def loss_settings(hp: Any) -> dict[str, Any]:
         "importance_sampling_level": hp["importance_sampling_level"],
         "kl_bias_correction": hp["kl_bias_correction"],
         "params": params,
+        "entropy_coef": hp["entropy_coef"],
     }

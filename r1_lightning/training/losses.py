@@ -269,6 +269,8 @@ def grpo_loss(
     sequence_mask: torch.Tensor | None = None,
     token_mask: torch.Tensor | None = None,
     num_micro_batches: int = 1,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> GRPOLossOutput:
     """GRPO objective (R1 eq. 1) as a loss to minimise, with TRL 1.16's family of per-token terms.
 
@@ -288,7 +290,10 @@ def grpo_loss(
     gradient: the sampler correction, ``r1_lightning.generation.mismatch``) multiplies it (VESPO folds it
     into its weights instead); ``beta`` times the k3 KL is added, times ``w`` with ``kl_bias_correction``
     (DeepSeek-V3.2; TRL's default, not the paper's). The clip is active where the unclipped term was not
-    the minimum, i.e. where the surrogate's gradient is zeroed.
+    the minimum, i.e. where the surrogate's gradient is zeroed. ``entropy_coef`` subtracts that times the
+    mean ``entropy`` (differentiable, [B, L]) over the tokens that carry the policy gradient (``mask``
+    times ``token_mask``), per micro-batch and divided by ``num_micro_batches``: TRL's entropy bonus,
+    ``L = L_policy - coef * H``, which does not depend on the loss type's normaliser.
     """
     loss_type = canonical_loss_type(loss_type)
     params = params or LossParameters()
@@ -339,6 +344,11 @@ def grpo_loss(
         num_micro_batches=num_micro_batches,
     )
     loss = aggregate_loss(per_token, mask, loss_type, **reduce)
+    if entropy_coef:
+        if entropy is None:
+            raise ValueError("entropy_coef needs the per-token entropy")
+        acting = mask if token_mask is None else mask * token_mask
+        loss = loss - entropy_coef * (entropy * acting).sum() / acting.sum().clamp(min=1.0) / num_micro_batches
     with torch.no_grad():
         tokens = mask.sum().clamp(min=1.0)
         clip_fraction = (clip_active.expand_as(mask) * mask).sum() / tokens
