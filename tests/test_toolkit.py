@@ -17,6 +17,7 @@ OPTIONS = [
     ["--model.init_args.off_policy_mask_threshold", "0.1", "--model.init_args.num_iterations", "2"],
     ["--model.init_args.top_entropy_quantile", "0.2"],
     ["--model.init_args.entropy_coef", "0.01"],
+    ["--model.init_args.multi_objective_aggregation", "normalize_then_sum"],
     ["--model.init_args.entropy_coef", "0.01", "--model.init_args.top_entropy_quantile", "0.5"],
 ]
 

@@ -290,3 +290,26 @@ def test_entropy_bonus_equals_trl_in_loss_and_both_gradients(loss_type, rho):
     torch.testing.assert_close(ours_lp.grad, theirs_lp.grad, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(ours_h.grad, theirs_h.grad, rtol=1e-12, atol=1e-14)
     assert ours_h.grad.abs().sum() > 0
+
+
+def test_normalize_then_sum_equals_trls_advantage_formula():
+    """GDPO advantages: the lines of TRL 1.16's _generate_and_score_completions for normalize_then_sum, run
+    with TRL's own nanstd, on scores with a function that does not apply to some completions (NaN) and a
+    completion no function scored."""
+    from trl.trainer.utils import nanstd
+
+    from r1_lightning.training.losses import normalize_then_sum_advantages
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(12, 3, generator=g, dtype=torch.float64)
+    scores[2, 1] = scores[7, 0] = float("nan")
+    scores[5] = float("nan")
+    weights = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    grouped = scores.view(-1, 4, 3)
+    reward_k = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)
+    rewards = (reward_k.view(-1, 3) * weights.unsqueeze(0)).nansum(dim=1)
+    rewards[torch.isnan(scores).all(dim=1)] = torch.nan
+    trl = torch.nan_to_num((rewards - torch.nanmean(rewards)) / (nanstd(rewards).expand_as(rewards) + 1e-4), nan=0.0)
+    ours = normalize_then_sum_advantages(scores, weights, 4)
+    torch.testing.assert_close(ours, trl, rtol=1e-12, atol=1e-14)
+    assert ours[5] == 0.0 and ours.abs().sum() > 0

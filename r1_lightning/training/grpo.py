@@ -81,8 +81,6 @@ from r1_lightning.training.losses import (
     LossParameters,
     LossType,
     RewardScaling,
-    global_std,
-    group_advantages,
     grpo_loss,
 )
 from r1_lightning.training.memory_plan import MemoryPlanning
@@ -165,6 +163,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
         max_grad_norm: clip the gradient norm to this (None = no clipping).
+        multi_objective_aggregation: ``sum_then_normalize`` (weighted sum of the reward functions, then group
+            advantages) or ``normalize_then_sum`` (GDPO: each function normalised in its group, then summed,
+            then normalised over the batch); TRL's name and values.
         max_num_gen_batches: dynamic sampling (DAPO; veRL's name): drop groups whose rewards are all equal
             and draw more prompts until the step has B groups with signal, at most this many generation
             batches; 0 = off (:mod:`r1_lightning.training.dynamic_sampling`).
@@ -222,6 +223,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.99),
         max_grad_norm: float | None = 1.0,
+        multi_objective_aggregation: str = "sum_then_normalize",
         max_num_gen_batches: int = 0,
         warmup_steps: int = 0,
         lr_scheduler: str = "constant_with_warmup",
@@ -363,9 +365,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
             scored, stats = fill_with_signal(self, scored, self.hparams.max_num_gen_batches)
             batch.update(scored.batch)  # what the logging callbacks read: the records actually trained on
         generation, rewards = scored.generation, scored.rewards
-        advantages = group_advantages(
-            rewards, group, scale_by_std=self.hparams.scale_rewards, batch_std=self.batch_reward_std(rewards)
-        )
+        advantages = self.rollout_advantages(rewards, scored.per_fn)
         plans = self.plan_micro_batches(generation)
         old_logprobs, ref_logprobs = self.old_logprobs(generation, plans), self.reference_logprobs(generation, plans)
         # wall time of the rollout's parts: sampling plus the extra log-prob forwards, and the rewards
@@ -387,13 +387,6 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         self.reward_events.update(events)
         rewards = torch.tensor(totals, dtype=torch.float32, device=generation.input_ids.device)
         return Scored(batch, generation, rewards, per_fn, dict(events), time.perf_counter() - scoring)
-
-    def batch_reward_std(self, rewards: torch.Tensor) -> torch.Tensor | None:
-        """With ``scale_rewards: batch`` under data parallelism: the std of every rank's rewards (TRL's
-        scaling uses the gathered batch); None otherwise (each batch's own std is then the global one)."""
-        if self.hparams.scale_rewards != "batch" or self._trainer is None or self.trainer.world_size == 1:
-            return None
-        return global_std(rewards, self.all_gather)
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, float]:

@@ -49,6 +49,11 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         raise ValueError(
             "`entropy_coef` needs the chunked log-probs (its entropy gradient): unset `logprob_chunk_size: 0`"
         )
+    if hp["multi_objective_aggregation"] not in ("sum_then_normalize", "normalize_then_sum"):
+        raise ValueError(
+            "`multi_objective_aggregation` must be sum_then_normalize or normalize_then_sum, got "
+            f"{hp['multi_objective_aggregation']!r}"
+        )
     if hp["max_num_gen_batches"] < 0:
         raise ValueError(
             f"`max_num_gen_batches` must be >= 0 (0 = no dynamic sampling), got {hp['max_num_gen_batches']}"

@@ -1,15 +1,38 @@
-"""GRPOModule's per-micro-batch loss masks: DeepSeek-V3.2's off-policy sequence mask and the high-entropy
-token mask ("Beyond the 80/20 rule"), with the entropy quantile taken over every rank's tokens."""
+"""GRPOModule's advantages and per-micro-batch loss masks: group-relative advantages of the summed rewards or
+GDPO's per-function normalisation (``multi_objective_aggregation``), DeepSeek-V3.2's off-policy sequence
+mask and the high-entropy token mask ("Beyond the 80/20 rule"), with batch statistics over every rank."""
 
 from __future__ import annotations
 
 import torch
 
-from r1_lightning.training.losses import high_entropy_mask, off_policy_sequence_mask
+from r1_lightning.training.losses import (
+    global_std,
+    group_advantages,
+    high_entropy_mask,
+    normalize_then_sum_advantages,
+    off_policy_sequence_mask,
+)
 
 
 class LossMasks:
     """Needs ``hparams`` (``off_policy_mask_threshold``, ``top_entropy_quantile``), ``trainer``, ``all_gather``."""
+
+    def rollout_advantages(self, rewards: torch.Tensor, per_fn: dict[str, list]) -> torch.Tensor:
+        """Advantages of one rollout's ``[B * G]`` weighted rewards (raw scores ``per_fn`` for GDPO)."""
+        hp, distributed = self.hparams, self._trainer is not None and self.trainer.world_size > 1
+        if hp.multi_objective_aggregation == "normalize_then_sum":
+            names = [reward.name for reward in self.rewards]
+            nan = float("nan")
+            scores = torch.tensor(
+                [[nan if s is None else s for s in per_fn[name]] for name in names], device=rewards.device
+            ).t()
+            weights = torch.tensor([reward.weight for reward in self.rewards], device=rewards.device)
+            gather = self.all_gather if distributed else None
+            return normalize_then_sum_advantages(scores, weights, hp.num_generations, gather)
+        # `scale_rewards: batch` under data parallelism scales by the std of every rank's rewards, as TRL
+        batch_std = global_std(rewards, self.all_gather) if hp.scale_rewards == "batch" and distributed else None
+        return group_advantages(rewards, hp.num_generations, scale_by_std=hp.scale_rewards, batch_std=batch_std)
 
     def loss_masks(self, logprobs, entropy, advantages, old, sampled, mask) -> dict[str, torch.Tensor | None]:
         """The off-policy sequence mask and the high-entropy token mask of one micro-batch (None when off)."""

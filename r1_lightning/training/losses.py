@@ -115,6 +115,36 @@ def group_advantages(
     return centered.view(-1)
 
 
+def _nanstd(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sample standard deviation ignoring NaNs (keeps ``dim``); NaN where fewer than two values."""
+    mean = torch.nanmean(values, dim=dim, keepdim=dim is not None)
+    count = (~torch.isnan(values)).sum(dim=dim, keepdim=dim is not None)
+    variance = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=dim is not None)
+    return torch.sqrt(variance * torch.where(count > 1, count / (count - 1), torch.nan))
+
+
+def normalize_then_sum_advantages(
+    scores: torch.Tensor, weights: torch.Tensor, group_size: int, all_gather: Any = None
+) -> torch.Tensor:
+    """GDPO's advantages (TRL's ``multi_objective_aggregation: normalize_then_sum``): each reward function's
+    scores normalised within its group first, ``(s_k - mean_G s_k) / (std_G s_k + 1e-4)``, then summed with
+    the weights, then the sums normalised over the whole batch (every rank's: ``all_gather``). ``scores`` is
+    ``[N, K]`` with NaN where a function does not apply; stds are sample stds (TRL's ``nanstd``); a
+    completion no function scored gets 0, as in TRL.
+
+    >>> scores = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 3.0]])
+    >>> normalize_then_sum_advantages(scores, torch.tensor([1.0, 1.0]), 2).round(decimals=3)
+    tensor([ 0.8660, -0.8660, -0.8660,  0.8660])
+    """
+    grouped = scores.view(-1, group_size, scores.shape[1])
+    normalised = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (_nanstd(grouped, dim=1) + 1e-4)
+    totals = torch.nansum(normalised.view(-1, scores.shape[1]) * weights, dim=1)
+    totals[torch.isnan(scores).all(dim=1)] = torch.nan
+    pooled = totals if all_gather is None else all_gather(totals).reshape(-1)
+    advantages = (totals - torch.nanmean(pooled)) / (_nanstd(pooled) + 1e-4)
+    return torch.nan_to_num(advantages, nan=0.0)
+
+
 def global_std(values: torch.Tensor, all_gather: Any = None) -> torch.Tensor:
     """Population std of ``values`` pooled over every rank; ``all_gather`` is the LightningModule's (or
     any function returning ``[world, *shape]``); None means one rank. Ranks hold equal-sized batches.
