@@ -18,6 +18,7 @@ OPTIONS = [
     ["--model.init_args.top_entropy_quantile", "0.2"],
     ["--model.init_args.entropy_coef", "0.01"],
     ["--model.init_args.multi_objective_aggregation", "normalize_then_sum"],
+    ["--model.init_args.vllm_importance_sampling_mode", "sequence_mask"],
     ["--model.init_args.entropy_coef", "0.01", "--model.init_args.top_entropy_quantile", "0.5"],
 ]
 
@@ -46,6 +47,10 @@ def test_each_option_trains_from_the_shipped_config(tmp_path, option):
             "`entropy_coef` needs",
         ),
         (["--model.init_args.max_num_gen_batches", "-1"], "`max_num_gen_batches` must be >= 0"),
+        (
+            ["--model.init_args.tis_cap", "2", "--model.init_args.vllm_importance_sampling_mode", "token_mask"],
+            "keep one",
+        ),
     ],
 )
 def test_a_bad_value_is_one_clear_line(tmp_path, option, message):

@@ -313,3 +313,31 @@ def test_normalize_then_sum_equals_trls_advantage_formula():
     ours = normalize_then_sum_advantages(scores, weights, 4)
     torch.testing.assert_close(ours, trl, rtol=1e-12, atol=1e-14)
     assert ours[5] == 0.0 and ours.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+def test_vllm_importance_sampling_modes_equal_trl(mode):
+    """TRL's four sampler corrections: the ratio as TRL 1.16's _generate_and_score_completions computes it
+    (its lines, transcribed), and the loss with it through TRL's own _compute_loss."""
+    import math
+
+    from r1_lightning.generation.mismatch import sampler_importance_weights
+
+    current, old, ref, advantages, mask = _rollout(seed=11)
+    sampler = old + torch.randn(old.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.4
+    sampler[1, 0] = float("nan")  # a token the engine gave no log-prob for
+    clip_min, clip_max = (0.5, 2.0) if mode.startswith("token") else (0.7, 2.0)
+    ours = sampler_importance_weights(old, sampler, mask, mode, clip_min, clip_max)
+    diff = torch.nan_to_num((old - sampler) * mask, nan=0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=-1, keepdim=True)
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        trl_ratio = torch.clamp(ratio, min=clip_min, max=clip_max)
+    else:
+        low, high = clip_min if clip_min is not None else -math.inf, clip_max if clip_max is not None else math.inf
+        trl_ratio = ratio.masked_fill((ratio < low) | (ratio > high), value=0.0)
+    torch.testing.assert_close(ours, trl_ratio, rtol=1e-12, atol=1e-14)
+    assert ((ours == 0) | (ours == clip_max) | (ours == clip_min)).any()  # the clip or mask binds somewhere
+    assert_equal_to_trl(current, old, ref, advantages, mask, loss_type="token", beta=0.04, clip=(0.2, 0.28),
+                        level="token", is_weights=ours)  # fmt: skip

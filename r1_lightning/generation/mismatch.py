@@ -10,6 +10,8 @@ each token's policy-gradient term is weighted by ``min(pi_old / pi_sampler, cap)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -58,3 +60,41 @@ def truncated_importance_weights(
     if cap <= 0:
         raise ValueError(f"the importance-sampling cap must be > 0, got {cap}")
     return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap).detach()
+
+
+#: TRL's ``vllm_importance_sampling_mode`` values
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+@torch.no_grad()
+def sampler_importance_weights(
+    old_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> torch.Tensor:
+    """TRL's correction for a sampler whose log-probs differ from the trainer's: the ratio
+    ``pi_old / pi_sampler`` per token (``token_*``, ``[B, L]``) or per completion (``sequence_*``, the product
+    over its tokens, ``[B, 1]``), then ``*_truncate`` clamps it to ``[clip_min, clip_max]`` and ``*_mask``
+    zeroes it outside that range; a token without a sampler log-prob (NaN) counts as ratio 1.
+
+    >>> old, sampler, mask = torch.zeros(2, 2), torch.tensor([[0.0, -2.0], [-0.1, 0.0]]), torch.ones(2, 2)
+    >>> sampler_importance_weights(old, sampler, mask, "token_truncate", clip_max=2.0)
+    tensor([[1.0000, 2.0000],
+            [1.1052, 1.0000]])
+    >>> sampler_importance_weights(old, sampler, mask, "sequence_mask", clip_max=3.0).flatten()
+    tensor([0.0000, 1.1052])
+    """
+    if mode not in IMPORTANCE_SAMPLING_MODES:
+        raise ValueError(f"vllm_importance_sampling_mode must be one of {IMPORTANCE_SAMPLING_MODES}, got {mode!r}")
+    difference = torch.nan_to_num((old_logprobs - sampler_logprobs) * mask, nan=0.0)
+    if mode.startswith("sequence"):
+        difference = difference.sum(-1, keepdim=True)
+    ratio = torch.exp(difference)
+    if mode.endswith("truncate"):
+        return ratio.clamp(min=clip_min, max=clip_max)
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)

@@ -40,7 +40,7 @@ from typing_extensions import override
 from r1_lightning.callbacks import CompletionLogCallback, RewardLoggingCallback, RolloutCallback
 from r1_lightning.evaluation.grpo_validation import GRPOEvaluation, validation_due
 from r1_lightning.generation.forward import batched_logprobs, micro_batch_logprobs
-from r1_lightning.generation.mismatch import MismatchMeter, truncated_importance_weights
+from r1_lightning.generation.mismatch import MismatchMeter
 from r1_lightning.generation.rollout import (
     Generation,
     MicroBatch,
@@ -144,6 +144,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
             by ``min(pi_old / pi_sampler, tis_cap)``; null = off. The gap itself is always logged
             (``train/mismatch/abs_logprob_diff``, ``.../kl``, ``.../frac_over_threshold``).
         mismatch_threshold: a token's |log-prob gap| above this counts in ``frac_over_threshold``.
+        vllm_importance_sampling_mode: TRL's sampler correction by name, ``token_truncate``, ``token_mask``,
+            ``sequence_truncate`` or ``sequence_mask``, with ``vllm_importance_sampling_clip_min`` / ``_max``
+            (TRL's defaults: none and 3.0); any engine that returns log-probs; null = off (or ``tis_cap``).
         mask_truncated_completions: completions that hit max_new_tokens contribute no loss (DAPO).
         num_iterations: optimizer steps per rollout batch (mu in the paper).
         micro_batch_size: completions per forward/backward; gradients are accumulated so the result
@@ -212,6 +215,9 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         kl_bias_correction: bool = False,
         tis_cap: float | None = None,
         mismatch_threshold: float = 0.1,
+        vllm_importance_sampling_mode: str | None = None,
+        vllm_importance_sampling_clip_min: float | None = None,
+        vllm_importance_sampling_clip_max: float | None = 3.0,
         mask_truncated_completions: bool = False,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
@@ -414,7 +420,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
             num_sequences=mask.shape[0], num_tokens=num_tokens, max_completion_length=self.sampling.max_new_tokens
         )
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
-        mismatch, cap = MismatchMeter(self.hparams.mismatch_threshold), self.hparams.tis_cap
+        mismatch = MismatchMeter(self.hparams.mismatch_threshold)
         started, chunk_size = time.perf_counter(), self.logprob_chunk
         # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
@@ -432,9 +438,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
                     sampled = None if gen.sample_logprobs is None else gen.sample_logprobs[rows, cols]
                     if sampled is not None and iteration == 0:  # same weights as the sampler: the gap is its own
                         mismatch.add(logprobs.detach(), sampled, part_mask)
-                    weights = (
-                        None if cap is None or sampled is None else truncated_importance_weights(old, sampled, cap)
-                    )
+                    weights = self.sampler_weights(old, sampled, part_mask)
                     masks = self.loss_masks(logprobs, entropy, rollout.advantages[rows], old, sampled, part_mask)
                     out = grpo_loss(
                         logprobs, old, rollout.advantages[rows], part_mask, ref_logprobs=ref, is_weights=weights,

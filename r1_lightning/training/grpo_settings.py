@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from r1_lightning.generation.mismatch import IMPORTANCE_SAMPLING_MODES
 from r1_lightning.generation.rollout import SamplingConfig
 from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
 from r1_lightning.hf_compat import causal_lm
@@ -54,6 +55,13 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
             "`multi_objective_aggregation` must be sum_then_normalize or normalize_then_sum, got "
             f"{hp['multi_objective_aggregation']!r}"
         )
+    mode = hp["vllm_importance_sampling_mode"]
+    if mode is not None and mode not in IMPORTANCE_SAMPLING_MODES:
+        raise ValueError(
+            f"`vllm_importance_sampling_mode` must be one of {IMPORTANCE_SAMPLING_MODES} or null, got {mode!r}"
+        )
+    if mode is not None and hp["tis_cap"] is not None:
+        raise ValueError("`tis_cap` and `vllm_importance_sampling_mode` both set the sampler correction; keep one")
     if hp["max_num_gen_batches"] < 0:
         raise ValueError(
             f"`max_num_gen_batches` must be >= 0 (0 = no dynamic sampling), got {hp['max_num_gen_batches']}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from r1_lightning.generation.mismatch import sampler_importance_weights, truncated_importance_weights
 from r1_lightning.training.losses import (
     global_std,
     group_advantages,
@@ -33,6 +34,19 @@ class LossMasks:
         # `scale_rewards: batch` under data parallelism scales by the std of every rank's rewards, as TRL
         batch_std = global_std(rewards, self.all_gather) if hp.scale_rewards == "batch" and distributed else None
         return group_advantages(rewards, hp.num_generations, scale_by_std=hp.scale_rewards, batch_std=batch_std)
+
+    def sampler_weights(
+        self, old: torch.Tensor, sampled: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The sampler correction of one micro-batch (``vllm_importance_sampling_mode``, else ``tis_cap``'s
+        token truncation); None when off or when the engine returned no log-probs."""
+        hp = self.hparams
+        if sampled is None:
+            return None
+        if hp.vllm_importance_sampling_mode is not None:
+            low, high = hp.vllm_importance_sampling_clip_min, hp.vllm_importance_sampling_clip_max
+            return sampler_importance_weights(old, sampled, mask, hp.vllm_importance_sampling_mode, low, high)
+        return None if hp.tis_cap is None else truncated_importance_weights(old, sampled, hp.tis_cap)
 
     def loss_masks(self, logprobs, entropy, advantages, old, sampled, mask) -> dict[str, torch.Tensor | None]:
         """The off-policy sequence mask and the high-entropy token mask of one micro-batch (None when off)."""
