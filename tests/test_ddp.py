@@ -15,6 +15,15 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run_probed(command: list[str], tmp_path: Path, probe: Path, env: dict) -> list[list[dict]]:
+    """Run a 2-rank command; each rank's probe record (2 steps each)."""
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    return ranks
+
+
 @pytest.mark.slow
 def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     probe = tmp_path / "probe"
@@ -34,10 +43,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
         str(ROOT / "configs" / "strategy" / "ddp.yaml"),
         *probe_args(tmp_path, probe),
     ]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 2
+    ranks = _run_probed(command, tmp_path, probe, env)
     for step0, step1 in zip(*ranks, strict=True):
         # both ranks end every optimizer step with bit-identical weights
         assert step0["weights"] == step1["weights"]
@@ -144,10 +150,7 @@ def test_dynamic_sampling_on_two_ranks_keeps_them_in_step(tmp_path):
         "--model.init_args.rewards", "{helpers.rewards.signal_on_even_answers: 1.0}",
         "--model.init_args.max_num_gen_batches", "6",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 2
+    ranks = _run_probed(command, tmp_path, probe, env)
     for step0, step1 in zip(*ranks, strict=True):
         assert step0["weights"] == step1["weights"]
         for step in (step0, step1):

@@ -110,6 +110,15 @@ VARIANTS = [
 ]
 
 
+def assert_same_loss_and_gradient(ours, theirs, ours_in, theirs_in):
+    """Backward both; equal losses and equal, non-zero gradients in the inputs, to float64 rounding."""
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-12, atol=1e-14)
+    assert ours_in.grad.abs().sum() > 0
+
+
 def assert_equal_to_trl(current, old, ref, advantages, mask, *, loss_type, beta, clip, level, bias_kl=False,
                         is_weights=None):  # fmt: skip
     """This project's loss and TRL's on the same inputs: equal loss and gradient to float64 rounding."""
@@ -119,11 +128,7 @@ def assert_equal_to_trl(current, old, ref, advantages, mask, *, loss_type, beta,
                      kl_bias_correction=bias_kl, is_weights=is_weights).loss  # fmt: skip
     theirs = trl_loss(theirs_in, old, ref, advantages, mask, loss_type=loss_type, beta=beta, eps_low=clip[0],
                       eps_high=clip[1], level=level, bias_kl=bias_kl, is_ratio=is_weights)  # fmt: skip
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-12, atol=1e-14)
-    assert ours_in.grad.abs().sum() > 0
+    assert_same_loss_and_gradient(ours, theirs, ours_in, theirs_in)
 
 
 @pytest.mark.parametrize("loss_type,beta,level,bias_kl,clip", VARIANTS)
@@ -205,11 +210,7 @@ def assert_family_equal_to_trl(loss_type, beta, level, clip=(0.2, 0.28), params=
                 "vespo_lambda_pos": 3.0, "vespo_k_neg": 3.0, "vespo_lambda_neg": 2.0, **params}  # fmt: skip
     theirs = trl_loss(theirs_in, old, ref, advantages, mask, loss_type=loss_type, beta=beta, eps_low=clip[0],
                       eps_high=clip[1], level=level, bias_kl=False, args=trl_args, **extra)  # fmt: skip
-    ours.backward()
-    theirs.backward()
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-12, atol=1e-14)
-    assert ours_in.grad.abs().sum() > 0
+    assert_same_loss_and_gradient(ours, theirs, ours_in, theirs_in)
 
 
 @pytest.mark.parametrize("loss_type,beta,level", NEW_LOSSES)
