@@ -73,7 +73,7 @@ def child(spec: dict) -> None:
     steps: list[float] = []
     summarise = bench._summarise
     bench._summarise = lambda name, s, step_seconds, gen, tokens: steps.extend(step_seconds)  # keep all steps
-    prompts = bench.make_prompts(spec["prompts"] * setting.steps)
+    prompts = bench.make_prompts(spec["prompts"] * setting.steps + 1)  # (+1: FileSource holds one out for validation)
     runner = bench.run_ours if spec["framework"] == "ours" else bench.run_trl
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--unchunked", action="store_true", help="also r1-lightning with logprob_chunk_size 0")
+    parser.add_argument("--target", type=int, choices=[1, 2], default=None, help="only this one of the two targets")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max_rss_gb", type=float, default=20.0)
@@ -183,7 +184,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.grpo_vs_trl import build_model
 
-    settings = TARGETS
+    settings = TARGETS if args.target is None else [TARGETS[args.target - 1]]
     if args.grid or args.layers or args.tokens:
         settings = [
             (layers, tokens, 8, 2, 4, 3 if tokens <= 256 else 1)
