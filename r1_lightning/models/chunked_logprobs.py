@@ -198,11 +198,21 @@ def hidden_states_as_logits(model: Any) -> Iterator[Any]:
             f"{type(lm).__name__} has no output embeddings (lm_head); set `logprob_chunk_size: 0` to score it "
             "from its logits"
         )
+    from torch.distributed.fsdp import FSDPModule
+
+    # FSDP2: the head lives in the root unit, which would reshard after the forward; it must stay gathered
+    # until the head has run (its gradient then reaches the unsharded weight, which FSDP reduce-scatters
+    # after backward as it does for every weight the forward used)
+    root = lm if isinstance(lm, FSDPModule) else None
+    if root is not None:
+        root.set_reshard_after_forward(False, recurse=False)
     lm.set_output_embeddings(torch.nn.Identity())
     try:
         yield head
     finally:
         lm.set_output_embeddings(head)
+        if root is not None:
+            root.set_reshard_after_forward(True, recurse=False)
 
 
 def head_scores(
