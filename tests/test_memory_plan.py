@@ -74,6 +74,7 @@ def _measured(tmp_path: Path, *extra: str) -> tuple[float, float]:
     args += ["--model.init_args.export_dir", str(tmp_path / "hf"), "--trainer.max_steps", "2"]
     args += ["--trainer.limit_val_batches", "0", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [sys.executable, "-m", "helpers.memory_probe", *args],
         capture_output=True,

@@ -278,6 +278,38 @@ class GRPOLossOutput(NamedTuple):
     clip_ratio: torch.Tensor  # scalar, fraction of completion tokens where the clip was active
 
 
+def policy_surrogate(
+    loss_type: str,
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    logprobs: torch.Tensor,
+    clip: tuple[float, float],
+    params: LossParameters,
+    vespo: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token policy objective of each loss type and where its clip is active (0/1). With ``w`` the
+    ratio ``pi_theta / pi_old`` and ``A`` the advantage:
+
+    - clipped losses (``grpo``, ``dapo``, ``dr_grpo``, ``bnpo``, ``luspo``): ``min(w A, clip(w, 1 - eps_low,
+      1 + eps_high) A)``, with ``w`` capped at ``delta`` first when set (two-sided clipping);
+    - ``cispo``: ``sg(min(w, eps_high)) A log pi_theta`` (the clipped weight carries no gradient);
+    - ``sapo``: ``sigmoid(tau (w - 1)) 4 / tau A`` with ``tau`` by the sign of ``A`` (a soft gate);
+    - ``vespo``: ``phi(w_seq) A log pi_theta`` with ``vespo`` = :func:`vespo_weights`.
+    """
+    adv = advantages.to(logprobs.dtype).unsqueeze(1)
+    epsilon_low, epsilon_high = clip
+    if loss_type in CLIPPED_LOSSES:
+        clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv
+        unclipped = (ratio if params.delta is None else torch.clamp(ratio, max=params.delta)) * adv
+        return torch.min(unclipped, clipped), (clipped < unclipped).to(logprobs.dtype)
+    if loss_type == "cispo":
+        return torch.clamp(ratio, max=epsilon_high).detach() * adv * logprobs, (ratio > epsilon_high).to(logprobs.dtype)
+    if loss_type == "sapo":
+        tau = torch.where(adv > 0, params.sapo_temperature_pos, params.sapo_temperature_neg).to(ratio)
+        return torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv, torch.zeros_like(ratio)
+    return vespo * adv * logprobs, torch.zeros_like(ratio)
+
+
 def grpo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -302,28 +334,17 @@ def grpo_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
 ) -> GRPOLossOutput:
-    """GRPO objective (R1 eq. 1) as a loss to minimise, with TRL 1.16's family of per-token terms.
+    """GRPO objective (R1 eq. 1) as a loss to minimise, with TRL 1.16's family of per-token policy terms
+    (:func:`policy_surrogate`) and its normalisers (:func:`aggregate_loss`).
 
     Shapes: ``logprobs``, ``old_logprobs``, ``ref_logprobs``, ``mask``: ``[B, L]`` over completion tokens;
-    ``advantages``: ``[B]``. ``mask`` is 1 on tokens that count. With ``w`` the ratio ``pi_theta / pi_old``
-    and ``A`` the advantage, the per-token policy term is
-
-    - clipped losses (``grpo``, ``dapo``, ``dr_grpo``, ``bnpo``, ``luspo``): ``-min(w A, clip(w, 1 - eps_low,
-      1 + eps_high) A)``, with ``w`` capped at ``delta`` first when set (two-sided clipping);
-    - ``cispo``: ``-sg(min(w, eps_high)) A log pi_theta`` (the clipped weight carries no gradient);
-    - ``sapo``: ``-sigmoid(tau (w - 1)) 4 / tau A`` with ``tau`` by the sign of ``A`` (a soft gate);
-    - ``vespo``: ``-phi(w_seq) A log pi_theta`` with :func:`vespo_weights`.
-
-    ``importance_sampling_level="sequence"`` is GSPO: one length-normalised ratio per completion. Then, in
-    TRL's order: ``sequence_mask`` ([B, 1], :func:`off_policy_sequence_mask`) and ``token_mask`` ([B, L],
-    the ``top_entropy_quantile`` tokens) multiply the policy term; ``is_weights`` ([B, L] or [B, 1], no
-    gradient: the sampler correction, ``r1_lightning.generation.mismatch``) multiplies it (VESPO folds it
-    into its weights instead); ``beta`` times the k3 KL is added, times ``w`` with ``kl_bias_correction``
-    (DeepSeek-V3.2; TRL's default, not the paper's). The clip is active where the unclipped term was not
-    the minimum, i.e. where the surrogate's gradient is zeroed. ``entropy_coef`` subtracts that times the
-    mean ``entropy`` (differentiable, [B, L]) over the tokens that carry the policy gradient (``mask``
-    times ``token_mask``), per micro-batch and divided by ``num_micro_batches``: TRL's entropy bonus,
-    ``L = L_policy - coef * H``, which does not depend on the loss type's normaliser.
+    ``advantages``: ``[B]``. ``importance_sampling_level="sequence"`` is GSPO (one length-normalised ratio
+    per completion). In TRL's order, ``sequence_mask`` ([B, 1], :func:`off_policy_sequence_mask`) and
+    ``token_mask`` ([B, L], top-entropy tokens) multiply the policy term; ``is_weights`` (no gradient: the
+    sampler correction) multiplies it, except for VESPO, which folds it into its weights; ``beta`` times the
+    k3 KL is added, times the ratio with ``kl_bias_correction`` (DeepSeek-V3.2, TRL's default). ``entropy_coef``
+    subtracts that times the mean ``entropy`` over the tokens carrying the policy gradient, per micro-batch
+    and divided by ``num_micro_batches``: TRL's entropy bonus ``L = L_policy - coef * H``.
     """
     loss_type = canonical_loss_type(loss_type)
     params = params or LossParameters()
@@ -333,27 +354,14 @@ def grpo_loss(
         raise ValueError(
             f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}, got {importance_sampling_level!r}"
         )
-    mask = mask.to(logprobs.dtype)
-    token_log_ratio = logprobs - old_logprobs
+    mask, token_log_ratio = mask.to(logprobs.dtype), logprobs - old_logprobs
     log_ratio = token_log_ratio
     if importance_sampling_level == "sequence":
         log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)  # [B, 1]
     ratio = torch.exp(log_ratio)
-    adv = advantages.to(logprobs.dtype).unsqueeze(1)
-    clip_active = torch.zeros_like(ratio)
-    if loss_type in CLIPPED_LOSSES:
-        clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv
-        unclipped = (ratio if params.delta is None else torch.clamp(ratio, max=params.delta)) * adv
-        surrogate = torch.min(unclipped, clipped)
-        clip_active = (clipped < unclipped).to(mask.dtype)
-    elif loss_type == "cispo":
-        surrogate = torch.clamp(ratio, max=epsilon_high).detach() * adv * logprobs
-        clip_active = (ratio > epsilon_high).to(mask.dtype)
-    elif loss_type == "sapo":
-        tau = torch.where(adv > 0, params.sapo_temperature_pos, params.sapo_temperature_neg).to(ratio)
-        surrogate = torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
-    else:  # vespo
-        surrogate = vespo_weights(advantages, token_log_ratio, mask, params, is_weights) * adv * logprobs
+    vespo = vespo_weights(advantages, token_log_ratio, mask, params, is_weights) if loss_type == "vespo" else None
+    clip = (epsilon_low, epsilon_high)
+    surrogate, clip_active = policy_surrogate(loss_type, ratio, advantages, logprobs, clip, params, vespo)
     per_token = -surrogate
     for factor in (sequence_mask, token_mask):
         if factor is not None:
@@ -367,12 +375,8 @@ def grpo_loss(
         if kl_bias_correction:
             kl = kl * ratio
         per_token = per_token + beta * kl
-    reduce = dict(
-        num_sequences=num_sequences,
-        num_tokens=num_tokens,
-        max_completion_length=max_completion_length,
-        num_micro_batches=num_micro_batches,
-    )
+    reduce = dict(num_sequences=num_sequences, num_tokens=num_tokens, max_completion_length=max_completion_length)
+    reduce["num_micro_batches"] = num_micro_batches
     loss = aggregate_loss(per_token, mask, loss_type, **reduce)
     if entropy_coef:
         if entropy is None:
