@@ -128,7 +128,8 @@ def estimate_memory(
     layer = 8 * hidden + 4 * inter + 2 * kv + heads
     # gradient checkpointing keeps each layer's input and recomputes one layer at a time in backward
     per_token = (layers * hidden + layer if checkpointing else layers * layer) + 2 * hidden
-    head_block = 3 * 4 * (chunk_size or micro_batch_rows * max_new_tokens) * config.vocab_size
+    scored = micro_batch_rows * max_new_tokens  # a chunk never spans more than the micro-batch's tokens
+    head_block = 3 * 4 * (min(chunk_size, scored) if chunk_size else scored) * config.vocab_size
     return MemoryEstimate(
         runtime=runtime,
         weights=weights,
