@@ -203,7 +203,10 @@ def hidden_states_as_logits(model: Any) -> Iterator[Any]:
     # FSDP2: the head lives in the root unit, which would reshard after the forward; it must stay gathered
     # until the head has run (its gradient then reaches the unsharded weight, which FSDP reduce-scatters
     # after backward as it does for every weight the forward used)
-    root = lm if isinstance(lm, FSDPModule) else None
+    # (inside `strategies.gathered` the weights are already whole and held: nothing to change there, and
+    # switching resharding back on would make that block's later forwards gather again)
+    sharded = type(getattr(head, "weight", None)).__name__ == "DTensor"
+    root = lm if isinstance(lm, FSDPModule) and sharded else None
     if root is not None:
         root.set_reshard_after_forward(False, recurse=False)
     lm.set_output_embeddings(torch.nn.Identity())

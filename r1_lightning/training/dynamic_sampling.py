@@ -75,8 +75,9 @@ def fill_with_signal(module: Any, first: Scored, cap: int) -> tuple[Scored, dict
     """``first``'s groups with signal, topped up from extra draws (module docstring); the step's counts."""
     group, target = module.hparams.num_generations, len(next(iter(first.batch.values())))
     step, draws = module.trainer.global_step, 1
-    kept = [take_groups(first, signal_groups(first.rewards, group), group)]
-    have, dropped, last = len(kept[0].rewards) // group, target - len(kept[0].rewards) // group, first
+    useful = signal_groups(first.rewards, group)  # (of the last draw, for the filler at the cap)
+    kept, last = [take_groups(first, useful, group)], first
+    have, dropped = len(useful), target - len(useful)
     while draws < cap and _anyone_short(module, have < target):
         last = module.sample_and_score(module.trainer.datamodule.extra_batch(step, draws))
         draws += 1
@@ -87,7 +88,7 @@ def fill_with_signal(module: Any, first: Scored, cap: int) -> tuple[Scored, dict
             have += min(len(useful), target - have)
     hit_cap = have < target
     if hit_cap:  # fill with the last draw's groups that carry no signal (the batch keeps its size)
-        filler = [g for g in range(len(last.rewards) // group) if g not in signal_groups(last.rewards, group)]
+        filler = [g for g in range(len(last.rewards) // group) if g not in useful]
         kept.append(take_groups(last, filler[: target - have], group))
         module.dynamic_sampling_cap_hits = getattr(module, "dynamic_sampling_cap_hits", 0) + 1
         if module.dynamic_sampling_cap_hits == 1:

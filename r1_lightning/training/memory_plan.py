@@ -28,6 +28,7 @@ measured peaks at two shapes (``tests/test_memory_plan.py``, within 25%).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,7 @@ class MemoryPlanning:
         if hp.micro_batch_tokens:
             rows = min(rows, max(hp.micro_batch_tokens // (prompt_tokens + self.sampling.max_new_tokens), 1))
         device = next(self.policy.parameters()).device
-        weights_in_ram = _bytes(self.policy.parameters()) if device.type == "cpu" else 0
-        self.memory_estimate = estimate_memory(
+        estimate = estimate_memory(
             self.policy,
             self.reference,
             hp.optimizer,
@@ -173,11 +173,13 @@ class MemoryPlanning:
             min(rows, train_rows),
             self.shared_group_size,
             self.logprob_chunk,
-            max(resident_bytes() - weights_in_ram - _ref_bytes(self), 0) + TRAINING_CODE_BYTES
-            if device.type == "cpu"
-            else 0,
+            0,
             hp.gradient_checkpointing,
         )
+        if device.type == "cpu":  # what the process holds besides the weights (policy and reference) it loaded
+            runtime = max(resident_bytes() - estimate.weights, 0) + TRAINING_CODE_BYTES
+            estimate = dataclasses.replace(estimate, runtime=runtime)
+        self.memory_estimate = estimate
         total = device_memory(device)
         rank_zero_info(self.memory_estimate.describe(total))
         if total and self.memory_estimate.peak > total:
@@ -187,8 +189,3 @@ class MemoryPlanning:
                 "set model.logprob_chunk_size / gradient_checkpointing / lora"
             )
         return self.memory_estimate
-
-
-def _ref_bytes(module: Any) -> int:
-    reference = getattr(module, "reference", None)
-    return _bytes(reference.parameters()) if reference is not None and next(reference.parameters()).is_cpu else 0
