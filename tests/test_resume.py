@@ -27,7 +27,7 @@ DETERMINISTIC = [
 ]
 
 
-def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6) -> Path:
+def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6, **model_settings) -> Path:
     config = yaml.safe_load((ROOT / "configs/r1_zero_tiny.yaml").read_text())
     config = copy.deepcopy(config)
     trainer = config["trainer"]
@@ -54,6 +54,7 @@ def _config(tmp_path: Path, name: str, callbacks: list[dict], max_steps: int = 6
         val_num_samples=2,
         export_dir=str(tmp_path / name / "hf_model"),
         rewards={"helpers.rewards.varied_reward": 1.0, "accuracy_reward": 1.0},
+        **model_settings,
     )
     model["sampling"]["max_new_tokens"] = 16
     data = config["data"]["init_args"]
@@ -90,26 +91,32 @@ def _prompts(path: Path) -> list[tuple[int, list[str]]]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("settings", [{}, {"max_staleness": 2}], ids=["synchronous", "async-k2"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, settings):
+    """With ``max_staleness: 2`` the checkpoint of step 3 holds the in-flight rollouts of steps 4 and 5."""
+
     def recorder(name: str) -> dict:
         return {
             "class_path": "helpers.resume_probe.PromptRecorder",
             "init_args": {"path": str(tmp_path / f"{name}_prompts.jsonl")},
         }
 
-    straight = _fit(_config(tmp_path, "straight", [recorder("straight")]))
+    straight = _fit(_config(tmp_path, "straight", [recorder("straight")], **settings))
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killer = {
         "class_path": "helpers.pipeline_probe.KillAtStep",
         "init_args": {"step": 4, "marker": str(tmp_path / "killed")},
     }
-    crashed_config = _config(tmp_path, "crashed", [recorder("crashed"), killer])
+    crashed_config = _config(tmp_path, "crashed", [recorder("crashed"), killer], **settings)
     crashed = _fit(crashed_config)
     assert crashed.returncode == -9, "the probe should have SIGKILLed the run at step 4"
     checkpoints = tmp_path / "crashed" / "checkpoints"
     # The kill came before step 4's checkpoint: last.ckpt holds step 3.
-    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 3
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 3
+    if settings:  # batches 3 and 4 (0-based), sampled ahead at steps 2 and 3 from the weights after steps 1 and 2
+        assert [(r["batch_index"], r["version"]) for r in saved["async_rollouts"][0]] == [(3, 1), (4, 2)]
 
     resumed = _fit(crashed_config, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

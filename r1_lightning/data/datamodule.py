@@ -62,12 +62,13 @@ class PromptStream(IterableDataset):
     (without yielding) the records of the batches a restored checkpoint had already trained on.
     """
 
-    def __init__(self, datamodule: PromptDataModule) -> None:
-        self.dm = datamodule
+    def __init__(self, datamodule: PromptDataModule, start_batch: int | None = None, count_skips: bool = True) -> None:
+        self.dm, self.start_batch, self.count_skips = datamodule, start_batch, count_skips
 
     def __iter__(self) -> Iterator[dict]:
         index, count = _shard()
-        to_skip = self.dm.batches_consumed * self.dm.batch_size
+        start = self.dm.batches_consumed if self.start_batch is None else self.start_batch
+        to_skip = start * self.dm.batch_size
         epoch, position = 0, 0
         while True:
             produced = False
@@ -76,7 +77,7 @@ class PromptStream(IterableDataset):
                 position += 1
                 if (position - 1) % count != index:
                     continue
-                rendered = self.dm.render(record, count_skips=to_skip == 0)
+                rendered = self.dm.render(record, count_skips=self.count_skips and to_skip == 0)
                 if rendered is None:
                     continue
                 if to_skip:
@@ -206,6 +207,13 @@ class PromptDataModule(L.LightningDataModule):
                     )
                 return None
         return {**record, "raw_prompt": record["prompt"], "prompt": text}
+
+    def prompt_batches(self, start: int) -> Iterator[dict[str, list]]:
+        """The training batches from batch ``start`` (0-based) on, exactly as the train loader gives them, for
+        reading the stream ahead (asynchronous rollouts); skipped rows are counted by the loader's pass only."""
+        stream = iter(PromptStream(self, start_batch=start, count_skips=False))
+        while True:
+            yield collate_records([next(stream) for _ in range(self.batch_size)])
 
     def extra_batch(self, step: int, draw: int) -> dict[str, list]:
         """``batch_size`` more rendered training records for dynamic sampling's ``draw``-th extra batch of

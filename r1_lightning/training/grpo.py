@@ -39,16 +39,9 @@ from typing_extensions import override
 
 from r1_lightning.callbacks import CompletionLogCallback, RewardLoggingCallback, RolloutCallback
 from r1_lightning.evaluation.grpo_validation import GRPOEvaluation, validation_due
-from r1_lightning.generation.forward import batched_logprobs, micro_batch_logprobs
+from r1_lightning.generation.forward import micro_batch_logprobs
 from r1_lightning.generation.mismatch import MismatchMeter
-from r1_lightning.generation.rollout import (
-    Generation,
-    MicroBatch,
-    Rollout,
-    SamplingConfig,
-    plan_micro_batches,
-    repeat_batch,
-)
+from r1_lightning.generation.rollout import Generation, Rollout, SamplingConfig
 from r1_lightning.generation.sampler import TorchGenerator
 from r1_lightning.models.chunked_logprobs import resolve_chunk_size
 from r1_lightning.models.loading import (
@@ -60,11 +53,9 @@ from r1_lightning.models.loading import (
     optimizer_and_scheduler,
 )
 from r1_lightning.models.strategies import gathered, is_sharded, shard_model
-from r1_lightning.rewards import resolve_reward, score_completions
-from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
-from r1_lightning.rewards.limits import count_reward_events
+from r1_lightning.rewards import resolve_reward
 from r1_lightning.rewards.registry import build_rewards
-from r1_lightning.training.dynamic_sampling import Scored, fill_with_signal
+from r1_lightning.training.async_rollouts import AsyncRollouts
 from r1_lightning.training.export import PolicyExport
 from r1_lightning.training.grpo_settings import (
     DEFAULT_REWARDS,
@@ -85,11 +76,21 @@ from r1_lightning.training.losses import (
 )
 from r1_lightning.training.memory_plan import MemoryPlanning
 from r1_lightning.training.reference import FrozenReference
+from r1_lightning.training.rollout_making import RolloutMaking
 
 log = logging.getLogger(__name__)
 
 
-class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, LossMasks, L.LightningModule):
+class GRPOModule(
+    FrozenReference,
+    GRPOEvaluation,
+    MemoryPlanning,
+    PolicyExport,
+    LossMasks,
+    RolloutMaking,
+    AsyncRollouts,
+    L.LightningModule,
+):
     """Policy + frozen reference trained with GRPO and rule-based rewards.
 
     Args:
@@ -172,6 +173,10 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         max_num_gen_batches: dynamic sampling (DAPO; veRL's name): drop groups whose rewards are all equal
             and draw more prompts until the step has B groups with signal, at most this many generation
             batches; 0 = off (:mod:`r1_lightning.training.dynamic_sampling`).
+        max_staleness: asynchronous rollouts (TRL's name): sample the batch ``max_staleness // num_iterations``
+            steps ahead and score it in a worker thread while this step trains, from weights at most this many
+            optimizer steps old; the loss's old log-probs are the sampling weights'; 0 = synchronous
+            (:mod:`r1_lightning.training.async_rollouts`).
         warmup_steps: linear warmup steps.
         lr_scheduler: a transformers scheduler name: ``constant_with_warmup``, ``cosine``, ``linear``.
         val_num_samples: samples per validation prompt (k of pass@1-over-k and maj@k).
@@ -231,6 +236,7 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         max_grad_norm: float | None = 1.0,
         multi_objective_aggregation: str = "sum_then_normalize",
         max_num_gen_batches: int = 0,
+        max_staleness: int = 0,
         warmup_steps: int = 0,
         lr_scheduler: str = "constant_with_warmup",
         val_num_samples: int = 4,
@@ -335,65 +341,6 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         with self.generation_context():
             return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
 
-    @property
-    def shared_group_size(self) -> int | None:
-        """G when forwards share each group's prompt; None when every row runs its own prompt."""
-        hp = self.hparams
-        # Gradient checkpointing in transformers refuses a key/value cache in training forwards.
-        return hp.num_generations if hp.share_prompt_prefix and not hp.gradient_checkpointing else None
-
-    def plan_micro_batches(self, generation: Generation) -> list[MicroBatch]:
-        """Micro-batches of a rollout; under DDP/FSDP the same count on every rank (collectives match)."""
-        hp = self.hparams
-        plans = plan_micro_batches(generation, hp.micro_batch_size, hp.micro_batch_tokens)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            count = torch.tensor(float(len(plans)), device=generation.input_ids.device)
-            most = int(self.trainer.strategy.reduce(count, reduce_op="max"))
-            plans = plan_micro_batches(generation, hp.micro_batch_size, hp.micro_batch_tokens, min_count=most)
-        return plans
-
-    def old_logprobs(self, generation: Generation, plans: list[MicroBatch]) -> torch.Tensor | None:
-        """The sampling policy's log-probs, needed only when one rollout feeds several updates (mu > 1)."""
-        if self.hparams.num_iterations == 1:
-            return None
-        with self.generation_context():
-            temperature, chunk_size = self.sampling.temperature, self.logprob_chunk
-            return batched_logprobs(self.policy, generation, temperature, plans, self.shared_group_size, chunk_size)
-
-    def make_rollout(self, batch: dict[str, list]) -> Rollout:
-        """One GRPO rollout for a batch of B prompt records, read top to bottom: sample G completions per
-        prompt, score them (TRL's reward contract, ``rewards/contract.py``), with dynamic sampling keep only
-        groups with reward signal (drawing more), group-relative advantages (eq. 3), the micro-batch plan,
-        and the log-probs the loss needs besides the policy's own."""
-        group, started = self.hparams.num_generations, time.perf_counter()
-        scored, stats = self.sample_and_score(batch), {}
-        if self.hparams.max_num_gen_batches:
-            scored, stats = fill_with_signal(self, scored, self.hparams.max_num_gen_batches)
-            batch.update(scored.batch)  # what the logging callbacks read: the records actually trained on
-        generation, rewards = scored.generation, scored.rewards
-        advantages = self.rollout_advantages(rewards, scored.per_fn)
-        plans = self.plan_micro_batches(generation)
-        old_logprobs, ref_logprobs = self.old_logprobs(generation, plans), self.reference_logprobs(generation, plans)
-        # wall time of the rollout's parts: sampling plus the extra log-prob forwards, and the rewards
-        seconds = {"rollout": time.perf_counter() - started - scored.reward_seconds, "reward": scored.reward_seconds}
-        return Rollout(
-            generation, old_logprobs, ref_logprobs, rewards, advantages, scored.per_fn, group, plans,
-            scored.events, seconds, stats,
-        )  # fmt: skip
-
-    def sample_and_score(self, batch: dict[str, list]) -> Scored:
-        """G completions for each of the batch's records, scored by the reward functions."""
-        prompts, columns = repeat_batch(batch, self.hparams.num_generations)  # B*G rows, groups contiguous
-        generation = self.generate(prompts, self.sampling, group_size=self.hparams.num_generations)
-        scoring = time.perf_counter()
-        state = RewardState(self.trainer.global_step, self.trainer.max_steps, float(self.trainer.current_epoch))
-        completions, kwargs = generation_reward_inputs(generation, columns, state, rendered_prompts=prompts)
-        with count_reward_events() as events:  # timeouts, sandboxed code runs: this rollout's share
-            totals, per_fn = score_completions(self.rewards, completions, kwargs)
-        self.reward_events.update(events)
-        rewards = torch.tensor(totals, dtype=torch.float32, device=generation.input_ids.device)
-        return Scored(batch, generation, rewards, per_fn, dict(events), time.perf_counter() - scoring)
-
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, float]:
         rollout: Rollout | None = batch.get("rollout")
@@ -436,8 +383,8 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
                     old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
                     ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]
                     sampled = None if gen.sample_logprobs is None else gen.sample_logprobs[rows, cols]
-                    if sampled is not None and iteration == 0:  # same weights as the sampler: the gap is its own
-                        mismatch.add(logprobs.detach(), sampled, part_mask)
+                    if sampled is not None and iteration == 0:  # the sampler's gap to the weights that sampled
+                        mismatch.add(old if rollout.old_logprobs is not None else logprobs.detach(), sampled, part_mask)
                     weights = self.sampler_weights(old, sampled, part_mask)
                     masks = self.loss_masks(logprobs, entropy, rollout.advantages[rows], old, sampled, part_mask)
                     out = grpo_loss(
@@ -468,6 +415,20 @@ class GRPOModule(FrozenReference, GRPOEvaluation, MemoryPlanning, PolicyExport, 
         """Clip the global gradient norm (under FSDP2 torch computes it over every rank's shard)."""
         total = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        self.save_async_rollouts(checkpoint)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.load_async_rollouts(checkpoint)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        self.close_async_rollouts()
 
     @override
     def on_train_start(self) -> None:

@@ -15,6 +15,7 @@ from r1_lightning.generation.rollout import SamplingConfig
 from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
 from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.loading import OPTIMIZERS
+from r1_lightning.training.async_rollouts import check_async_settings
 from r1_lightning.training.losses import IMPORTANCE_SAMPLING_LEVELS, LossParameters, canonical_loss_type
 
 #: the rewards of R1-Zero's recipe when ``model.rewards`` is unset
@@ -62,6 +63,7 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         )
     if mode is not None and hp["tis_cap"] is not None:
         raise ValueError("`tis_cap` and `vllm_importance_sampling_mode` both set the sampler correction; keep one")
+    check_async_settings(hp)
     if hp["max_num_gen_batches"] < 0:
         raise ValueError(
             f"`max_num_gen_batches` must be >= 0 (0 = no dynamic sampling), got {hp['max_num_gen_batches']}"
