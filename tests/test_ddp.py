@@ -62,10 +62,11 @@ TIMING = ("time/", "seconds", "per_s")
 
 
 @pytest.mark.slow
-def test_a_two_rank_run_killed_and_resumed_logs_what_an_uninterrupted_one_logs(tmp_path):
+@pytest.mark.parametrize("settings", [{}, {"max_staleness": 1}], ids=["synchronous", "async-k1"])
+def test_a_two_rank_run_killed_and_resumed_logs_what_an_uninterrupted_one_logs(tmp_path, settings):
     """The shipped default on 2 CPU ranks (gloo), as users launch it: SIGKILL on both ranks after step 4,
     ``--ckpt_path last``, and every non-timing metric of every step equals the uninterrupted run's, and
-    so do the final weights."""
+    so do the final weights. With ``max_staleness: 1`` each rank's in-flight rollout is in the checkpoint."""
     from helpers import ROOT as REPO
     from test_resume import _config, _metrics
 
@@ -80,11 +81,11 @@ def test_a_two_rank_run_killed_and_resumed_logs_what_an_uninterrupted_one_logs(t
         command = [sys.executable, "-m", "r1_lightning.cli", "fit", "--config", str(config), *ddp, *extra]
         return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
-    straight = fit(_config(tmp_path, "straight", []))
+    straight = fit(_config(tmp_path, "straight", [], **settings))
     assert straight.returncode == 0, straight.stderr[-3000:]
     marker = str(tmp_path / "killed")
     killer = {"class_path": "helpers.pipeline_probe.KillAllRanksAtStep", "init_args": {"step": 4, "marker": marker}}
-    crashed_config = _config(tmp_path, "crashed", [killer])
+    crashed_config = _config(tmp_path, "crashed", [killer], **settings)
     crashed = fit(crashed_config)
     assert crashed.returncode != 0 and (tmp_path / "killed.rank0").exists() and (tmp_path / "killed.rank1").exists()
     resumed = fit(crashed_config, "--ckpt_path", "last")
@@ -99,6 +100,8 @@ def test_a_two_rank_run_killed_and_resumed_logs_what_an_uninterrupted_one_logs(t
                 assert after[step].get(key) == value, (step, key, value, after[step].get(key))
                 compared += 1
     assert compared > 50
+    if settings:  # the run did train asynchronously: step 1's rollout is fresh, every later one a step old
+        assert {row["train/staleness/max"] for row in after.values() if "train/staleness/max" in row} == {"0.0", "1.0"}
     a = load_file(tmp_path / "straight" / "hf_model" / "model.safetensors")
     b = load_file(tmp_path / "crashed" / "hf_model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -20,6 +20,8 @@ OPTIONS = [
     ["--model.init_args.multi_objective_aggregation", "normalize_then_sum"],
     ["--model.init_args.vllm_importance_sampling_mode", "sequence_mask"],
     ["--model.init_args.entropy_coef", "0.01", "--model.init_args.top_entropy_quantile", "0.5"],
+    ["--model.init_args.max_staleness", "1"],
+    ["--model.init_args.max_staleness", "2", "--model.init_args.off_policy_mask_threshold", "0.1"],
 ]
 
 
@@ -47,6 +49,10 @@ def test_each_option_trains_from_the_shipped_config(tmp_path, option):
             "`entropy_coef` needs",
         ),
         (["--model.init_args.max_num_gen_batches", "-1"], "`max_num_gen_batches` must be >= 0"),
+        (["--model.init_args.max_staleness", "-1"], "`max_staleness` must be >= 0"),
+        (["--model.init_args.max_staleness", "1", "--model.init_args.num_iterations", "2"], "below `num_iterations"),
+        (["--model.init_args.max_staleness", "1", "--model.init_args.max_num_gen_batches", "3"], "cannot be combined"),
+        (["--model.init_args.off_policy_mask_threshold", "0.5"], "has nothing to mask"),
         (
             ["--model.init_args.tis_cap", "2", "--model.init_args.vllm_importance_sampling_mode", "token_mask"],
             "keep one",

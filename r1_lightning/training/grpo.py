@@ -369,6 +369,7 @@ class GRPOModule(
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
         mismatch = MismatchMeter(self.hparams.mismatch_threshold)
         started, chunk_size = time.perf_counter(), self.logprob_chunk
+        drift = 0.0  # sum of |log pi_theta - log pi_old| over the first pass's tokens
         # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
         for iteration in range(mu):
@@ -385,6 +386,8 @@ class GRPOModule(
                     sampled = None if gen.sample_logprobs is None else gen.sample_logprobs[rows, cols]
                     if sampled is not None and iteration == 0:  # the sampler's gap to the weights that sampled
                         mismatch.add(old if rollout.old_logprobs is not None else logprobs.detach(), sampled, part_mask)
+                    if iteration == 0 and rollout.old_logprobs is not None:  # how far the weights moved since
+                        drift += float(((logprobs.detach() - old).abs() * part_mask).sum())
                     weights = self.sampler_weights(old, sampled, part_mask)
                     masks = self.loss_masks(logprobs, entropy, rollout.advantages[rows], old, sampled, part_mask)
                     out = grpo_loss(
@@ -405,6 +408,8 @@ class GRPOModule(
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             self.reset_reference_if_due()
+        if rollout.old_logprobs is not None:  # 0 when the rollout was sampled by these very weights
+            stats["policy_drift"] = drift / max(local_tokens, 1.0)
         stats["lr"] = scheduler.get_last_lr()[0]
         stats.update(rollout.sampling_stats)
         stats["train_seconds"] = time.perf_counter() - started

@@ -63,7 +63,6 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         )
     if mode is not None and hp["tis_cap"] is not None:
         raise ValueError("`tis_cap` and `vllm_importance_sampling_mode` both set the sampler correction; keep one")
-    check_async_settings(hp)
     if hp["max_num_gen_batches"] < 0:
         raise ValueError(
             f"`max_num_gen_batches` must be >= 0 (0 = no dynamic sampling), got {hp['max_num_gen_batches']}"
@@ -72,6 +71,7 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         raise ValueError(f"`top_entropy_quantile` must be in (0, 1] (1: every token), got {hp['top_entropy_quantile']}")
     if hp["off_policy_mask_threshold"] is not None and hp["off_policy_mask_threshold"] < 0:
         raise ValueError(f"`off_policy_mask_threshold` must be >= 0 or null, got {hp['off_policy_mask_threshold']}")
+    check_async_settings(hp)
     if hp["importance_sampling_level"] not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(
             f"`importance_sampling_level` must be one of {IMPORTANCE_SAMPLING_LEVELS}, "

@@ -31,3 +31,8 @@ def signal_on_even_answers(completions, answer, **kwargs):
     """Varies within a group only for problems with an even answer; constant 0 for odd ones: about half of
     every batch's groups carry no signal (what dynamic sampling drops)."""
     return [float(len(c) % 3) if int(a) % 2 == 0 else 0.0 for c, a in zip(completions, answer, strict=True)]
+
+
+def failing_reward(completions, **kwargs):
+    """A verifier that is down: raises on every call."""
+    raise ConnectionError("verifier unreachable")
