@@ -6,6 +6,11 @@ trained), ``rank``, ``prompt``, ``completion``, ``reward`` (the weighted sum), `
 raw score; null where a function does not apply), ``advantage``. Rank 0 writes every rank's rows (gathered),
 appending as it goes. Resume-safe: a run restored at step S first drops the lines of steps after S (what
 the killed run wrote after its last checkpoint), so each step appears once, as the resumed run trained it.
+
+W&B tables read from the file: with a ``WandbLogger``, every ``table_every_n_steps`` steps the step's lines are
+read back (:func:`completions_table`: one column per reward function) and logged as the ``completions`` table;
+``RewardLoggingCallback``'s sample table is then not logged (one source of truth). The same function turns
+the file of an offline run into a table afterwards.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ class CompletionLogCallback(L.Callback):
 
     Args:
         path: the file (default ``<trainer.log_dir>/completions.jsonl``).
+        table_every_n_steps: log the step's lines as a W&B table this often (0 = never; W&B loggers only).
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, table_every_n_steps: int = 50) -> None:
         self.path = Path(path) if path else None
+        self.table_every_n_steps = table_every_n_steps
 
     def _file(self, trainer: L.Trainer) -> Path:
         if self.path is None:
@@ -69,6 +76,40 @@ class CompletionLogCallback(L.Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as handle:
                 handle.writelines(json.dumps(row) + "\n" for row in rows)
+            every = self.table_every_n_steps
+            if every and trainer.global_step % every == 0:
+                self._log_table(trainer, path)
+
+    def _log_table(self, trainer: L.Trainer, path: Path) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers:
+            columns, rows = completions_table(path, step=trainer.global_step)
+            for logger in loggers:
+                logger.log_text(key="completions", columns=columns, data=rows, step=trainer.global_step)
+
+
+def completions_table(path: str | Path, step: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)`` of a completions file (all steps, or one): step, rank, prompt, completion, reward,
+    one column per reward function (in order of first appearance), advantage. Torn or foreign lines are
+    skipped (the file of a killed run may end mid-line)."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            if step is None or int(record["step"]) == step:
+                records.append(record)
+        except (ValueError, KeyError, TypeError):
+            continue
+    names = list(dict.fromkeys(name for record in records for name in record.get("rewards", {})))
+    columns = ["step", "rank", "prompt", "completion", "reward", *names, "advantage"]
+    rows = [
+        [r.get("step"), r.get("rank"), r.get("prompt"), r.get("completion"), r.get("reward"),
+         *(r.get("rewards", {}).get(name) for name in names), r.get("advantage")]
+        for r in records
+    ]  # fmt: skip
+    return columns, rows
 
 
 def _step(line: str) -> int:

@@ -216,7 +216,12 @@ class RewardLoggingCallback(L.Callback):
             values.update(self._difficulty.pop_means())
             for logger in trainer.loggers:  # straight to the loggers: these are already window means
                 logger.log_metrics(values, step=step)
-        if self.table_every_n_steps and crossed_multiple(before, step, self.table_every_n_steps):
+        logged_elsewhere = bool(getattr(getattr(pl_module, "hparams", {}), "get", lambda *_: False)("log_completions"))
+        if (
+            self.table_every_n_steps
+            and not logged_elsewhere
+            and crossed_multiple(before, step, self.table_every_n_steps)
+        ):
             self._log_table(trainer, batch, rollout, step)
 
     def _by_difficulty(self, batch: Any, rollout: Any, lengths: torch.Tensor) -> None:

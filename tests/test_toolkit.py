@@ -150,3 +150,42 @@ def test_dynamic_sampling_resumes_exactly(tmp_path):
     second = {int(r["step"]): [r[k] for k in keys] for r in _logged(resumed)}
     assert sorted(first) == sorted(second) == [1, 2, 3, 4]
     assert first == second
+
+
+def test_wandb_tables_are_read_from_the_completions_file(tmp_path):
+    """With log_completions and a W&B logger, the table of a step is the file's lines of that step (one column
+    per reward function); torn lines are skipped. The logger here records instead of uploading."""
+    import json
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from r1_lightning.callbacks.completion_log import CompletionLogCallback, completions_table
+
+    class RecordingWandb(WandbLogger):
+        def __init__(self) -> None:
+            self.tables: list[tuple] = []
+
+        def log_text(self, key, columns=None, data=None, dataframe=None, step=None) -> None:
+            self.tables.append((key, columns, data, step))
+
+    path = tmp_path / "completions.jsonl"
+    lines = [
+        {"step": s, "rank": 0, "prompt": "p", "completion": f"c{s}{i}", "reward": 1.0,
+         "rewards": {"accuracy_reward": 1.0, "format_reward": None}, "advantage": 0.5}
+        for s in (1, 2) for i in range(2)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 2, "torn')
+    columns, rows = completions_table(path, step=2)
+    assert columns == [
+        "step", "rank", "prompt", "completion", "reward", "accuracy_reward", "format_reward", "advantage"
+    ]  # fmt: skip
+    assert rows == [[2, 0, "p", "c20", 1.0, 1.0, None, 0.5], [2, 0, "p", "c21", 1.0, 1.0, None, 0.5]]
+    assert len(completions_table(path)[1]) == 4
+
+    logger = RecordingWandb()
+    callback = CompletionLogCallback(path=str(path), table_every_n_steps=2)
+    trainer = SimpleNamespace(loggers=[logger], global_step=2)
+    callback._log_table(trainer, path)
+    ((key, logged_columns, data, step),) = logger.tables
+    assert (key, logged_columns, data, step) == ("completions", columns, rows, 2)

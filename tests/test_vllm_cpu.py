@@ -199,3 +199,22 @@ def test_grpo_fit_with_vllm_logs_a_small_gap_and_resumes(model_dir, tmp_path):
     # after the resume the engine sampled from the restored (trained) weights, not the folder's
     assert all(float(r["train/mismatch/abs_logprob_diff"]) < TOLERANCE for r in rows[3:]), rows
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "qwen2"
+
+
+def test_asynchronous_rollouts_with_vllm_sample_ahead_and_compare_the_sampler_to_the_weights_that_sampled(
+    model_dir, tmp_path, monkeypatch
+):
+    """max_staleness 1 with the vLLM engine: each batch is sampled one step ahead, from the weights synced at
+    that moment, and the sampler-vs-trainer gap is measured against those weights (the behaviour log-probs),
+    not against the newer ones that train it: it stays as small as in the synchronous run."""
+    # a reward that varies, so the weights move between sampling and training
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    run = _fit(model_dir, tmp_path, "--trainer.max_steps", "4", "--model.init_args.max_staleness", "1",
+               "--model.init_args.lr", "1e-3", "--model.init_args.warmup_steps", "0",
+               "--model.init_args.rewards", "{helpers.rewards.varied_reward: 1.0}")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = _mismatch_rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["train/staleness/max"]) for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    assert all(float(r["train/mismatch/abs_logprob_diff"]) < TOLERANCE for r in rows), rows
+    assert all(float(r["train/policy_drift"]) > 0 for r in rows[1:])  # the weights did move in between

@@ -20,6 +20,7 @@ import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -109,13 +110,17 @@ class TimeLimitedPool:
         self.preload = tuple(preload)
         self.workers: list[_Worker] = []
         self.pid = os.getpid()
+        # Batches may be scored from several threads at once (asynchronous rollouts, validation): one map at
+        # a time owns the children and their pipes.
+        self.lock = threading.RLock()
 
     def add_preload(self, module: str) -> None:
         """Import ``module`` in every worker before its first call (running workers are restarted)."""
-        if module not in self.preload:
-            self.preload = (*self.preload, module)
-            self.close()
-            self.pid = os.getpid()
+        with self.lock:
+            if module not in self.preload:
+                self.preload = (*self.preload, module)
+                self.close()
+                self.pid = os.getpid()
 
     def _ensure(self) -> None:
         if self.pid != os.getpid():  # forked: the children belong to the parent process
@@ -132,6 +137,10 @@ class TimeLimitedPool:
         """Run ``fn(*args, **kwargs)`` for each ``args`` in ``calls``; returns per call ``("ok", value)``,
         ``("error", text)`` (it raised), ``("timeout", None)`` or ``("died", None)`` (the child was killed).
         ``fn`` must be picklable (a module-level function)."""
+        with self.lock:
+            return self._map(fn, calls, timeout, kwargs)
+
+    def _map(self, fn: Callable, calls: list[tuple], timeout: float, kwargs: dict | None) -> list[tuple[str, Any]]:
         self._ensure()
         results: list[tuple[str, Any] | None] = [None] * len(calls)
         pending = list(range(len(calls)))[::-1]
@@ -173,6 +182,10 @@ class TimeLimitedPool:
         return fresh
 
     def close(self) -> None:
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
         if self.pid == os.getpid():
             for worker in self.workers:
                 worker.kill()
@@ -187,14 +200,16 @@ def _readable(workers: list[_Worker], timeout: float) -> list[_Worker]:
 
 
 _POOL: TimeLimitedPool | None = None
+_POOL_CREATION = threading.Lock()
 
 
 def shared_pool() -> TimeLimitedPool:
     """The process-wide pool (created on first use, closed at exit)."""
     global _POOL
-    if _POOL is None:
-        _POOL = TimeLimitedPool(workers=min(4, os.cpu_count() or 1))
-        atexit.register(_POOL.close)
+    with _POOL_CREATION:
+        if _POOL is None:
+            _POOL = TimeLimitedPool(workers=min(4, os.cpu_count() or 1))
+            atexit.register(_POOL.close)
     return _POOL
 
 

@@ -6,7 +6,6 @@ import difflib
 import functools
 import importlib
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -154,18 +153,6 @@ def score_completions(
     nan-sum. A function that raises, returns the wrong number of scores, or a non-finite score is an
     error that names the function and shows the completion concerned.
     """
-    with _SCORING:  # one batch at a time: asynchronous rollouts score in a worker thread, validation does not
-        return _score(rewards, completions, columns)
-
-
-#: Reward functions (and the shared pool of worker processes behind their time limits) are not assumed
-#: thread-safe, so batches are scored one at a time across threads.
-_SCORING = threading.RLock()
-
-
-def _score(
-    rewards: list[WeightedReward], completions: list, columns: dict[str, list]
-) -> tuple[list[float], dict[str, list[float | None]]]:
     totals = [0.0] * len(completions)
     per_fn: dict[str, list[float | None]] = {}
     for reward in rewards:

@@ -3,7 +3,8 @@ the default of prime-rl, AReaL, PipelineRL).
 
 With ``max_staleness: k`` (k >= ``num_iterations``), the rollout of batch ``b + a`` (``a = k // num_iterations``
 batches ahead) is *sampled* at the start of step ``b``, from the weights as they are then, and its rewards are
-*scored in a worker thread* while step ``b`` trains. Step ``b + a`` trains on it ``a * num_iterations <= k``
+*scored in a worker thread* while step ``b`` trains (one thread per batch in flight, so with k >= 2 the
+waits of consecutive batches overlap each other as well). Step ``b + a`` trains on it ``a * num_iterations <= k``
 optimizer steps later. Reward scoring is where an R1 step waits on I/O (a code sandbox, a remote verifier,
 a reward-model server), so that wait leaves the critical path; decoding stays on the trainer's device,
 between updates, because on one device overlapping two compute jobs gains nothing.
@@ -25,6 +26,10 @@ What stays exact:
   generators' state after the last sampling, so ``--ckpt_path last`` continues exactly (a test). A
   checkpoint of another number of ranks drops them with a warning; they are sampled again, fresh.
 - No batch past ``trainer.max_steps`` is sampled.
+
+Reward functions are therefore called from worker threads, up to ``k // num_iterations + 1`` batches at once
+(and alongside validation): they must be safe to call concurrently, as a pure function or an HTTP client is.
+The built-in ones are; the shared pool of time-limited worker processes serves one batch at a time.
 
 Not combined with dynamic sampling (``max_num_gen_batches``), whose top-up draws must be scored before the
 step can go on: one clear error. With vLLM on separate devices see the README ("Asynchronous rollouts").
@@ -122,7 +127,9 @@ class AsyncRollouts:
     def _queue(self) -> deque[InFlight]:
         if self._in_flight is None:
             self._in_flight = deque()
-            self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1-reward-scoring")
+            # one thread per batch that can be in flight, so the waits of consecutive batches overlap too
+            ahead = self.hparams.max_staleness // self.hparams.num_iterations
+            self._scorer = ThreadPoolExecutor(max_workers=ahead + 1, thread_name_prefix="r1-reward-scoring")
             if self._restored is not None:
                 self._restore_in_flight(self._restored)
                 self._restored = None
