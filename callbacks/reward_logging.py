@@ -166,7 +166,7 @@ class RewardLoggingCallback(L.Callback):
         if rollout is None:
             return
         gen = rollout.generation
-        lengths = gen.completion_mask.sum(1).float()
+        lengths = gen.trained_mask().sum(1).float()  # sampled tokens (a tool's inserted response not counted)
         self._update("train/reward", rollout.rewards.mean())
         self._update("train/reward_std", rollout.rewards.view(-1, rollout.group_size).std(1, correction=0).mean())
         for name, scores in rollout.reward_scores.items():

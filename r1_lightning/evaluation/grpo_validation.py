@@ -81,6 +81,12 @@ class GRPOEvaluation:
         self.val_majk.update(torch.tensor(scored.majority))
         self.val_format.update(torch.tensor(scored.formats))
         self.val_length.update(lengths)
+        if generation.tool_calls is not None:  # pass@1 of the samples that called a tool, and of those that did not
+            used = torch.tensor([bool(calls) for calls in generation.tool_calls])
+            correct = torch.tensor(scored.correct, dtype=torch.float32)
+            tallies = (correct[used].sum(), used.sum(), correct[~used].sum(), (~used).sum())
+            for metric, value in zip(self.val_tool_tally, tallies, strict=True):
+                metric.update(value.float())
 
     def compute_val_metrics(self) -> dict[str, float]:
         k = self.hparams.val_num_samples
@@ -91,6 +97,11 @@ class GRPOEvaluation:
             "val/completion_length": self.val_length.compute().item(),
             "val/problems": self.val_problems.compute().item(),
         }
+        if self.toolbox is not None:
+            hits_with, with_tools, hits_without, without_tools = (m.compute().item() for m in self.val_tool_tally)
+            metrics["val/tool_use_rate"] = with_tools / max(with_tools + without_tools, 1.0)
+            metrics["val/pass@1/with_tools"] = hits_with / max(with_tools, 1.0)
+            metrics["val/pass@1/without_tools"] = hits_without / max(without_tools, 1.0)
         for metric in self._val_metrics():
             metric.reset()
         metrics.update(self._difficulty_metrics())
@@ -99,7 +110,7 @@ class GRPOEvaluation:
 
     def _val_metrics(self) -> tuple[Any, ...]:
         """The held-out metrics; torchmetrics sums their states over ranks when they are computed."""
-        return self.val_pass1, self.val_majk, self.val_format, self.val_length, self.val_problems
+        return self.val_pass1, self.val_majk, self.val_format, self.val_length, self.val_problems, *self.val_tool_tally
 
     def _by_difficulty(self) -> PerDifficulty:
         if not hasattr(self, "_val_by_difficulty"):

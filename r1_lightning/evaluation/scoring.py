@@ -53,7 +53,7 @@ def score_samples(
         scores=scores,
         correct=[s is not None and s >= 1.0 for s in scores],
         formats=[float(f) for f in format_reward(generation.texts)],
-        lengths=generation.completion_mask.sum(1).float().tolist(),
+        lengths=generation.trained_mask().sum(1).float().tolist(),  # sampled tokens, not tool responses
         pass1=pass1,
         majority=majority,
     )

@@ -61,6 +61,13 @@ class Generation(NamedTuple):
     # [N, L] the sampler's log-probs of the tokens it drew (at the sampling temperature, before top-k/p
     # truncation, so comparable with the trainer's); 0 off the mask; None when the engine gives none
     sample_logprobs: torch.Tensor | None = None
+    # [N, L] 1 on completion tokens a tool inserted (its responses: in the sequence, never sampled); None = no tools
+    tool_mask: torch.Tensor | None = None
+    tool_calls: list[list[dict]] | None = None  # per row, its calls: name, arguments, status, result
+
+    def trained_mask(self) -> torch.Tensor:
+        """[N, L] 1 on the tokens the policy sampled: the loss, KL, entropy and length metrics count these."""
+        return self.completion_mask if self.tool_mask is None else self.completion_mask * (1 - self.tool_mask)
 
 
 class Rollout(NamedTuple):
@@ -190,6 +197,8 @@ def select_rows(generation: Generation, rows: list[int]) -> Generation:
         [generation.texts[i] for i in rows],
         generation.seconds,
         None if generation.sample_logprobs is None else generation.sample_logprobs[index],
+        None if generation.tool_mask is None else generation.tool_mask[index],
+        None if generation.tool_calls is None else [generation.tool_calls[i] for i in rows],
     )
 
 
@@ -216,9 +225,10 @@ def concat_generations(parts: list[Generation], pad_id: int) -> Generation:
                 pad(g.attention_mask, (left, right), value=0),
                 pad(g.completion_mask, (0, right), value=0),
                 None if g.sample_logprobs is None else pad(g.sample_logprobs, (0, right), value=0.0),
+                None if g.tool_mask is None else pad(g.tool_mask, (0, right), value=0),
             )
         )
-    logprobs = [w[3] for w in widened]
+    logprobs, tool_masks = [w[3] for w in widened], [w[4] for w in widened]
     return Generation(
         torch.cat([w[0] for w in widened]),
         torch.cat([w[1] for w in widened]),
@@ -228,4 +238,6 @@ def concat_generations(parts: list[Generation], pad_id: int) -> Generation:
         [text for g in parts for text in g.texts],
         sum(g.seconds for g in parts),
         None if any(lp is None for lp in logprobs) else torch.cat(logprobs),
+        None if any(m is None for m in tool_masks) else torch.cat(tool_masks),
+        None if any(g.tool_calls is None for g in parts) else [row for g in parts for row in g.tool_calls or []],
     )

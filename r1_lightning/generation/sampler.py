@@ -21,6 +21,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from r1_lightning.generation.lean_decode import LeanDecoder, unsupported_reason
 from r1_lightning.generation.rollout import Generation, SamplingConfig, prompt_groups, repeat_batch
+from r1_lightning.generation.tool_session import ToolSession
+from r1_lightning.generation.tools import ToolBox
 from r1_lightning.hf_compat import cache_argument, causal_lm, returned_cache
 
 
@@ -167,11 +169,21 @@ class TorchGenerator:
             decoder = HFDecodeStep(model, cache, attention, positions)
         return logits, prompt_ids, attention, decoder
 
-    def generate(self, model: Any, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
+    def generate(
+        self,
+        model: Any,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        group_size: int = 1,
+        tools: ToolBox | None = None,
+        environments: list[Any] | None = None,
+    ) -> Generation:
         """Sample one completion per prompt. Model is put in eval mode.
 
         ``group_size`` > 1 says prompts come in runs of that many identical copies (a GRPO group): each
         distinct prompt is then prefilled once and its key/value cache shared by the group's rows.
+        ``tools``: multi-turn tool calling inside the loop (:mod:`r1_lightning.generation.tool_session`);
+        ``environments``: one stateful environment per row (``environment_factory``).
         """
         tokenizer, started = self.tokenizer, time.perf_counter()
         was_training = model.training
@@ -191,21 +203,28 @@ class TorchGenerator:
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
         sampled_logprobs = []  # per step [N]: the sampler's view, to measure training-inference mismatch
         temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+        session = None if tools is None else ToolSession(tools, tokenizer, batch, device, environments)
+        inserted = torch.zeros_like(finished)
         for _ in range(sampling.max_new_tokens):
             scores = processors(sequences, logits)
             token = sample_categorical(scores) if sampling.temperature > 0 else scores.argmax(dim=-1)
+            if session is not None:  # rows feeding a tool's response emit its next token instead
+                token, inserted = session.override(token, finished)
             token = torch.where(finished, torch.full_like(token, pad), token)
             # log p(token) = logit/T - logsumexp(logits/T): no [N, vocab] log-softmax on the decode path
             scaled = logits / temperature
             step_logprobs = scaled.gather(1, token[:, None]).squeeze(1) - torch.logsumexp(scaled, dim=-1)
-            sampled_logprobs.append(torch.where(finished, torch.zeros_like(step_logprobs), step_logprobs))
+            sampled_logprobs.append(torch.where(finished | inserted, torch.zeros_like(step_logprobs), step_logprobs))
             lengths += (~finished).long()
             sequences = torch.cat([sequences, token[:, None]], dim=1)
             ends = torch.isin(token, eos)
             if stopper is not None:
                 ends |= stopper(sequences, scores)
+            ends &= ~inserted  # a tool's response never ends the answer, whatever it contains
             stopped |= ends & ~finished
             finished |= ends
+            if session is not None:
+                session.after_step(sequences, scores, ~finished & ~inserted, prompt_length)
             if self._all_done(finished):
                 break
             decoder.drop_finished(finished)  # finished rows may leave the batch (their logits go stale, unused)
@@ -229,6 +248,8 @@ class TorchGenerator:
             texts,
             time.perf_counter() - started,
             sample_logprobs,
+            None if session is None else session.tool_mask(lengths),
+            None if session is None else session.call_records(),
         )
 
 

@@ -65,7 +65,10 @@ def generation_reward_inputs(
     """:func:`reward_inputs` for a sampled ``Generation`` (its texts and completion token ids)."""
     completion = generation.input_ids[:, generation.prompt_length :]
     ids = completion_token_ids(completion, generation.completion_mask)
-    return reward_inputs(generation.texts, columns, ids, state, rendered_prompts)
+    completions, kwargs = reward_inputs(generation.texts, columns, ids, state, rendered_prompts)
+    if getattr(generation, "tool_calls", None) is not None:  # each completion's calls: name, arguments, status, result
+        kwargs["tool_calls"] = generation.tool_calls
+    return completions, kwargs
 
 
 def reward_inputs(

@@ -61,6 +61,7 @@ from r1_lightning.training.grpo_settings import (
     DEFAULT_REWARDS,
     as_sampling,
     build_rollout_engine,
+    build_toolbox,
     check_grpo_settings,
     check_lengths,
     loss_settings,
@@ -177,6 +178,15 @@ class GRPOModule(
             steps ahead and score it in a worker thread while this step trains, from weights at most this many
             optimizer steps old; the loss's old log-probs are the sampling weights'; 0 = synchronous
             (:mod:`r1_lightning.training.async_rollouts`).
+        tools: tool calling inside the rollout (TRL's ``tools=``): dotted paths to plain functions with type
+            hints and a docstring; the policy calls them as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+            (the Hermes / Qwen2.5 format; chat templates render their schemas) and reads the inserted
+            ``<tool_response>`` (:mod:`r1_lightning.generation.tools`).
+        environment_factory: a dotted path to a class whose public methods are stateful tools (TRL's name): one
+            instance per completion, ``reset(**record)`` first; reward functions receive them as ``environments``.
+        max_tool_calling_iterations: tool calls per completion (TRL's name); null = as many as the tokens allow.
+        tool_timeout: seconds per tool call; a call past it is killed and answered with an error.
+        tool_output_chars: a tool's response is cut to this many characters.
         warmup_steps: linear warmup steps.
         lr_scheduler: a transformers scheduler name: ``constant_with_warmup``, ``cosine``, ``linear``.
         val_num_samples: samples per validation prompt (k of pass@1-over-k and maj@k).
@@ -237,6 +247,11 @@ class GRPOModule(
         multi_objective_aggregation: str = "sum_then_normalize",
         max_num_gen_batches: int = 0,
         max_staleness: int = 0,
+        tools: list[str] | None = None,
+        environment_factory: str | None = None,
+        max_tool_calling_iterations: int | None = None,
+        tool_timeout: float = 5.0,
+        tool_output_chars: int = 512,
         warmup_steps: int = 0,
         lr_scheduler: str = "constant_with_warmup",
         val_num_samples: int = 4,
@@ -266,9 +281,12 @@ class GRPOModule(
         self.loss_settings = loss_settings(self.hparams)
         self.logprob_chunk = resolve_chunk_size(logprob_chunk_size, self.policy)
         self.generator = build_rollout_engine(rollout_engine, vllm or {}, quantization, self.tokenizer)
+        self.toolbox = build_toolbox(self.hparams, self.generator)
         self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
         self.val_format, self.val_length = MeanMetric(), MeanMetric()
         self.val_problems = SumMetric()  # held-out problems scored, over all ranks
+        # held-out samples that called a tool (correct, all) and that did not (correct, all), over all ranks
+        self.val_tool_tally = torch.nn.ModuleList([SumMetric() for _ in range(4)])
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         # Running totals of reward timeouts and sandboxed code runs of this module's rollouts (logged as
         # train/reward_timeouts/<fn>, train/code_runs/<outcome>); a later pipeline stage starts at 0.
@@ -334,12 +352,16 @@ class GRPOModule(
             with self.trainer.precision_plugin.forward_context():
                 yield
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
+    def generate(
+        self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1, environments: list | None = None
+    ) -> Generation:
         self.plan_memory(prompts)  # once, before the first generation (training or validation)
         if not isinstance(self.generator, TorchGenerator):  # vLLM samples from its own copy of the weights
             return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
         with self.generation_context():
-            return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
+            return self.generator.generate(
+                self.policy, prompts, sampling, group_size=group_size, tools=self.toolbox, environments=environments
+            )
 
     @override
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, float]:
@@ -351,7 +373,7 @@ class GRPOModule(
             )
         gen = rollout.generation
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        mask = gen.completion_mask
+        mask = gen.trained_mask()  # (tool responses are in the sequence but were not sampled: no loss)
         if self.hparams.mask_truncated_completions:
             mask = mask * (~gen.truncated).long()[:, None]
         plans = rollout.micro_batches or self.plan_micro_batches(gen)

@@ -144,3 +144,21 @@ def loss_settings(hp: Any) -> dict[str, Any]:
         "params": params,
         "entropy_coef": hp["entropy_coef"],
     }
+
+
+def build_toolbox(hp: Any, generator: Any) -> Any:
+    """The run's tools (``tools`` / ``environment_factory``), or None; only the lean and hf engines run them."""
+    if not hp["tools"] and not hp["environment_factory"]:
+        return None
+    from r1_lightning.generation.tools import ToolBox
+
+    if not isinstance(generator, TorchGenerator):
+        raise ValueError(
+            "`tools` / `environment_factory` run inside the lean and hf engines' decode loop; the vLLM engine does not "
+            "call tools yet: set `rollout_engine: auto`"
+        )
+    limit = hp["max_tool_calling_iterations"]
+    return ToolBox(
+        list(hp["tools"] or []), hp["environment_factory"], 1 << 30 if limit is None else limit,
+        hp["tool_timeout"], hp["tool_output_chars"],
+    )  # fmt: skip

@@ -16,6 +16,7 @@ import torch
 
 from r1_lightning.generation.forward import batched_logprobs
 from r1_lightning.generation.rollout import Generation, MicroBatch, Rollout, plan_micro_batches, repeat_batch
+from r1_lightning.generation.tools import tool_stats
 from r1_lightning.rewards import score_completions
 from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
 from r1_lightning.rewards.limits import count_reward_events
@@ -84,6 +85,8 @@ class RolloutMaking:
         """Advantages, micro-batches, old (``behaviour``: the sampling weights' log-probs, when already
         computed) and reference log-probs of a scored batch."""
         generation, rewards = scored.generation, scored.rewards
+        if generation.tool_calls is not None:
+            stats = {**stats, **tool_stats(generation.tool_calls)}
         advantages = self.rollout_advantages(rewards, scored.per_fn)
         plans = self.plan_micro_batches(generation)
         old_logprobs = behaviour if behaviour is not None else self.old_logprobs(generation, plans)
@@ -98,7 +101,15 @@ class RolloutMaking:
     def sample(self, batch: dict[str, list]) -> Sampled:
         """G completions for each of the batch's records (B * G rows, groups contiguous), not yet scored."""
         prompts, columns = repeat_batch(batch, self.hparams.num_generations)
-        generation = self.generate(prompts, self.sampling, group_size=self.hparams.num_generations)
+        environments = None
+        if self.toolbox is not None and self.toolbox.factory is not None:  # one stateful environment per row
+            rows = [{key: values[i] for key, values in columns.items()} for i in range(len(prompts))]
+            environments = self.toolbox.environments(rows)
+        generation = self.generate(
+            prompts, self.sampling, group_size=self.hparams.num_generations, environments=environments
+        )
+        if environments is not None:  # reward functions read them as TRL passes them
+            columns = {**columns, "environments": environments}
         return Sampled(batch, prompts, columns, generation)
 
     def score(self, sampled: Sampled, step: int | None = None) -> Scored:

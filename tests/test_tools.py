@@ -1,0 +1,132 @@
+"""Tool calls inside the decode loop: rows in different turns decode together, the ids trained are exactly the
+ids sampled and inserted, inserted responses are masked out of the loss, and bad calls never end a rollout.
+
+The policy is scripted: ``sample_categorical`` returns each row's next scripted token (a real model decodes,
+with the lean and the hf step), so the test knows which tokens were sampled."""
+
+import pytest
+import torch
+
+import r1_lightning.generation.sampler as sampler_module
+from r1_lightning.generation.rollout import SamplingConfig
+from r1_lightning.generation.sampler import TorchGenerator
+from r1_lightning.generation.tool_session import ToolSession
+from r1_lightning.generation.tools import ToolBox, parse_call, tool_stats
+
+
+def _call(name: str, **arguments) -> str:
+    import json
+
+    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
+
+
+def _scripted(monkeypatch, tokenizer, scripts: list[str]) -> list[list[int]]:
+    """Make row i sample the tokens of ``scripts[i]`` then EOS; returns the scripted ids per row."""
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in scripts]
+    position = [0] * len(ids)
+
+    def sample(scores):
+        out = []
+        for row in range(scores.shape[0]):
+            script = ids[row]
+            out.append(script[min(position[row], len(script) - 1)])
+            position[row] += 1
+        return torch.tensor(out)
+
+    original = ToolSession.override
+
+    def override(self, token, finished):
+        token, inserted = original(self, token, finished)
+        for row in inserted.nonzero().flatten().tolist():
+            position[row] -= 1  # the sampled token was replaced by the tool's: sample it again next step
+        return token, inserted
+
+    monkeypatch.setattr(sampler_module, "sample_categorical", sample)
+    monkeypatch.setattr(ToolSession, "override", override)
+    return ids
+
+
+TOOLS = ["helpers.tools.add", "helpers.tools.crash", "helpers.tools.hang", "helpers.tools.shout"]
+
+
+@pytest.mark.parametrize("engine", ["lean", "hf"])
+def test_rows_in_different_turns_decode_together_token_in_token_out(monkeypatch, tiny_model_and_tokenizer, engine):
+    model, tokenizer = tiny_model_and_tokenizer
+    scripts = [
+        "<think>" + _call("add", a=17, b=25) + "</think><answer>42</answer>",  # calls at once
+        "<think>first I think a while" + _call("add", a=1, b=2) + _call("add", a=3, b=3) + "</think><answer>9</answer>",
+        "<think>no tool needed</think><answer>5</answer>",  # never calls
+    ]
+    sampled = _scripted(monkeypatch, tokenizer, scripts)
+    toolbox = ToolBox(TOOLS, max_iterations=4, timeout=2.0)
+    generator = TorchGenerator(tokenizer, engine=engine)
+    gen = generator.generate(model, ["A: ", "B: ", "C: "], SamplingConfig(max_new_tokens=320), tools=toolbox)
+
+    completion = gen.input_ids[:, gen.prompt_length :]
+    for row, script_ids in enumerate(sampled):
+        real = gen.completion_mask[row].bool()
+        inserted = gen.tool_mask[row].bool()
+        # token in, token out: the sampled positions hold exactly the scripted ids, in order ...
+        assert completion[row][real & ~inserted].tolist() == script_ids
+        # ... and the inserted positions exactly the ids of the tool responses, never re-tokenised text
+        responses = "".join(toolbox.response(_as_call(c)) for c in gen.tool_calls[row])
+        assert completion[row][inserted].tolist() == tokenizer(responses, add_special_tokens=False)["input_ids"]
+        assert torch.equal(gen.trained_mask()[row], (real & ~inserted).long())  # what the loss counts
+        assert not bool(gen.truncated[row])
+    assert [len(calls) for calls in gen.tool_calls] == [1, 2, 0]
+    assert [c["result"] for c in gen.tool_calls[1]] == ["3", "6"]
+    assert "<tool_response>42</tool_response></think><answer>42</answer>" in gen.texts[0]
+    # the sampler's log-probs of inserted tokens are 0 (they were not sampled)
+    assert float(gen.sample_logprobs[gen.tool_mask.bool()].abs().sum()) == 0.0
+
+
+def _as_call(record):
+    from r1_lightning.generation.tools import ToolCall
+
+    return ToolCall(record["name"], record["arguments"], record["status"], record["result"])
+
+
+def test_bad_calls_are_answered_with_an_error_counted_and_decoding_goes_on(monkeypatch, tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    answer = "</think><answer>1</answer>"
+    scripts = [
+        "<think><tool_call>add(1, 2)</tool_call>" + answer,  # malformed
+        "<think>" + _call("divide", a=1) + answer,  # unknown tool
+        "<think>" + _call("crash", a=1) + answer,  # raises
+        "<think>" + _call("hang", a=1) + answer,  # hangs: killed at the deadline
+        "<think>" + _call("shout", a=1) + answer,  # prints and returns megabytes
+        "<think>" + _call("add", a=1, b=1) + _call("add", a=2, b=2) + answer,  # past the limit of 1
+    ]
+    _scripted(monkeypatch, tokenizer, scripts)
+    toolbox = ToolBox(TOOLS, max_iterations=1, timeout=1.0, max_output_chars=64)
+    gen = TorchGenerator(tokenizer).generate(
+        model, [f"{i}: " for i in range(6)], SamplingConfig(max_new_tokens=400), tools=toolbox
+    )
+    statuses = [[c["status"] for c in calls] for calls in gen.tool_calls]
+    assert statuses == [["malformed"], ["unknown"], ["error"], ["timeout"], ["ok"], ["ok", "limit"]]
+    assert "ZeroDivisionError" in gen.tool_calls[2][0]["result"]
+    assert len(gen.tool_calls[4][0]["result"]) < 120 and "characters cut" in gen.tool_calls[4][0]["result"]
+    assert all(text.endswith("<answer>1</answer>") for text in gen.texts)  # every row went on to its answer
+    stats = tool_stats(gen.tool_calls)
+    assert stats["tools/errors"] == 4 and stats["tools/timeouts"] == 1
+    assert stats["tools/calls_per_completion"] == pytest.approx(7 / 6) and stats["tools/turns"] == pytest.approx(13 / 6)
+
+
+def test_parse_call_reads_the_hermes_format_and_names_what_is_wrong():
+    assert parse_call('<tool_call>{"name": "add", "arguments": "{\\"a\\": 1}"}</tool_call>').arguments == {"a": 1}
+    assert parse_call("<tool_call>{}</tool_call>").status == "malformed"
+    assert parse_call('<tool_call>{"name": "f", "arguments": [1]}</tool_call>').status == "malformed"
+    assert parse_call("no call").status == "malformed"
+
+
+def test_a_tool_without_type_hints_is_a_clear_error():
+    def untyped(a):
+        """No hints."""
+        return a
+
+    with pytest.raises(ValueError, match="type hints on every argument"):
+        ToolBox([untyped])
+    with pytest.raises(ValueError, match="cannot be imported"):
+        ToolBox(["helpers.tools.nope"])
+    schema = ToolBox(["helpers.tools.add"]).schemas[0]
+    assert schema["function"]["name"] == "add" and set(schema["function"]["parameters"]["properties"]) == {"a", "b"}
