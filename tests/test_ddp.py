@@ -62,7 +62,9 @@ TIMING = ("time/", "seconds", "per_s")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [{}, {"max_staleness": 1}], ids=["synchronous", "async-k1"])
+@pytest.mark.parametrize(
+    "settings", [{}, {"max_staleness": 1}, {"tools": ["helpers.tools.add"]}], ids=["synchronous", "async-k1", "tools"]
+)
 def test_a_two_rank_run_killed_and_resumed_logs_what_an_uninterrupted_one_logs(tmp_path, settings):
     """The shipped default on 2 CPU ranks (gloo), as users launch it: SIGKILL on both ranks after step 4,
     ``--ckpt_path last``, and every non-timing metric of every step equals the uninterrupted run's, and
@@ -100,7 +102,7 @@ def test_a_two_rank_run_killed_and_resumed_logs_what_an_uninterrupted_one_logs(t
                 assert after[step].get(key) == value, (step, key, value, after[step].get(key))
                 compared += 1
     assert compared > 50
-    if settings:  # the run did train asynchronously: step 1's rollout is fresh, every later one a step old
+    if "max_staleness" in settings:  # it trained asynchronously: step 1's rollout fresh, every later one a step old
         assert {row["train/staleness/max"] for row in after.values() if "train/staleness/max" in row} == {"0.0", "1.0"}
     a = load_file(tmp_path / "straight" / "hf_model" / "model.safetensors")
     b = load_file(tmp_path / "crashed" / "hf_model" / "model.safetensors")

@@ -91,7 +91,11 @@ def _prompts(path: Path) -> list[tuple[int, list[str]]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [{}, {"max_staleness": 2}], ids=["synchronous", "async-k2"])
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"max_staleness": 2}, {"tools": ["helpers.tools.add"], "max_tool_calling_iterations": 2}],
+    ids=["synchronous", "async-k2", "tools"],
+)
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, settings):
     """With ``max_staleness: 2`` the checkpoint of step 3 holds the in-flight rollouts of steps 4 and 5."""
 
@@ -115,7 +119,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, settings):
     # The kill came before step 4's checkpoint: last.ckpt holds step 3.
     saved = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3
-    if settings:  # batches 3 and 4 (0-based), sampled ahead at steps 2 and 3 from the weights after steps 1 and 2
+    if "max_staleness" in settings:  # batches 3, 4 (0-based): sampled at steps 2, 3 by the weights after steps 1, 2
         assert [(r["batch_index"], r["version"]) for r in saved["async_rollouts"][0]] == [(3, 1), (4, 2)]
 
     resumed = _fit(crashed_config, "--ckpt_path", "last")

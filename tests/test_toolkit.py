@@ -53,6 +53,11 @@ def test_each_option_trains_from_the_shipped_config(tmp_path, option):
         (["--model.init_args.max_staleness", "1", "--model.init_args.num_iterations", "2"], "below `num_iterations"),
         (["--model.init_args.max_staleness", "1", "--model.init_args.max_num_gen_batches", "3"], "cannot be combined"),
         (["--model.init_args.off_policy_mask_threshold", "0.5"], "has nothing to mask"),
+        (["--model.init_args.tools", "[helpers.tools.nope]"], "cannot be imported"),
+        (
+            ["--model.init_args.environment_factory", "x.Env", "--model.init_args.max_staleness", "1"],
+            "`max_staleness` and `environment_factory` cannot be combined",
+        ),
         (
             ["--model.init_args.tis_cap", "2", "--model.init_args.vllm_importance_sampling_mode", "token_mask"],
             "keep one",

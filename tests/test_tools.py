@@ -130,3 +130,57 @@ def test_a_tool_without_type_hints_is_a_clear_error():
         ToolBox(["helpers.tools.nope"])
     schema = ToolBox(["helpers.tools.add"]).schemas[0]
     assert schema["function"]["name"] == "add" and set(schema["function"]["parameters"]["properties"]) == {"a", "b"}
+
+
+def test_grpo_trains_with_a_stateful_tool_and_rewards_see_environments_and_calls(monkeypatch, tmp_path):
+    """The shipped default with ``tools`` and ``environment_factory`` by command-line overrides: every
+    completion calls ``bump`` once (scripted), its environment's total reaches the reward function as TRL
+    passes it (``environments``), the calls reach rewards as ``tool_calls``, and train/tools/* is logged."""
+    import csv
+
+    from helpers import fast_args
+
+    from r1_lightning.cli.main import main
+    from r1_lightning.models.loading import load_policy
+
+    _, tokenizer = load_policy("tiny:random")
+    script = "<think>" + _call("bump", by=2) + "</think><answer>2</answer>"
+    ids = tokenizer(script, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    state = {"position": []}
+    original_init, original_override = ToolSession.__init__, ToolSession.override
+
+    def init(self, toolbox, tok, rows, device, environments):
+        original_init(self, toolbox, tok, rows, device, environments)
+        state["position"] = [0] * rows  # a new rollout: every row starts its script again
+
+    def sample(scores):
+        position = state["position"] or [0] * scores.shape[0]
+        out = [ids[min(p, len(ids) - 1)] for p in position]
+        state["position"] = [p + 1 for p in position]
+        return torch.tensor(out)
+
+    def override(self, token, finished):
+        token, inserted = original_override(self, token, finished)
+        for row in inserted.nonzero().flatten().tolist():
+            state["position"][row] -= 1
+        return token, inserted
+
+    monkeypatch.setattr(ToolSession, "__init__", init)
+    monkeypatch.setattr(ToolSession, "override", override)
+    monkeypatch.setattr(sampler_module, "sample_categorical", sample)
+    main(["fit", *fast_args(tmp_path, "--model.init_args.environment_factory", "helpers.tools.Tally",
+                            "--model.init_args.tools", "[helpers.tools.add]",
+                            "--model.init_args.rewards",
+                            "{helpers.tools.tally_reward: 1.0, helpers.tools.used_a_tool_reward: 1.0}",
+                            "--model.init_args.sampling.max_new_tokens", "120", "--trainer.log_every_n_steps", "1",
+                            "--data.init_args.batch_size", "2", "--model.init_args.num_generations", "2",
+                            steps=2)])  # fmt: skip
+    rows = [r for path in tmp_path.glob("**/metrics.csv") for r in csv.DictReader(path.open()) if r.get("train/loss")]
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row["train/reward/tally_reward"]) == 2.0  # the environment's state reached the reward
+        assert float(row["train/reward/used_a_tool_reward"]) == 1.0  # and the call's outcome did
+        assert float(row["train/tools/calls_per_completion"]) == 1.0 and float(row["train/tools/turns"]) == 2.0
+        assert float(row["train/tools/errors"]) == 0.0
+        # lengths count sampled tokens only: the script up to the stop string </answer>, not the inserted response
+        assert float(row["train/completion_length"]) == len(ids) - 1

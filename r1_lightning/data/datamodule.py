@@ -123,6 +123,7 @@ class PromptDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.max_prompt_tokens, self.seed = max_prompt_tokens, seed
         self.tokenizer: Any = None
+        self.tool_schemas: list[dict] | None = None
         self.skipped_long_prompts = 0
         # Training batches handed to the model so far; saved in checkpoints so a resumed run continues
         # the prompt stream where it stopped (no prompt repeated or skipped).
@@ -146,6 +147,8 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None and self.trainer is not None:
             self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
+        toolbox = getattr(self.trainer.lightning_module, "toolbox", None) if self.trainer is not None else None
+        self.tool_schemas = toolbox.schemas if toolbox is not None else None  # rendered by chat templates
         if stage in ("fit", None):
             self.check_training_rows()
 
@@ -189,7 +192,7 @@ class PromptDataModule(L.LightningDataModule):
         """Apply the template; returns None (and counts it) for prompts over ``max_prompt_tokens``."""
         if "prompt" not in record:
             raise ValueError(f"a prompt record has no 'prompt' field (fields: {sorted(record)})")
-        text = render_prompt(record["prompt"], self.template, self.tokenizer, self.system_prompt)
+        text = render_prompt(record["prompt"], self.template, self.tokenizer, self.system_prompt, self.tool_schemas)
         if self.max_prompt_tokens is not None and self.tokenizer is not None:
             length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             if length > self.max_prompt_tokens:

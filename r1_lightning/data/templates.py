@@ -22,12 +22,14 @@ def render_prompt(
     template: str = "r1_zero",
     tokenizer: Any = None,
     system_prompt: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """Turn a record's ``prompt`` (a string, or chat messages) into the text the model continues.
 
     ``template`` is ``"r1_zero"`` (the paper's template), ``"chat"`` (the tokenizer's chat template with
     the generation prompt appended; ``system_prompt`` becomes a system message), ``"plain"``, or any
-    format string with a ``{prompt}`` field.
+    format string with a ``{prompt}`` field. ``tools``: JSON schemas of the run's tools, which a chat template
+    renders (as for TRL's ``tools=``); text templates leave them out (their tag format is documented instead).
 
     >>> render_prompt("What is 2 + 2?", "Q: {prompt}\\nA:")
     'Q: What is 2 + 2?\\nA:'
@@ -43,7 +45,9 @@ def render_prompt(
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         if system_prompt and messages[0].get("role") != "system":
             messages = [{"role": "system", "content": system_prompt}, *messages]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+        )  # (`or None`: some templates render tool boilerplate for an empty list)
     if isinstance(prompt, list):
         # Chat-style records under a text template: use the last user turn.
         users = [m["content"] for m in prompt if m.get("role") == "user"]

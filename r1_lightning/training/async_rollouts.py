@@ -77,6 +77,11 @@ def check_async_settings(hp: dict[str, Any]) -> None:
             "`max_staleness` and `max_num_gen_batches` (dynamic sampling) cannot be combined: dynamic sampling "
             "scores each draw before the step can go on; set one of them to 0"
         )
+    if k and hp.get("environment_factory"):
+        raise ValueError(
+            "`max_staleness` and `environment_factory` cannot be combined yet: a checkpoint cannot hold the in-flight "
+            "rollouts' environment objects; set max_staleness: 0"
+        )
     if hp["off_policy_mask_threshold"] is not None and mu == 1 and not k and hp["rollout_engine"] != "vllm":
         raise ValueError(
             "`off_policy_mask_threshold` has nothing to mask with `num_iterations: 1`, `max_staleness: 0` and "
