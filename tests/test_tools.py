@@ -184,3 +184,23 @@ def test_grpo_trains_with_a_stateful_tool_and_rewards_see_environments_and_calls
         assert float(row["train/tools/errors"]) == 0.0
         # lengths count sampled tokens only: the script up to the stop string </answer>, not the inserted response
         assert float(row["train/completion_length"]) == len(ids) - 1
+
+
+def test_the_tool_base_corpus_calls_as_the_loop_parses_and_leaves_responses_unscored():
+    """tiny:tools' pretraining text: a call the decode loop parses, the tool's response tokenized on its own
+    (as the loop inserts it) and carrying no loss, and the rare share of tool-worked texts the recipe sets."""
+    import random
+
+    from r1_lightning.tiny.base import _completion_ids
+    from r1_lightning.tiny.tool_base import ToolBaseRecipe, build_tool_tokenizer, completion
+
+    tokenizer = build_tool_tokenizer()
+    before, response, after = completion(47, 85, ToolBaseRecipe(direct=0.0, tool=1.0), random.Random(0))
+    assert parse_call(before).arguments == {"a": 47, "b": 85} and response == "<tool_response>132</tool_response>"
+    ids, skipped = _completion_ids(tokenizer, [(before, True), (response, False), (after, True)], offset=10)
+    assert [ids[i - 10] for i in skipped] == tokenizer(response, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == before + response + after
+    assert _completion_ids(tokenizer, " <think>1+1=2</think>", 5)[1] == []
+    rng, recipe = random.Random(0), ToolBaseRecipe()
+    share = sum(completion(12, 34, recipe, rng)[1] != "" for _ in range(20_000)) / 20_000
+    assert share == pytest.approx(recipe.tool, abs=0.005)

@@ -16,7 +16,7 @@ from r1_lightning.tiny import base as tiny
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TINY_MODELS = ("tiny:random", "tiny:arithmetic", "tiny:arithmetic-small", "tiny:reasoning")
+TINY_MODELS = ("tiny:random", "tiny:arithmetic", "tiny:arithmetic-small", "tiny:reasoning", "tiny:tools")
 Quantization = Literal["4bit", "8bit"]
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw")
 
@@ -128,6 +128,10 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(tiny.tiny_base_path())
     if name_or_path == "tiny:arithmetic-small":
         return str(tiny.tiny_small_base_path())
+    if name_or_path == "tiny:tools":
+        from r1_lightning.tiny.tool_base import tiny_tools_path
+
+        return str(tiny_tools_path())
     if name_or_path == "tiny:reasoning":
         from r1_lightning.tiny.reasoning import tiny_reasoning_path
 

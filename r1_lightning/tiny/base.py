@@ -190,14 +190,15 @@ def pretrain_loop(model, tokenizer, example, recipe, out_dir: Path, description:
     model.train()
     progress = Progress(recipe.steps, description)
     for _step in range(recipe.steps):
-        rows, prompt_lengths = [], []
+        rows, prompt_lengths, unscored = [], [], []
         for _ in range(recipe.batch_size):
             problem, text = example(rng)
             prompt = tokenizer(" User:" + tail_template.replace("{prompt}", problem))["input_ids"]
-            completion = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-            rows.append(prompt + completion)
+            completion, skipped = _completion_ids(tokenizer, text, len(prompt))
+            rows.append(prompt + completion + [tokenizer.eos_token_id])
             prompt_lengths.append(len(prompt))
-        loss = shared_prefix_loss(model, prefix, rows, prompt_lengths, tokenizer.pad_token_id)
+            unscored.append(skipped)
+        loss = shared_prefix_loss(model, prefix, rows, prompt_lengths, tokenizer.pad_token_id, unscored)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -211,18 +212,41 @@ def pretrain_loop(model, tokenizer, example, recipe, out_dir: Path, description:
     (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
 
 
+def _completion_ids(tokenizer, text: str | list[tuple[str, bool]], offset: int) -> tuple[list[int], list[int]]:
+    """A completion's ids, and the positions (from ``offset``) that carry no loss: ``text`` is a string (all
+    scored) or segments ``(text, scored)`` tokenized one by one, as the decode loop inserts a tool's response."""
+    if isinstance(text, str):
+        return tokenizer(text)["input_ids"], []
+    ids: list[int] = []
+    skipped: list[int] = []
+    for segment, scored in text:
+        part = tokenizer(segment, add_special_tokens=False)["input_ids"] if segment else []
+        if not scored:
+            skipped += range(offset + len(ids), offset + len(ids) + len(part))
+        ids += part
+    return ids, skipped
+
+
 def shared_prefix_loss(
-    model, prefix: torch.Tensor, rows: list[list[int]], prompt_lengths: list[int], pad_id: int
+    model,
+    prefix: torch.Tensor,
+    rows: list[list[int]],
+    prompt_lengths: list[int],
+    pad_id: int,
+    unscored: list[list[int]] | None = None,
 ) -> torch.Tensor:
     """Causal-LM loss on the completions of ``rows`` (token ids after ``prefix``; the first
-    ``prompt_lengths[i]`` of each are prompt, not scored). The prefix common to every row runs once and
-    its key/value cache is broadcast over the batch (gradients flow through it)."""
+    ``prompt_lengths[i]`` of each are prompt, not scored, nor are the positions ``unscored[i]``). The prefix
+    common to every row runs once and its key/value cache is broadcast over the batch (gradients flow
+    through it)."""
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), -100)
     for i, (row, plen) in enumerate(zip(rows, prompt_lengths, strict=True)):
         ids[i, : len(row)] = torch.tensor(row)
         labels[i, plen : len(row)] = torch.tensor(row[plen:])
+        if unscored and unscored[i]:
+            labels[i, unscored[i]] = -100
     cache = returned_cache(model(input_ids=prefix, use_cache=True))
     cache.batch_repeat_interleave(len(rows))
     start = prefix.shape[1]
