@@ -29,15 +29,12 @@ STYLES = ("direct", "columns", "recheck", "untagged")
 
 
 @dataclass(frozen=True)
-class ReasoningBaseRecipe:
-    """Corpus mix (probabilities of :data:`STYLES`), problem sizes and the pretraining run."""
+class AdditionPretraining:
+    """Problem sizes and the pretraining run of the tiny bases pretrained on multi-digit addition text (the
+    cache key hashes the fields sorted by name, so subclasses add their corpus mix freely)."""
 
     min_digits: int = 1
     max_digits: int = 3
-    direct: float = 0.60
-    columns: float = 0.25
-    recheck: float = 0.05
-    untagged: float = 0.10
     steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
@@ -45,6 +42,16 @@ class ReasoningBaseRecipe:
     layers: int = 4
     heads: int = 4
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReasoningBaseRecipe(AdditionPretraining):
+    """Corpus mix (probabilities of :data:`STYLES`) on top of the problem sizes and the pretraining run."""
+
+    direct: float = 0.60
+    columns: float = 0.25
+    recheck: float = 0.05
+    untagged: float = 0.10
 
 
 def column_steps(a: int, b: int) -> list[tuple[int, int, int, int]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from r1_lightning.generation.tools import CALL_CLOSE, CALL_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN
+from r1_lightning.tiny.reasoning import AdditionPretraining
 
 STYLES = ("direct", "tool", "untagged")
 #: whole pieces of the call as single tokens, so a call is a few tokens long, as in real vocabularies
@@ -32,21 +33,12 @@ CALL_PIECES = ('{"name": "add", "arguments": {"a": ', ', "b": ', "}}")
 
 
 @dataclass(frozen=True)
-class ToolBaseRecipe:
-    """Corpus mix (probabilities of :data:`STYLES`), problem sizes and the pretraining run."""
+class ToolBaseRecipe(AdditionPretraining):
+    """Corpus mix (probabilities of :data:`STYLES`) on top of the problem sizes and the pretraining run."""
 
-    min_digits: int = 1
-    max_digits: int = 3
     direct: float = 0.87
     tool: float = 0.03
     untagged: float = 0.10
-    steps: int = 800
-    batch_size: int = 64
-    lr: float = 3e-3
-    hidden_size: int = 128
-    layers: int = 4
-    heads: int = 4
-    seed: int = 0
 
 
 def tool_call_text(a: int, b: int) -> str:
