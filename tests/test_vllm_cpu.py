@@ -218,3 +218,14 @@ def test_asynchronous_rollouts_with_vllm_sample_ahead_and_compare_the_sampler_to
     assert [float(r["train/staleness/max"]) for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert all(float(r["train/mismatch/abs_logprob_diff"]) < TOLERANCE for r in rows), rows
     assert all(float(r["train/policy_drift"]) > 0 for r in rows[1:])  # the weights did move in between
+
+
+def test_grpo_fit_with_tools_on_the_vllm_engine(model_dir, tmp_path):
+    """Tools with the real engine: requests stop on </tool_call> besides the config's stops, tool metrics are
+    logged, and a fit completes (a random model seldom writes a call: the call path itself is tested against a
+    stand-in engine in tests/test_vllm_engine.py)."""
+    run = _fit(model_dir, tmp_path, "--trainer.max_steps", "2",
+               "--model.init_args.tools", "[r1_lightning.tools.calculator.add]")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = _mismatch_rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == [1, 2] and all("train/tools/calls_per_completion" in r for r in rows)

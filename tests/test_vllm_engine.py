@@ -187,3 +187,46 @@ def test_grpo_trains_on_rollouts_from_the_vllm_engine(fake_vllm, monkeypatch, tm
     # the second rollout sampled from the weights after the first optimizer step
     assert any(not torch.equal(snapshots[0][k], v) for k, v in snapshots[1].items())
     assert all(torch.equal(FakeLLM.instances[0].loaded[k], v) for k, v in snapshots[1].items())
+
+
+def test_tool_calls_continue_token_in_token_out_with_the_vllm_engine(fake_vllm, tiny_model_and_tokenizer, monkeypatch):
+    """A row that stops on </tool_call> gets its call run and one continuation request whose prompt is its
+    prompt and completion so far, response included, as token ids; the Generation marks the response tokens as
+    inserted and their log-probs as 0. The stand-in engine answers a first turn that calls ``add`` and, for the
+    continuation, the answer."""
+    model, tokenizer = tiny_model_and_tokenizer
+    from r1_lightning.generation.tools import ToolBox
+
+    call = tokenizer('<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>', add_special_tokens=False)
+    answer = tokenizer("<answer>5</answer>", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+    def generate(self, prompts, params, use_tqdm=False):
+        outputs = []
+        for prompt, p in zip(prompts, params, strict=True):
+            self.requests.append((prompt["prompt_token_ids"], p))
+            first = len(self.requests) == 1
+            ids = call["input_ids"] if first else answer
+            reason = "</tool_call>" if first else None
+            logprobs = [{token: types.SimpleNamespace(logprob=-0.5)} for token in ids]
+            completion = types.SimpleNamespace(
+                index=0, token_ids=ids, finish_reason="stop", stop_reason=reason, logprobs=logprobs
+            )
+            outputs.append(types.SimpleNamespace(outputs=[completion]))
+        return outputs
+
+    monkeypatch.setattr(FakeLLM, "generate", generate)
+    tools = ToolBox(["helpers.tools.add"])
+    gen = VLLMGenerator(tokenizer).generate(model, ["2 + 3 ="], SamplingConfig(max_new_tokens=200), tools=tools)
+    (llm,) = FakeLLM.instances
+    response = tokenizer("<tool_response>5</tool_response>", add_special_tokens=False)["input_ids"]
+    prompt = tokenizer("2 + 3 =", add_special_tokens=False)["input_ids"]
+    (_, first), (continuation_prompt, second) = llm.requests
+    assert "</tool_call>" in first.stop and continuation_prompt == prompt + call["input_ids"] + response
+    assert second.max_tokens == 200 - len(call["input_ids"]) - len(response)
+    completion = gen.input_ids[0, gen.prompt_length :][gen.completion_mask[0].bool()].tolist()
+    assert completion == call["input_ids"] + response + answer
+    assert gen.tool_mask[0].tolist()[: len(completion)] == [0] * len(call["input_ids"]) + [1] * len(response) + [
+        0
+    ] * len(answer)
+    assert gen.tool_calls == [[{"name": "add", "arguments": {"a": 2, "b": 3}, "status": "ok", "result": "5"}]]
+    assert float(gen.sample_logprobs[gen.tool_mask.bool()].abs().sum()) == 0.0

@@ -61,6 +61,7 @@ import torch
 
 from r1_lightning.generation.rollout import Generation, SamplingConfig, prompt_groups
 from r1_lightning.generation.sampler import eos_token_ids
+from r1_lightning.generation.tools import CALL_CLOSE
 from r1_lightning.hf_compat import causal_lm
 from r1_lightning.models.strategies import full_state_dict, is_sharded
 
@@ -238,59 +239,103 @@ class VLLMGenerator:
         self.syncs += 1
 
     @torch.no_grad()
-    def generate(self, model: Any, prompts: list[str], sampling: SamplingConfig, group_size: int = 1) -> Generation:
-        """Sample one completion per prompt (runs of ``group_size`` identical prompts share a request)."""
-        from vllm import SamplingParams
-
+    def generate(
+        self,
+        model: Any,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        group_size: int = 1,
+        tools: Any = None,
+        environments: list[Any] | None = None,
+    ) -> Generation:
+        """Sample one completion per prompt (runs of ``group_size`` identical prompts share a request).
+        With ``tools``, rows that close a tool call continue, token ids in, after its response
+        (:func:`r1_lightning.generation.vllm_tools.continue_with_tools`)."""
         started = time.perf_counter()
         self.sync_weights(model)
-        llm = self.llm
         distinct, group_size = prompt_groups(prompts, group_size)
         prompt_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in distinct]
+        stops = list(sampling.stop_strings) + ([CALL_CLOSE] if tools is not None else [])
         eos = eos_token_ids(model, self.tokenizer)
+        if self.enable_sleep_mode:
+            self.llm.wake_up(tags=["kv_cache"])
+        requests = [(ids, group_size, sampling.max_new_tokens) for ids in prompt_ids]
+        rows = [row for request in self.sample(requests, sampling, stops, eos) for row in request]
+        if tools is not None:
+            from r1_lightning.generation.vllm_tools import continue_with_tools
+
+            continue_with_tools(self, rows, tools, environments, sampling, stops, eos)
+        if self.enable_sleep_mode:
+            self.llm.sleep(level=2)
+        device = next(model.parameters()).device
+        generation = generation_from_ids(
+            self.tokenizer, [r.prompt for r in rows], [r.ids for r in rows], [r.truncated for r in rows], device,
+            time.perf_counter() - started,
+        )  # fmt: skip
+        if tools is not None:
+            tool_mask = torch.zeros(generation.completion_mask.shape, dtype=torch.long)
+            for i, row in enumerate(rows):
+                tool_mask[i, : len(row.inserted)] = torch.tensor(row.inserted, dtype=torch.long)
+            generation = generation._replace(tool_mask=tool_mask.to(device), tool_calls=[r.calls for r in rows])
+        if any(row.logprobs is None for row in rows):
+            return generation
+        sample_logprobs = torch.zeros(generation.completion_mask.shape, dtype=torch.float32)
+        for i, row in enumerate(rows):
+            sample_logprobs[i, : len(row.logprobs)] = torch.tensor(row.logprobs, dtype=torch.float32)
+        return generation._replace(sample_logprobs=sample_logprobs.to(device))
+
+    def sample(
+        self, requests: list[tuple[list[int], int, int]], sampling: SamplingConfig, stops: list[str], eos: list[int]
+    ) -> list[list[SampledRow]]:
+        """``n`` completions of at most ``max_tokens`` for each ``(prompt ids, n, max_tokens)`` request."""
+        from vllm import SamplingParams
+
         per_request_seeds = torch.cuda.is_available()  # (see "Seeded from torch's RNG" above)
         params = [
             SamplingParams(
-                n=group_size,
+                n=n,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 top_k=sampling.top_k,
-                max_tokens=sampling.max_new_tokens,
-                stop=list(sampling.stop_strings) or None,
+                max_tokens=max_tokens,
+                stop=stops or None,
                 stop_token_ids=eos,
                 include_stop_str_in_output=True,
                 skip_special_tokens=True,
                 logprobs=0,  # the sampled token's own log-prob
                 seed=int(torch.randint(0, 2**31 - 1, ())) if per_request_seeds else None,
             )
-            for _ in distinct
+            for _, n, max_tokens in requests
         ]
-        if self.enable_sleep_mode:
-            llm.wake_up(tags=["kv_cache"])
         batch_seed = None if per_request_seeds else int(torch.randint(0, 2**31 - 1, ()))
         with contextlib.nullcontext() if per_request_seeds else torch.random.fork_rng(devices=[]):
             if batch_seed is not None:  # one seed for the batch, on the generator vLLM's CPU sampler draws from
                 torch.manual_seed(batch_seed)
-            outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
-        if self.enable_sleep_mode:
-            llm.sleep(level=2)
-        rows_prompt, rows_completion, truncated, logprobs = [], [], [], []
-        for ids, request in zip(prompt_ids, outputs, strict=True):
-            for completion in sorted(request.outputs, key=lambda c: c.index):
-                rows_prompt.append(ids)
-                rows_completion.append(list(completion.token_ids))
-                truncated.append(completion.finish_reason == "length")
-                logprobs.append(sampled_token_logprobs(completion))
-        device = next(model.parameters()).device
-        generation = generation_from_ids(
-            self.tokenizer, rows_prompt, rows_completion, truncated, device, time.perf_counter() - started
-        )
-        if any(row is None for row in logprobs):
-            return generation
-        sample_logprobs = torch.zeros(generation.completion_mask.shape, dtype=torch.float32)
-        for i, row in enumerate(logprobs):
-            sample_logprobs[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
-        return generation._replace(sample_logprobs=sample_logprobs.to(device))
+            outputs = self.llm.generate([{"prompt_token_ids": r[0]} for r in requests], params, use_tqdm=False)
+        return [
+            [SampledRow.from_output(ids, c) for c in sorted(request.outputs, key=lambda c: c.index)]
+            for (ids, _, _), request in zip(requests, outputs, strict=True)
+        ]
+
+
+@dataclass
+class SampledRow:
+    """One completion being sampled, possibly over several tool-calling turns."""
+
+    prompt: list[int]
+    ids: list[int]
+    logprobs: list[float] | None
+    inserted: list[int]  # 1 where a tool's response was inserted, per completion token
+    truncated: bool
+    stop_reason: Any
+    calls: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_output(cls, prompt: list[int], completion: Any) -> SampledRow:
+        ids = list(completion.token_ids)
+        truncated = completion.finish_reason == "length"
+        stop_reason = getattr(completion, "stop_reason", None)
+        return cls(prompt, ids, sampled_token_logprobs(completion), [0] * len(ids), truncated, stop_reason)
 
 
 def sampled_token_logprobs(completion: Any) -> list[float] | None:

@@ -357,7 +357,9 @@ class GRPOModule(
     ) -> Generation:
         self.plan_memory(prompts)  # once, before the first generation (training or validation)
         if not isinstance(self.generator, TorchGenerator):  # vLLM samples from its own copy of the weights
-            return self.generator.generate(self.policy, prompts, sampling, group_size=group_size)
+            return self.generator.generate(
+                self.policy, prompts, sampling, group_size=group_size, tools=self.toolbox, environments=environments
+            )
         with self.generation_context():
             return self.generator.generate(
                 self.policy, prompts, sampling, group_size=group_size, tools=self.toolbox, environments=environments

@@ -147,16 +147,11 @@ def loss_settings(hp: Any) -> dict[str, Any]:
 
 
 def build_toolbox(hp: Any, generator: Any) -> Any:
-    """The run's tools (``tools`` / ``environment_factory``), or None; only the lean and hf engines run them."""
+    """The run's tools (``tools`` / ``environment_factory``), or None (every engine runs them)."""
     if not hp["tools"] and not hp["environment_factory"]:
         return None
     from r1_lightning.generation.tools import ToolBox
 
-    if not isinstance(generator, TorchGenerator):
-        raise ValueError(
-            "`tools` / `environment_factory` run inside the lean and hf engines' decode loop; the vLLM engine does not "
-            "call tools yet: set `rollout_engine: auto`"
-        )
     limit = hp["max_tool_calling_iterations"]
     return ToolBox(
         list(hp["tools"] or []), hp["environment_factory"], 1 << 30 if limit is None else limit,
