@@ -25,6 +25,7 @@ LAYERS = [  # top first
     "models",
     "tiny",
     "data",
+    "tools",
     "foundation",
 ]
 FOUNDATION = {"errors", "console", "progress", "text", "hf_compat"}

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
 from r1_lightning.evaluation.behaviour import PerDifficulty
@@ -44,6 +45,15 @@ class GRPOEvaluation:
     _trainer: Any
 
     def _is_sharded(self) -> bool: ...
+
+    def init_val_metrics(self) -> None:
+        """The held-out metrics (torchmetrics, so their states are summed over ranks when computed)."""
+        self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
+        self.val_format, self.val_length = MeanMetric(), MeanMetric()
+        self.val_problems = SumMetric()  # held-out problems scored
+        # held-out samples that called a tool (correct, all) and that did not (correct, all)
+        self.val_tool_tally = torch.nn.ModuleList([SumMetric() for _ in range(4)])
+        self.eval_history: list[tuple[int, dict[str, float]]] = []
 
     def evaluate_batch(self, batch: dict[str, list], batch_index: int = 0) -> None:
         """Sample ``val_num_samples`` completions per prompt and update pass@1, maj@k, format, length.

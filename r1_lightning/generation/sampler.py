@@ -239,18 +239,12 @@ class TorchGenerator:
         texts = tokenizer.batch_decode(completion.masked_fill(completion_mask == 0, pad), skip_special_tokens=True)
         model.train(was_training)
         sample_logprobs = torch.stack(sampled_logprobs, dim=1) if sampled_logprobs else None
+        tool_mask, calls = (None, None) if session is None else (session.tool_mask(lengths), session.call_records())
+        full_attention, seconds = torch.cat([attention, completion_mask], dim=1), time.perf_counter() - started
         return Generation(
-            sequences,
-            torch.cat([attention, completion_mask], dim=1),
-            completion_mask,
-            prompt_length,
-            ~stopped,
-            texts,
-            time.perf_counter() - started,
-            sample_logprobs,
-            None if session is None else session.tool_mask(lengths),
-            None if session is None else session.call_records(),
-        )
+            sequences, full_attention, completion_mask, prompt_length, ~stopped, texts, seconds, sample_logprobs,
+            tool_mask, calls,
+        )  # fmt: skip
 
 
 def sample_records(

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from r1_lightning.generation._tool_call import invoke_tool
+from r1_lightning.tools.format import CALL_CLOSE, CALL_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN
 
-CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
-RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+__all__ = ["CALL_CLOSE", "CALL_OPEN", "RESPONSE_CLOSE", "RESPONSE_OPEN", "ToolBox", "ToolCall", "parse_call"]
+
 _CALL = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from r1_lightning.generation.tools import CALL_CLOSE, CALL_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN
 from r1_lightning.tiny.reasoning import AdditionPretraining
+from r1_lightning.tools.format import CALL_CLOSE, CALL_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN
 
 STYLES = ("direct", "tool", "untagged")
 #: whole pieces of the call as single tokens, so a call is a few tokens long, as in real vocabularies
@@ -36,8 +36,8 @@ CALL_PIECES = ('{"name": "add", "arguments": {"a": ', ', "b": ', "}}")
 class ToolBaseRecipe(AdditionPretraining):
     """Corpus mix (probabilities of :data:`STYLES`) on top of the problem sizes and the pretraining run."""
 
-    direct: float = 0.87
-    tool: float = 0.03
+    direct: float = 0.80
+    tool: float = 0.10
     untagged: float = 0.10
 
 

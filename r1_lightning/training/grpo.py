@@ -34,7 +34,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric, SumMetric
 from typing_extensions import override
 
 from r1_lightning.callbacks import CompletionLogCallback, RewardLoggingCallback, RolloutCallback
@@ -271,26 +270,27 @@ class GRPOModule(
         self.val_sampling = validation_sampling(self.sampling, val_sampling)
         self.rewards = build_rewards(rewards if rewards is not None else DEFAULT_REWARDS)
         self.val_reward_fn = resolve_reward(val_reward)
-        self.policy, self.tokenizer = load_policy(
-            model, dtype, attn_implementation, gradient_checkpointing, quantization=quantization
-        )
-        self.build_reference(model, dtype, attn_implementation)  # before LoRA wraps the policy
-        if self.lora is not None:
-            self.policy = apply_lora(self.policy, self.lora, quantization is not None, gradient_checkpointing)
-        check_lengths(self.policy, self.sampling, self.val_sampling)
+        self._load_models()
         self.loss_settings = loss_settings(self.hparams)
-        self.logprob_chunk = resolve_chunk_size(logprob_chunk_size, self.policy)
-        self.generator = build_rollout_engine(rollout_engine, vllm or {}, quantization, self.tokenizer)
-        self.toolbox = build_toolbox(self.hparams, self.generator)
-        self.val_pass1, self.val_majk = MeanMetric(), MeanMetric()
-        self.val_format, self.val_length = MeanMetric(), MeanMetric()
-        self.val_problems = SumMetric()  # held-out problems scored, over all ranks
-        # held-out samples that called a tool (correct, all) and that did not (correct, all), over all ranks
-        self.val_tool_tally = torch.nn.ModuleList([SumMetric() for _ in range(4)])
-        self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self.init_val_metrics()
         # Running totals of reward timeouts and sandboxed code runs of this module's rollouts (logged as
         # train/reward_timeouts/<fn>, train/code_runs/<outcome>); a later pipeline stage starts at 0.
         self.reward_events: Counter[str] = Counter()
+
+    def _load_models(self) -> None:
+        """Policy (LoRA-wrapped when asked), reference, rollout engine and tools, from the hyperparameters."""
+        hp = self.hparams
+        self.policy, self.tokenizer = load_policy(
+            hp.model, hp.dtype, hp.attn_implementation, hp.gradient_checkpointing, quantization=hp.quantization
+        )
+        self.build_reference(hp.model, hp.dtype, hp.attn_implementation)  # before LoRA wraps the policy
+        if self.lora is not None:
+            quantized = hp.quantization is not None
+            self.policy = apply_lora(self.policy, self.lora, quantized, hp.gradient_checkpointing)
+        check_lengths(self.policy, self.sampling, self.val_sampling)
+        self.logprob_chunk = resolve_chunk_size(hp.logprob_chunk_size, self.policy)
+        self.generator = build_rollout_engine(hp.rollout_engine, hp.vllm or {}, hp.quantization, self.tokenizer)
+        self.toolbox = build_toolbox(hp, self.generator)
 
     # ----------------------------------------------------------------------------- optimization
     @override

@@ -1,0 +1,6 @@
+"""The tool-call tag format (Hermes / Qwen2.5's, which their chat templates use; this project's documented format
+under text templates): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, then the inserted
+``<tool_response>...</tool_response>``."""
+
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
