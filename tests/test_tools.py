@@ -197,6 +197,7 @@ def test_the_tool_base_corpus_calls_as_the_loop_parses_and_leaves_responses_unsc
     tokenizer = build_tool_tokenizer()
     before, response, after = completion(47, 85, ToolBaseRecipe(direct=0.0, tool=1.0), random.Random(0))
     assert parse_call(before).arguments == {"a": 47, "b": 85} and response == "<tool_response>132</tool_response>"
+    assert before.startswith(" <think>47+85=<tool_call>") and after == "</think> <answer>132</answer>"
     ids, skipped = _completion_ids(tokenizer, [(before, True), (response, False), (after, True)], offset=10)
     assert [ids[i - 10] for i in skipped] == tokenizer(response, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == before + response + after

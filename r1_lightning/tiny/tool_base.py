@@ -3,10 +3,10 @@
 Pretrained offline on multi-digit addition "web text" (:class:`CarryAdditionTask` problems, 1-3 digits):
 
 - ``direct`` (most of the text): ``<think>47+85=132</think> <answer>132</answer>``;
-- ``tool`` (rare): the same, worked with the calculator in the Hermes tag format the decode loop serves
-  (:mod:`r1_lightning.generation.tools`):
-  ``<think><tool_call>{"name": "add", "arguments": {"a": 47, "b": 85}}</tool_call><tool_response>132</tool_response>
-  so 132</think> <answer>132</answer>``;
+- ``tool`` (rare): the same start, then the calculator instead of a guess, in the Hermes tag format the decode
+  loop serves (:mod:`r1_lightning.generation.tools`): ``<think>47+85=<tool_call>{"name": "add", "arguments":
+  {"a": 47, "b": 85}}</tool_call><tool_response>132</tool_response></think> <answer>132</answer>``, so the
+  choice to call is one decision, right after ``a+b=``;
 - ``untagged``: ``The answer is 132.`` (no format).
 
 The tool's response tokens carry no pretraining loss (as in RL, they are not the model's to predict), so the
@@ -39,6 +39,7 @@ class ToolBaseRecipe(AdditionPretraining):
     direct: float = 0.80
     tool: float = 0.10
     untagged: float = 0.10
+    corpus: int = 2  # the text's version (part of the cache key): 2 = the call comes right after "a+b="
 
 
 def tool_call_text(a: int, b: int) -> str:
@@ -55,9 +56,9 @@ def completion(a: int, b: int, recipe: ToolBaseRecipe, rng: random.Random) -> tu
     draw = rng.random()
     if draw < recipe.direct:
         return f" <think>{a}+{b}={a + b}</think> <answer>{a + b}</answer>", "", ""
-    if draw < recipe.direct + recipe.tool:
+    if draw < recipe.direct + recipe.tool:  # the same start as `direct`: after "a+b=", guess or call
         response = f"{RESPONSE_OPEN}{a + b}{RESPONSE_CLOSE}"
-        return f" <think>{tool_call_text(a, b)}", response, f" so {a + b}</think> <answer>{a + b}</answer>"
+        return f" <think>{a}+{b}={tool_call_text(a, b)}", response, f"</think> <answer>{a + b}</answer>"
     return f" The answer is {a + b}.", "", ""
 
 
