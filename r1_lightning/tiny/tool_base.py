@@ -36,8 +36,8 @@ CALL_PIECES = ('{"name": "add", "arguments": {"a": ', ', "b": ', "}}")
 class ToolBaseRecipe(AdditionPretraining):
     """Corpus mix (probabilities of :data:`STYLES`) on top of the problem sizes and the pretraining run."""
 
-    direct: float = 0.80
-    tool: float = 0.10
+    direct: float = 0.65
+    tool: float = 0.25
     untagged: float = 0.10
     corpus: int = 2  # the text's version (part of the cache key): 2 = the call comes right after "a+b="
 
