@@ -1,15 +1,18 @@
-"""``tiny:tools``: a tiny base that knows a calculator exists but rarely calls it, for tool-calling RL.
+"""``tiny:tools``: a tiny base that knows a calculator and calls it now and then, for tool-calling RL.
 
 Pretrained offline on multi-digit addition "web text" (:class:`CarryAdditionTask` problems, 1-3 digits):
 
 - ``direct`` (most of the text): ``<think>47+85=132</think> <answer>132</answer>``;
-- ``tool`` (rare): the same start, then the calculator instead of a guess, in the Hermes tag format the decode
-  loop serves (:mod:`r1_lightning.generation.tools`): ``<think>47+85=<tool_call>{"name": "add", "arguments":
-  {"a": 47, "b": 85}}</tool_call><tool_response>132</tool_response></think> <answer>132</answer>``, so the
-  choice to call is one decision, right after ``a+b=``;
+- ``tool`` (a quarter of the text): the same start, then the calculator instead of a guess, in the Hermes
+  tag format the decode loop serves (:mod:`r1_lightning.generation.tools`):
+  ``<think>47+85=<tool_call>{"name": "add", "arguments": {"a": 47, "b": 85}}</tool_call>``
+  ``<tool_response>132</tool_response></think> <answer>132</answer>``, so the choice to call is one
+  decision, right after ``a+b=``;
 - ``untagged``: ``The answer is 132.`` (no format).
 
-The tool's response tokens carry no pretraining loss (as in RL, they are not the model's to predict), so the
+At a tenth of the text or less (3% and 10% were tried) a base this small never learned to copy the operands
+into the call, so calling could not pay and RL raised the call rate without raising accuracy (README). The
+tool's response tokens carry no pretraining loss (as in RL, they are not the model's to predict), so the
 base learns to call and to copy the result, not to guess it. A model this small adds three-digit numbers in
 one go almost never right, so whether RL with accuracy and format rewards only (never a reward for calling
 the tool) raises the call rate and 3-digit accuracy is the experiment: ``configs/r1_zero_tools_tiny.yaml``.
