@@ -216,7 +216,8 @@ class RewardLoggingCallback(L.Callback):
             values.update(self._difficulty.pop_means())
             for logger in trainer.loggers:  # straight to the loggers: these are already window means
                 logger.log_metrics(values, step=step)
-        logged_elsewhere = bool(getattr(getattr(pl_module, "hparams", {}), "get", lambda *_: False)("log_completions"))
+        # with log_completions the W&B table is read from completions.jsonl (CompletionLogCallback) instead
+        logged_elsewhere = bool(getattr(pl_module, "hparams", {}).get("log_completions"))
         if (
             self.table_every_n_steps
             and not logged_elsewhere

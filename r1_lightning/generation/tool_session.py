@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import StopStringCriteria
 
-from r1_lightning.generation.tools import CALL_CLOSE, ToolBox, ToolCall, parse_call
+from r1_lightning.generation.tools import CALL_CLOSE, ToolBox, ToolCall
 
 
 class ToolSession:
@@ -46,20 +46,17 @@ class ToolSession:
         rows = closed.nonzero().flatten().tolist()
         if not rows:
             return
-        calls = []
-        for i in rows:
-            text = self.tokenizer.decode(sequences[i, prompt_length:], skip_special_tokens=True)
-            call = parse_call(text)
-            if len(self.calls[i]) >= self.toolbox.max_iterations and call.status == "pending":
-                call.status = "limit"
-                call.result = f"tool call limit reached ({self.toolbox.max_iterations} per answer); answer now"
-            calls.append(call)
+        calls = [
+            self.toolbox.read_call(
+                self.tokenizer.decode(sequences[i, prompt_length:], skip_special_tokens=True), len(self.calls[i])
+            )
+            for i in rows
+        ]
         envs = None if self.environments is None else [self.environments[i] for i in rows]
         self.toolbox.run(calls, envs)
         for i, call in zip(rows, calls, strict=True):
             self.calls[i].append(call)
-            ids = self.tokenizer(self.toolbox.response(call), add_special_tokens=False)["input_ids"]
-            self.forced[i].extend(ids)
+            self.forced[i].extend(self.toolbox.response_ids(call, self.tokenizer))
 
     def tool_mask(self, lengths: torch.Tensor) -> torch.Tensor:
         """[N, L] 1 on the inserted tokens (within each row's length)."""

@@ -178,6 +178,19 @@ class ToolBox:
             for (index, _), (status, value) in zip(pooled, outcomes, strict=True):
                 _settle(calls[index], status, value, self.timeout)
 
+    def read_call(self, completion_text: str, calls_made: int) -> ToolCall:
+        """The call a completion just closed (its last one), refused as ``limit`` when the completion has
+        already made ``max_iterations`` calls: what both the decode loop and the vLLM turns run."""
+        call = parse_call(completion_text)
+        if calls_made >= self.max_iterations and call.status == "pending":
+            call.status = "limit"
+            call.result = f"tool call limit reached ({self.max_iterations} per answer); answer now"
+        return call
+
+    def response_ids(self, call: ToolCall, tokenizer: Any) -> list[int]:
+        """The token ids inserted after the call (its response, tokenized on its own)."""
+        return tokenizer(self.response(call), add_special_tokens=False)["input_ids"]
+
     def response(self, call: ToolCall) -> str:
         """The text inserted after the call: the result, or a short error the policy can read."""
         text = call.result if call.status == "ok" else f"error: {call.result}"[: self.max_output_chars]

@@ -272,17 +272,14 @@ class VLLMGenerator:
             self.tokenizer, [r.prompt for r in rows], [r.ids for r in rows], [r.truncated for r in rows], device,
             time.perf_counter() - started,
         )  # fmt: skip
+        shape = generation.completion_mask.shape
         if tools is not None:
-            tool_mask = torch.zeros(generation.completion_mask.shape, dtype=torch.long)
-            for i, row in enumerate(rows):
-                tool_mask[i, : len(row.inserted)] = torch.tensor(row.inserted, dtype=torch.long)
-            generation = generation._replace(tool_mask=tool_mask.to(device), tool_calls=[r.calls for r in rows])
+            tool_mask = _right_padded([r.inserted for r in rows], shape, torch.long, device)
+            generation = generation._replace(tool_mask=tool_mask, tool_calls=[r.calls for r in rows])
         if any(row.logprobs is None for row in rows):
             return generation
-        sample_logprobs = torch.zeros(generation.completion_mask.shape, dtype=torch.float32)
-        for i, row in enumerate(rows):
-            sample_logprobs[i, : len(row.logprobs)] = torch.tensor(row.logprobs, dtype=torch.float32)
-        return generation._replace(sample_logprobs=sample_logprobs.to(device))
+        sample_logprobs = _right_padded([r.logprobs for r in rows], shape, torch.float32, device)
+        return generation._replace(sample_logprobs=sample_logprobs)
 
     def sample(
         self, requests: list[tuple[list[int], int, int]], sampling: SamplingConfig, stops: list[str], eos: list[int]
@@ -336,6 +333,14 @@ class SampledRow:
         truncated = completion.finish_reason == "length"
         stop_reason = getattr(completion, "stop_reason", None)
         return cls(prompt, ids, sampled_token_logprobs(completion), [0] * len(ids), truncated, stop_reason)
+
+
+def _right_padded(rows: list[list], shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Per-row values as an ``[N, L]`` tensor, zeros after each row's end."""
+    out = torch.zeros(shape, dtype=dtype)
+    for i, values in enumerate(rows):
+        out[i, : len(values)] = torch.tensor(values, dtype=dtype)
+    return out.to(device)
 
 
 def sampled_token_logprobs(completion: Any) -> list[float] | None:

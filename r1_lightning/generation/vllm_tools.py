@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from r1_lightning.generation.rollout import SamplingConfig
-from r1_lightning.generation.tools import CALL_CLOSE, ToolBox, parse_call
+from r1_lightning.generation.tools import CALL_CLOSE, ToolBox
 
 
 def continue_with_tools(
@@ -28,20 +28,16 @@ def continue_with_tools(
         waiting = [i for i, row in enumerate(rows) if row.stop_reason == CALL_CLOSE and not row.truncated]
         if not waiting:
             return
-        calls = []
-        for i in waiting:
-            call = parse_call(tokenizer.decode(rows[i].ids, skip_special_tokens=True))
-            if len(rows[i].calls) >= toolbox.max_iterations and call.status == "pending":
-                call.status = "limit"
-                call.result = f"tool call limit reached ({toolbox.max_iterations} per answer); answer now"
-            calls.append(call)
+        calls = [
+            toolbox.read_call(tokenizer.decode(rows[i].ids, skip_special_tokens=True), len(rows[i].calls))
+            for i in waiting
+        ]
         toolbox.run(calls, None if environments is None else [environments[i] for i in waiting])
         continuing = []
         for i, call in zip(waiting, calls, strict=True):
             row = rows[i]
             row.calls.append(call.as_dict())
-            response = tokenizer(toolbox.response(call), add_special_tokens=False)["input_ids"]
-            response = response[: budget - len(row.ids)]
+            response = toolbox.response_ids(call, tokenizer)[: budget - len(row.ids)]
             row.ids += response
             row.inserted += [1] * len(response)
             if row.logprobs is not None:

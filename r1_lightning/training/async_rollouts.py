@@ -82,12 +82,6 @@ def check_async_settings(hp: dict[str, Any]) -> None:
             "`max_staleness` and `environment_factory` cannot be combined yet: a checkpoint cannot hold the in-flight "
             "rollouts' environment objects; set max_staleness: 0"
         )
-    if hp["off_policy_mask_threshold"] is not None and mu == 1 and not k and hp["rollout_engine"] != "vllm":
-        raise ValueError(
-            "`off_policy_mask_threshold` has nothing to mask with `num_iterations: 1`, `max_staleness: 0` and "
-            f"the `{hp['rollout_engine']}` engine (the policy that sampled is the one trained); set num_iterations "
-            "> 1 or max_staleness > 0, or unset off_policy_mask_threshold"
-        )
 
 
 class AsyncRollouts:

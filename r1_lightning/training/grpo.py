@@ -356,11 +356,9 @@ class GRPOModule(
         self, prompts: list[str], sampling: SamplingConfig, group_size: int = 1, environments: list | None = None
     ) -> Generation:
         self.plan_memory(prompts)  # once, before the first generation (training or validation)
-        if not isinstance(self.generator, TorchGenerator):  # vLLM samples from its own copy of the weights
-            return self.generator.generate(
-                self.policy, prompts, sampling, group_size=group_size, tools=self.toolbox, environments=environments
-            )
-        with self.generation_context():
+        # vLLM samples from its own copy of the weights: no gathering or autocast of the policy for it
+        local = isinstance(self.generator, TorchGenerator)
+        with self.generation_context() if local else contextlib.nullcontext():
             return self.generator.generate(
                 self.policy, prompts, sampling, group_size=group_size, tools=self.toolbox, environments=environments
             )
@@ -409,7 +407,7 @@ class GRPOModule(
                     ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]
                     sampled = None if gen.sample_logprobs is None else gen.sample_logprobs[rows, cols]
                     if sampled is not None and iteration == 0:  # the sampler's gap to the weights that sampled
-                        mismatch.add(old if rollout.old_logprobs is not None else logprobs.detach(), sampled, part_mask)
+                        mismatch.add(old, sampled, part_mask)
                     if iteration == 0 and rollout.old_logprobs is not None:  # how far the weights moved since
                         drift += float(((logprobs.detach() - old).abs() * part_mask).sum())
                     weights = self.sampler_weights(old, sampled, part_mask)

@@ -71,6 +71,13 @@ def check_grpo_settings(hp: dict[str, Any], lora: Any) -> None:
         raise ValueError(f"`top_entropy_quantile` must be in (0, 1] (1: every token), got {hp['top_entropy_quantile']}")
     if hp["off_policy_mask_threshold"] is not None and hp["off_policy_mask_threshold"] < 0:
         raise ValueError(f"`off_policy_mask_threshold` must be >= 0 or null, got {hp['off_policy_mask_threshold']}")
+    engine, off_policy = hp["rollout_engine"], hp["num_iterations"] > 1 or hp["max_staleness"]
+    if hp["off_policy_mask_threshold"] is not None and not off_policy and engine != "vllm":
+        raise ValueError(
+            "`off_policy_mask_threshold` has nothing to mask with `num_iterations: 1`, `max_staleness: 0` and "
+            f"the `{engine}` engine (the policy that sampled is the one trained); set num_iterations "
+            "> 1 or max_staleness > 0, or unset off_policy_mask_threshold"
+        )
     check_async_settings(hp)
     if hp["importance_sampling_level"] not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(
