@@ -62,3 +62,35 @@ def test_killed_builds_are_cleaned_up(tmp_path):
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == sorted(
         [f".build-tiny-arithmetic-def-{os.getpid()}", "tmpnew"]
     )
+
+
+def test_a_seed_suffix_picks_another_tiny_base(monkeypatch):
+    """``tiny:<name>?seed=N`` builds the base with pretraining seed N; no suffix (or seed 0) is the shipped base,
+    so existing caches keep their keys."""
+    import r1_lightning.tiny.reasoning as reasoning
+    import r1_lightning.tiny.tool_base as tool_base
+    from r1_lightning.models import loading
+    from r1_lightning.tiny import base
+
+    seen = []
+    for module, attr in ((base, "tiny_base_path"), (reasoning, "tiny_reasoning_path"), (tool_base, "tiny_tools_path")):
+        monkeypatch.setattr(module, attr, lambda recipe, _n=attr: seen.append((_n, recipe)) or Path("/x"))
+    monkeypatch.setattr(base, "tiny_small_base_path", lambda seed=None: seen.append(("small", seed)) or Path("/x"))
+
+    loading.resolve_model_path("tiny:reasoning?seed=3")
+    loading.resolve_model_path("tiny:reasoning")
+    loading.resolve_model_path("tiny:tools?seed=2")
+    loading.resolve_model_path("tiny:arithmetic?seed=0")
+    loading.resolve_model_path("tiny:arithmetic-small?seed=4")
+    assert [(name, getattr(r, "seed", r)) for name, r in seen] == [
+        ("tiny_reasoning_path", 3),
+        ("tiny_reasoning_path", 0),
+        ("tiny_tools_path", 2),
+        ("tiny_base_path", 0),
+        ("small", 4),
+    ]
+    assert seen[0][1] == reasoning.ReasoningBaseRecipe(seed=3) and seen[3][1] == BaseRecipe()
+    for bad in ("tiny:reasoning?seed=x", "tiny:reasoning?steps=3", "tiny:random?seed=1"):
+        with pytest.raises(ValueError, match="seed"):
+            loading.resolve_model_path(bad)
+    assert loading.resolve_model_path("./my/model") == "./my/model"

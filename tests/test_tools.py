@@ -205,3 +205,74 @@ def test_the_tool_base_corpus_calls_as_the_loop_parses_and_leaves_responses_unsc
     rng, recipe = random.Random(0), ToolBaseRecipe()
     share = sum(completion(12, 34, recipe, rng)[1] != "" for _ in range(20_000)) / 20_000
     assert share == pytest.approx(recipe.tool, abs=0.005)
+
+
+# Qwen2.5's chat template, reduced to its turns: tool results go in a user turn as <tool_response> blocks.
+QWEN_LIKE_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|im_start|>user{% endif %}"
+    "{{ '\\n<tool_response>\\n' + m['content'] + '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>\n{% endif %}"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_under_a_chat_template_the_response_is_its_tool_turn_token_in_token_out(monkeypatch, tiny_model_and_tokenizer):
+    """As TRL wraps a tool result: the text between the assistant's call and the next generation prompt in a
+    dummy conversation. The inserted ids are that turn's, and the row goes on decoding after it (the turn
+    holds ``<|im_end|>``, which never ends the answer while it is being inserted)."""
+    import copy
+
+    from r1_lightning.generation.tools import chat_tool_wrapper
+
+    model, tokenizer = tiny_model_and_tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = QWEN_LIKE_TEMPLATE
+    before, after = chat_tool_wrapper(tokenizer)
+    assert before == "<|im_end|>\n<|im_start|>user\n<tool_response>\n"
+    assert after == "\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+
+    scripts = ["<think>" + _call("add", a=17, b=25) + "</think><answer>42</answer>"]
+    sampled = _scripted(monkeypatch, tokenizer, scripts)
+    toolbox = ToolBox(TOOLS, timeout=2.0)
+    assert toolbox.use_chat_template(tokenizer)
+    gen = TorchGenerator(tokenizer).generate(model, ["A: "], SamplingConfig(max_new_tokens=200), tools=toolbox)
+    completion, inserted = gen.input_ids[0, gen.prompt_length :], gen.tool_mask[0].bool()
+    turn = tokenizer(before + "42" + after, add_special_tokens=False)["input_ids"]
+    assert completion[inserted].tolist() == turn
+    assert completion[gen.completion_mask[0].bool() & ~inserted].tolist() == sampled[0]
+    assert gen.texts[0].endswith("<answer>42</answer>")
+
+    # Templates without a tool turn keep the tag format: none at all, one that raises on it, one that drops it.
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    raising = copy.deepcopy(tokenizer)
+    raising.chat_template = "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no') }}{% endif %}{% endfor %}"
+    dropping = copy.deepcopy(tokenizer)
+    dropping.chat_template = "{% for m in messages %}{% if m['role'] != 'tool' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    for other in (plain, raising, dropping):
+        assert chat_tool_wrapper(other) is None
+    tags = ToolBox(TOOLS)
+    assert not tags.use_chat_template(raising)
+    assert tags.response(_as_call({"name": "add", "arguments": {}, "status": "ok", "result": "3"})) == (
+        "<tool_response>3</tool_response>"
+    )
+
+
+def test_the_datamodule_wraps_tool_turns_only_for_chat_rendered_prompts(tiny_model_and_tokenizer):
+    import copy
+    from types import SimpleNamespace
+
+    from r1_lightning.data import ArithmeticTask, PromptDataModule
+
+    _, tokenizer = tiny_model_and_tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = QWEN_LIKE_TEMPLATE
+    for template, wrapped in (("chat", True), ("r1_zero", False)):
+        toolbox = ToolBox(TOOLS)
+        dm = PromptDataModule(ArithmeticTask(), template=template)
+        dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(toolbox=toolbox, tokenizer=tokenizer))
+        dm.setup("validate")
+        assert (toolbox.turn is not None) is wrapped

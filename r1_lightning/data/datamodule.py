@@ -149,6 +149,9 @@ class PromptDataModule(L.LightningDataModule):
             self.tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None)
         toolbox = getattr(self.trainer.lightning_module, "toolbox", None) if self.trainer is not None else None
         self.tool_schemas = toolbox.schemas if toolbox is not None else None  # rendered by chat templates
+        if toolbox is not None and self.template == "chat" and self.tokenizer is not None:
+            # Prompts are chat turns, so a tool's response is one too, as the template renders it (TRL's way).
+            toolbox.use_chat_template(self.tokenizer)
         if stage in ("fit", None):
             self.check_training_rows()
 

@@ -8,7 +8,7 @@ also uses under text templates (``r1_zero``, ``plain``) as its documented tag fo
 The policy writes everything up to ``</tool_call>``; the decode loop (``generation/sampler.py``) parses the
 call, runs it here, and inserts ``<tool_response>...</tool_response>`` as tokens that were not sampled (mask 0
 for the loss, the KL, the entropy and the length metrics). Under a chat template the response is wrapped the
-way the template renders a tool turn (:func:`chat_tool_wrapper`, as TRL does).
+way the template renders a tool turn (:func:`chat_tool_wrapper`, as TRL does: ``data.template: chat``).
 
 Tools are plain Python functions with type hints and a docstring (their JSON schema comes from
 ``transformers.utils.get_json_schema``, as in TRL). Stateless ones run in the shared pool of worker
@@ -126,6 +126,7 @@ class ToolBox:
     max_iterations: int = 4
     timeout: float = 5.0
     max_output_chars: int = 512
+    turn: tuple[str, str] | None = None  # (before, after) a result: a chat template's tool turn; None: tags
 
     def __post_init__(self) -> None:
         self.functions = {fn.__name__: fn for fn in (resolve_callable(t, "tool") for t in self.tools)}
@@ -192,9 +193,40 @@ class ToolBox:
         return tokenizer(self.response(call), add_special_tokens=False)["input_ids"]
 
     def response(self, call: ToolCall) -> str:
-        """The text inserted after the call: the result, or a short error the policy can read."""
+        """The text inserted after the call: the result, or a short error the policy can read, wrapped as a
+        chat template's tool turn once :meth:`use_chat_template` found one, else in the tag format."""
         text = call.result if call.status == "ok" else f"error: {call.result}"[: self.max_output_chars]
-        return f"{RESPONSE_OPEN}{text}{RESPONSE_CLOSE}"
+        before, after = self.turn or (RESPONSE_OPEN, RESPONSE_CLOSE)
+        return f"{before}{text}{after}"
+
+    def use_chat_template(self, tokenizer: Any) -> bool:
+        """Wrap responses as ``tokenizer``'s chat template renders a tool turn (prompts are chat-rendered);
+        False, and the tag format kept, when the template has no tool turn."""
+        self.turn = chat_tool_wrapper(tokenizer)
+        return self.turn is not None
+
+
+def chat_tool_wrapper(tokenizer: Any) -> tuple[str, str] | None:
+    """The text a chat template puts before and after a tool's result when a tool turn follows the
+    assistant's call, up to the next assistant generation prompt (TRL's approach: render a dummy conversation
+    with and without the tool message and take the difference). For Qwen2.5 that closes the assistant turn,
+    opens ``<|im_start|>user\n<tool_response>\n``, and after the result closes it and reopens
+    ``<|im_start|>assistant\n``. None when the template has no chat template, fails on a ``tool`` message, or
+    drops its content."""
+    call_mark, result_mark = "CALL_MARK_7f3a", "RESULT_MARK_7f3a"
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": call_mark}]
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template(
+            [*conversation, {"role": "tool", "content": result_mark}], tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # noqa: BLE001  (a template that raises on a tool role has none)
+        return None
+    if call_mark not in text or result_mark not in text.split(call_mark, 1)[1]:
+        return None
+    before, _, after = text.split(call_mark, 1)[1].partition(result_mark)
+    return before, after
 
 
 def _public_methods(cls: Any) -> dict[str, Any]:

@@ -121,24 +121,48 @@ def build_optimizer(
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``tiny:*`` names become cached local folders (built on first use); anything else is unchanged."""
-    if name_or_path == "tiny:random":
+    """``tiny:*`` names become cached local folders (built on first use); anything else is unchanged.
+
+    ``tiny:<name>?seed=N`` builds the pretrained tiny bases with pretraining seed ``N`` (default 0): a
+    different initialisation and corpus draw, and so a different base, as a different CPU's arithmetic
+    gives. The showcases' robustness over bases is measured with it (``benchmarks/showcase_seeds.py``)."""
+    if not name_or_path.startswith("tiny:"):
+        return name_or_path
+    name, seed = _tiny_seed(name_or_path)
+    if name == "tiny:random":
+        if seed is not None:
+            raise ValueError(f"{name_or_path!r}: tiny:random takes no seed; drop '?seed=...'")
         return str(tiny.tiny_random_path())
-    if name_or_path == "tiny:arithmetic":
-        return str(tiny.tiny_base_path())
-    if name_or_path == "tiny:arithmetic-small":
-        return str(tiny.tiny_small_base_path())
-    if name_or_path == "tiny:tools":
-        from r1_lightning.tiny.tool_base import tiny_tools_path
+    if name == "tiny:arithmetic":
+        return str(tiny.tiny_base_path(_seeded(tiny.BaseRecipe(), seed)))
+    if name == "tiny:arithmetic-small":
+        return str(tiny.tiny_small_base_path(seed))
+    if name == "tiny:tools":
+        from r1_lightning.tiny.tool_base import ToolBaseRecipe, tiny_tools_path
 
-        return str(tiny_tools_path())
-    if name_or_path == "tiny:reasoning":
-        from r1_lightning.tiny.reasoning import tiny_reasoning_path
+        return str(tiny_tools_path(_seeded(ToolBaseRecipe(), seed)))
+    if name == "tiny:reasoning":
+        from r1_lightning.tiny.reasoning import ReasoningBaseRecipe, tiny_reasoning_path
 
-        return str(tiny_reasoning_path())
-    if name_or_path.startswith("tiny:"):
-        raise ValueError(f"unknown tiny model {name_or_path!r}; choose one of {TINY_MODELS}")
-    return name_or_path
+        return str(tiny_reasoning_path(_seeded(ReasoningBaseRecipe(), seed)))
+    raise ValueError(f"unknown tiny model {name_or_path!r}; choose one of {TINY_MODELS} (optionally '?seed=N')")
+
+
+def _tiny_seed(name_or_path: str) -> tuple[str, int | None]:
+    """``("tiny:reasoning", 3)`` from ``"tiny:reasoning?seed=3"``; a malformed suffix is one clear error."""
+    name, _, query = name_or_path.partition("?")
+    if not query:
+        return name, None
+    key, _, value = query.partition("=")
+    if key != "seed" or not value.isdigit():
+        raise ValueError(f"model {name_or_path!r}: after '?' only 'seed=<non-negative integer>' is understood")
+    return name, int(value)
+
+
+def _seeded(recipe: Any, seed: int | None) -> Any:
+    from dataclasses import replace
+
+    return recipe if seed is None else replace(recipe, seed=seed)
 
 
 def load_tokenizer(path: str) -> Any:
