@@ -116,7 +116,8 @@ def table(showcase: str, results: list[dict]) -> str:
         lines.append(f"| {r['run']} ({r['run']} / {r['rl_seed']}) | " + " | ".join(cells) + f" | {r['holds']} |")
     gains = {k: [r["last"][k] - r["first"][k] for r in results if r["last"].get(k) is not None] for k in keys}
     spread = [f"{statistics.mean(v):+.3f} ± {statistics.pstdev(v):.3f}" if v else "" for v in gains.values()]
-    lines.append("| change, mean ± sd | " + " | ".join(spread) + f" | {sum(r['holds'] for r in results)}/{len(results)} |")
+    held = f"{sum(r['holds'] for r in results)}/{len(results)}"
+    lines.append("| change, mean ± sd | " + " | ".join(spread) + f" | {held} |")
     return "\n".join(lines)
 
 

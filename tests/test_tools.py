@@ -249,9 +249,10 @@ def test_under_a_chat_template_the_response_is_its_tool_turn_token_in_token_out(
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = None
     raising = copy.deepcopy(tokenizer)
-    raising.chat_template = "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no') }}{% endif %}{% endfor %}"
+    loop = "{% for m in messages %}{% if m['role'] "
+    raising.chat_template = loop + "== 'tool' %}{{ raise_exception('no') }}{% endif %}{% endfor %}"
     dropping = copy.deepcopy(tokenizer)
-    dropping.chat_template = "{% for m in messages %}{% if m['role'] != 'tool' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    dropping.chat_template = loop + "!= 'tool' %}{{ m['content'] }}{% endif %}{% endfor %}"
     for other in (plain, raising, dropping):
         assert chat_tool_wrapper(other) is None
     tags = ToolBox(TOOLS)
