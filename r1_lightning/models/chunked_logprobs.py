@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from r1_lightning.hf_compat import causal_lm
+from r1_lightning.models import grads_in_place
 
 
 class _ChunkedLinearLogprobs(torch.autograd.Function):
@@ -59,6 +60,8 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
             del logits
         ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp, entropy)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        # inside `grads_in_place`: the weight's gradient goes straight into its .grad (no [vocab, hidden] buffer)
+        ctx.into_grad = grads_in_place.active() and grads_in_place.eligible(weight, _compute_dtype(hidden))
         ctx.set_materialize_grads(False)  # an output the loss does not use gets None: no work for it
         return logprobs, entropy
 
@@ -72,7 +75,11 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None
         dtype = _compute_dtype(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=dtype) if need_weight else None
+        into_grad = need_weight and ctx.into_grad
+        if into_grad:
+            grad_weight = grads_in_place.grad_buffer(weight)
+        else:
+            grad_weight = torch.zeros_like(weight, dtype=dtype) if need_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_bias else None
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
@@ -97,7 +104,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
             if need_bias:
                 grad_bias += dlogits.sum(0)
             del dlogits
-        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        grad_weight = None if into_grad or grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
@@ -43,6 +44,7 @@ from r1_lightning.generation.mismatch import MismatchMeter
 from r1_lightning.generation.rollout import Generation, Rollout, SamplingConfig
 from r1_lightning.generation.sampler import TorchGenerator
 from r1_lightning.models.chunked_logprobs import resolve_chunk_size
+from r1_lightning.models.grads_in_place import grads_in_place
 from r1_lightning.models.loading import (
     LoraSettings,
     Quantization,
@@ -394,12 +396,15 @@ class GRPOModule(
         drift = 0.0  # sum of |log pi_theta - log pi_old| over the first pass's tokens
         # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
+        # On one process the embedding's and the head's gradients go straight into .grad (models/grads_in_place.py)
+        in_place = isinstance(self.trainer.strategy, SingleDeviceStrategy)
         for iteration in range(mu):
             for index, mb in enumerate(plans):
                 rows, cols = mb.rows.to(mask.device), slice(0, mb.completion_length)
                 part_mask = mask[rows, cols]
                 last = index == len(plans) - 1
-                with contextlib.nullcontext() if last or block_sync is None else block_sync():
+                synced = contextlib.nullcontext() if last or block_sync is None else block_sync()
+                with synced, grads_in_place(self.policy, enabled=in_place):
                     logprobs, entropy = micro_batch_logprobs(
                         self.policy, gen, mb, self.sampling.temperature, self.shared_group_size, True, chunk_size
                     )
