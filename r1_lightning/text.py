@@ -12,15 +12,22 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def completion_text(completion: Completion) -> str:
-    """The text of a completion: itself if a string, else the last message's ``content`` (TRL's format).
+    """The text of a completion: itself if a string, else the messages' ``content`` (TRL's format): the one
+    message's, or for a tool-calling conversation the assistant messages' joined (the model's own text, tool
+    turns left out, so ``<think>`` opened before a call and closed after it reads as one block).
 
     >>> completion_text([{"role": "assistant", "content": "hi"}])
     'hi'
+    >>> completion_text([{"role": "assistant", "content": "<think>1+2="}, {"role": "tool", "content": "3"},
+    ...                  {"role": "assistant", "content": "3</think> <answer>3</answer>"}])
+    '<think>1+2=3</think> <answer>3</answer>'
     """
     if isinstance(completion, str):
         return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
+    if isinstance(completion, list) and completion and all(isinstance(m, dict) for m in completion):
+        if len(completion) == 1:
+            return str(completion[0].get("content", ""))
+        return "".join(str(m.get("content", "")) for m in completion if m.get("role", "assistant") == "assistant")
     raise TypeError(
         "a completion must be a string or a list of chat messages ({'role': ..., 'content': ...}); "
         f"got {type(completion).__name__}"

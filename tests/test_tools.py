@@ -245,6 +245,28 @@ def test_under_a_chat_template_the_response_is_its_tool_turn_token_in_token_out(
     assert completion[gen.completion_mask[0].bool() & ~inserted].tolist() == sampled[0]
     assert gen.texts[0].endswith("<answer>42</answer>")
 
+    # Rewards get it as TRL gives a chat prompt's tool-calling completion: assistant, tool, assistant messages
+    from r1_lightning.rewards.contract import RewardState, generation_reward_inputs
+    from r1_lightning.text import completion_text
+
+    chat_prompt = [{"role": "user", "content": "17 + 25"}]
+    columns = {"raw_prompt": [chat_prompt], "answer": ["42"]}
+    completions, kwargs = generation_reward_inputs(gen, columns, RewardState(0, 1, 0.0), ["A: "], tokenizer)
+    (conversation,) = completions
+    assert [m["role"] for m in conversation] == ["assistant", "tool", "assistant"]
+    assert conversation[0]["content"] == "<think>"  # the call's markup moved into tool_calls
+    assert conversation[0]["tool_calls"] == [
+        {"type": "function", "function": {"name": "add", "arguments": {"a": 17, "b": 25}}}
+    ]
+    assert conversation[1] == {"role": "tool", "name": "add", "content": "42"}
+    assert conversation[2]["content"] == "</think><answer>42</answer>"
+    assert completion_text(conversation) == "<think></think><answer>42</answer>"  # format rewards read it whole
+    assert kwargs["tool_calls"] == gen.tool_calls
+    text_completions, _ = generation_reward_inputs(
+        gen, {"raw_prompt": ["17 + 25"]}, RewardState(0, 1, 0.0), None, tokenizer
+    )
+    assert text_completions == gen.texts  # text prompts: the transcript text, as before
+
     # Templates without a tool turn keep the tag format: none at all, one that raises on it, one that drops it.
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = None

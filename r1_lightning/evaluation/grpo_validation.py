@@ -79,7 +79,7 @@ class GRPOEvaluation:
         if not owner:
             return
         state = RewardState(self.global_step, self.trainer.max_steps if self._trainer else -1, 0.0)
-        scored = score_samples(generation, prompts, columns, k, self.val_reward_fn, state)
+        scored = score_samples(generation, prompts, columns, k, self.val_reward_fn, state, self.tokenizer)
         lengths = torch.tensor(scored.lengths)
         for level, p1, length in zip(
             batch.get(GROUP_COLUMN) or [], scored.pass1, lengths.view(-1, k).mean(1), strict=False

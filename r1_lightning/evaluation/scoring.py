@@ -42,10 +42,12 @@ def score_samples(
     k: int,
     reward: Any,
     state: RewardState | None = None,
+    tokenizer: Any = None,
 ) -> ScoredSamples:
     """Score ``generation`` (rows: ``k`` consecutive completions of each prompt) with ``reward`` (TRL's
     reward contract: ``reward(completions=..., **columns)``); a score >= 1.0 counts as correct."""
-    completions, kwargs = generation_reward_inputs(generation, columns, state or RewardState(0, 0, 0.0), prompts)
+    state = state or RewardState(0, 0, 0.0)
+    completions, kwargs = generation_reward_inputs(generation, columns, state, prompts, tokenizer)
     scores = reward(completions=completions, **kwargs)
     pass1, majority = group_scores(generation.texts, scores, k)
     return ScoredSamples(

@@ -28,17 +28,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from r1_lightning.generation._tool_call import invoke_tool
-from r1_lightning.tools.format import CALL_CLOSE, CALL_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN
+from r1_lightning.tools.format import CALL_CLOSE, CALL_OPEN, CALL_PATTERN, RESPONSE_CLOSE, RESPONSE_OPEN
 
 __all__ = ["CALL_CLOSE", "CALL_OPEN", "RESPONSE_CLOSE", "RESPONSE_OPEN", "ToolBox", "ToolCall", "parse_call"]
 
-_CALL = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
+_CALL = CALL_PATTERN
 
 
 @dataclass

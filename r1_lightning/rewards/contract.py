@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from r1_lightning.tools.format import CALL_PATTERN
+
 
 @dataclass(frozen=True)
 class RewardState:
@@ -60,15 +62,65 @@ def completion_token_ids(completion_ids: torch.Tensor, completion_mask: torch.Te
 
 
 def generation_reward_inputs(
-    generation: Any, columns: dict[str, list], state: RewardState, rendered_prompts: list[str] | None = None
+    generation: Any,
+    columns: dict[str, list],
+    state: RewardState,
+    rendered_prompts: list[str] | None = None,
+    tokenizer: Any = None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """:func:`reward_inputs` for a sampled ``Generation`` (its texts and completion token ids)."""
+    """:func:`reward_inputs` for a sampled ``Generation`` (its texts and completion token ids). With tool calls,
+    chat prompts and a ``tokenizer``, each completion is TRL's conversation (:func:`tool_conversation`)."""
     completion = generation.input_ids[:, generation.prompt_length :]
     ids = completion_token_ids(completion, generation.completion_mask)
     completions, kwargs = reward_inputs(generation.texts, columns, ids, state, rendered_prompts)
     if getattr(generation, "tool_calls", None) is not None:  # each completion's calls: name, arguments, status, result
         kwargs["tool_calls"] = generation.tool_calls
+        if tokenizer is not None and generation.tool_mask is not None:
+            inserted = completion_token_ids(generation.tool_mask, generation.completion_mask)
+            rows = zip(completions, ids, inserted, generation.tool_calls, strict=True)
+            completions = [
+                tool_conversation(row_ids, row_inserted, calls, tokenizer) if isinstance(c, list) and calls else c
+                for c, row_ids, row_inserted, calls in rows
+            ]
     return completions, kwargs
+
+
+def tool_conversation(ids: list[int], inserted: list[int], calls: list[dict], tokenizer: Any) -> list[dict[str, Any]]:
+    """A tool-calling completion as TRL gives it to rewards under chat prompts: assistant messages, each that
+    closed a call carrying it as ``tool_calls`` (its text without the call's markup), then a ``tool`` message
+    (``name``, ``content``: the result or the error) per call. Split where the inserted tokens (``inserted``,
+    1 per position) are; every text decoded from the token ids.
+
+    >>> class Tok:
+    ...     def decode(self, ids, skip_special_tokens=True): return "".join(map(chr, ids))
+    >>> text = [ord(c) for c in '<tool_call>{"name": "f", "arguments": {}}</tool_call>']
+    >>> conv = tool_conversation(text + [52, 50] + [33], [0] * len(text) + [1, 1, 0], [
+    ...     {"name": "f", "arguments": {}, "status": "ok", "result": "42"}], Tok())
+    >>> [(m["role"], m["content"]) for m in conv], conv[0]["tool_calls"][0]["function"]["name"]
+    ([('assistant', ''), ('tool', '42'), ('assistant', '!')], 'f')
+    """
+    messages: list[dict[str, Any]] = []
+    pending = iter(calls)
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end < len(ids) and inserted[end] == inserted[start]:
+            continue
+        if inserted[start]:
+            call = next(pending, None)
+            if call is None:
+                break
+            function = {"name": call["name"], "arguments": call["arguments"]}
+            if messages and messages[-1]["role"] == "assistant":
+                messages[-1]["tool_calls"] = [{"type": "function", "function": function}]
+            content = call["result"] if call["status"] == "ok" else f"error: {call['result']}"
+            messages.append({"role": "tool", "name": call["name"], "content": content})
+        else:
+            text = tokenizer.decode(ids[start:end], skip_special_tokens=True)
+            following_call = end < len(ids)
+            content = CALL_PATTERN.sub("", text).rstrip() if following_call else text
+            messages.append({"role": "assistant", "content": content})
+        start = end
+    return messages
 
 
 def reward_inputs(

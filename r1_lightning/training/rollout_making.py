@@ -120,7 +120,7 @@ class RolloutMaking:
         step = trainer.global_step if step is None else step
         state = RewardState(step, trainer.max_steps, float(trainer.current_epoch))
         completions, kwargs = generation_reward_inputs(
-            generation, sampled.columns, state, rendered_prompts=sampled.prompts
+            generation, sampled.columns, state, rendered_prompts=sampled.prompts, tokenizer=self.tokenizer
         )
         with count_reward_events() as events:  # timeouts, sandboxed code runs: this rollout's share
             totals, per_fn = score_completions(self.rewards, completions, kwargs)
