@@ -4,6 +4,7 @@ against TRL's GRPOTrainer at equal settings, peak memory and seconds per step, m
     pip install -e '.[bench]'                 # adds trl
     python benchmarks/real_shape.py           # the two targets (about 30 minutes on 2 CPU cores)
     python benchmarks/real_shape.py --grid    # layers {2, 4} x new tokens {256, 1024, 4096} (hours on CPU)
+    python benchmarks/real_shape.py --target 1 --floor   # plus the step's GEMM floor (the issue's <= 1.5x)
     python benchmarks/real_shape.py --device cuda --dtype bfloat16 --layers 24 --tokens 1024 4096  # a GPU
 
 The model is random-init Qwen2 with Qwen2.5-0.5B's widths (hidden 896, MLP 4864, 14/2 heads, tied
@@ -70,6 +71,10 @@ def child(spec: dict) -> None:
         micro_batch=spec["micro_batch"],
         logprob_chunk_size=spec.get("chunk"),
     )
+    if spec["framework"] == "floor":  # the step's matrix products alone (benchmarks/gemm_floor.py)
+        floor = bench.floor_result(Path(spec["model"]), bench.make_prompts(spec["prompts"]), setting)
+        print("RESULT " + json.dumps({"seconds_per_step": floor.seconds_per_step, "peak_rss_gb": peak_rss_gb()}))
+        return
     steps: list[float] = []
     summarise = bench._summarise
     bench._summarise = lambda name, s, step_seconds, gen, tokens: steps.extend(step_seconds)  # keep all steps
@@ -131,6 +136,20 @@ def table(rows: list[dict]) -> str:
             f"| {_ratio(ours, trl, 'seconds_per_step')} | {_cell(ours, 'peak_rss_gb')} | {_cell(trl, 'peak_rss_gb')} "
             f"| {_ratio(ours, trl, 'peak_rss_gb')} |"
         )
+    floors = [row for row in rows if row.get("floor", {}).get("status") == "ok" and row["ours"]["status"] == "ok"]
+    if floors:
+        lines += [
+            "",
+            "| layers | new tokens | GEMM floor s/step | r1-lightning / floor | TRL / floor |",
+            "|---|---|---|---|---|",
+        ]
+        for row in floors:
+            floor, trl = row["floor"]["seconds_per_step"], row["trl"]
+            against_trl = f"{trl['seconds_per_step'] / floor:.2f}x" if trl["status"] == "ok" else "n/a"
+            lines.append(
+                f"| {row['layers']} | {row['tokens']} | {floor:.1f} "
+                f"| {row['ours']['seconds_per_step'] / floor:.2f}x | {against_trl} |"
+            )
     full = [row for row in rows if "ours_full_logits" in row]
     if full:
         lines += ["", "| layers | new tokens | r1-lightning, full logits (logprob_chunk_size 0): s/step | peak GiB |"]
@@ -173,6 +192,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--unchunked", action="store_true", help="also r1-lightning with logprob_chunk_size 0")
+    parser.add_argument("--floor", action="store_true", help="also the step's GEMM floor (benchmarks/gemm_floor.py)")
     parser.add_argument("--target", type=int, choices=[1, 2], default=None, help="only this one of the two targets")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -201,8 +221,9 @@ def main() -> None:
             spec = dict(row, model=str(models[layers]), steps=steps, device=args.device, dtype=args.dtype)
             variants = [(f, {}) for f in args.frameworks]
             variants += [("ours_full_logits", {"chunk": 0})] if args.unchunked else []
+            variants += [("floor", {})] if args.floor else []
             for name, extra in variants:
-                framework = "trl" if name == "trl" else "ours"
+                framework = {"trl": "trl", "floor": "floor"}.get(name, "ours")
                 row[name] = run_child({**spec, **extra, "framework": framework}, args.max_rss_gb)
                 print(f"{name} {row}", file=sys.stderr, flush=True)
             rows.append(row)
