@@ -39,12 +39,10 @@ CALL_PIECES = ('{"name": "add", "arguments": {"a": ', ', "b": ', "}}")
 class ToolBaseRecipe(AdditionPretraining):
     """Corpus mix (probabilities of :data:`STYLES`) on top of the problem sizes and the pretraining run.
 
-    Twice the shared pretraining run: after 800 steps the base's calls copied the operands right on one base
-    seed and wrong on another (3-digit pass@1 after RL +0.45 on seed 0, +0.04 on seed 1, whose calls read
-    ``{"a": 380, "b": 244}`` for ``290 + 293`` at step 120). ``benchmarks/showcase_seeds.py tools`` measures
-    the spread over base seeds."""
+    Whether the base copies the operands into its calls depends on the pretraining seed: base seed 0 does
+    (3-digit pass@1 +0.45 after RL), seeds 1 and 2 do not (+0.04, +0.00), and 1600 steps did not change that
+    (``benchmarks/showcase_seeds.py tools``; README, "Tool calls inside the rollout")."""
 
-    steps: int = 1600
     direct: float = 0.65
     tool: float = 0.25
     untagged: float = 0.10
@@ -101,9 +99,9 @@ def pretrain_tools(recipe: ToolBaseRecipe, out_dir: Path) -> None:
 
 
 def tiny_tools_path(recipe: ToolBaseRecipe | None = None) -> Path:
-    """Path of the cached tool-calling base, pretrained first if it is not cached yet (about 6 minutes)."""
+    """Path of the cached tool-calling base, pretrained first if it is not cached yet (about 4 minutes)."""
     from r1_lightning.tiny.base import cached_base
 
     return cached_base(
-        "tiny-tools", recipe or ToolBaseRecipe(), pretrain_tools, "tiny tool-calling base (one-off, about 6 minutes)"
+        "tiny-tools", recipe or ToolBaseRecipe(), pretrain_tools, "tiny tool-calling base (one-off, about 4 minutes)"
     )
