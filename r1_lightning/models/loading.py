@@ -102,12 +102,25 @@ def apply_lora(model: Any, settings: LoraSettings, quantized: bool, gradient_che
     return get_peft_model(model, config)
 
 
+def _flat(params: Any) -> list[torch.Tensor]:
+    """The tensors of a parameter list or of parameter groups (``{"params": [...]}``)."""
+    flat = []
+    for item in params:
+        flat += list(item["params"]) if isinstance(item, dict) else [item]
+    return flat
+
+
 def build_optimizer(
     name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, betas: tuple[float, float]
 ) -> torch.optim.Optimizer:
     """AdamW, or bitsandbytes' 8-bit / paged AdamW (optimizer state in 8 bits, or paged to CPU on OOM)."""
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+        # The fused kernel (TRL's default too: transformers' `adamw_torch_fused`) updates each parameter in one
+        # pass; the per-tensor loop builds a temporary the size of the parameter (0.5 GiB for Qwen2.5-0.5B's
+        # embedding), and that temporary set the peak of a step at research shapes (README, Performance).
+        plain = [type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in _flat(params)]
+        fused = all(plain) and bool(plain)  # (not for FSDP2's sharded DTensor parameters)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=fused or None)
     if name not in OPTIMIZERS:
         raise ValueError(f"`model.optimizer` must be one of {OPTIMIZERS}, got {name!r}")
     import bitsandbytes as bnb
