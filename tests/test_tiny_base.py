@@ -73,9 +73,9 @@ def test_a_seed_suffix_picks_another_tiny_base(monkeypatch):
     from r1_lightning.tiny import base
 
     seen = []
-    for module, attr in ((base, "tiny_base_path"), (reasoning, "tiny_reasoning_path"), (tool_base, "tiny_tools_path")):
+    builders = ((base, "tiny_base_path"), (base, "tiny_small_base_path"), (reasoning, "tiny_reasoning_path"))
+    for module, attr in (*builders, (tool_base, "tiny_tools_path")):
         monkeypatch.setattr(module, attr, lambda recipe, _n=attr: seen.append((_n, recipe)) or Path("/x"))
-    monkeypatch.setattr(base, "tiny_small_base_path", lambda seed=None: seen.append(("small", seed)) or Path("/x"))
 
     loading.resolve_model_path("tiny:reasoning?seed=3")
     loading.resolve_model_path("tiny:reasoning")
@@ -87,9 +87,10 @@ def test_a_seed_suffix_picks_another_tiny_base(monkeypatch):
         ("tiny_reasoning_path", 0),
         ("tiny_tools_path", 2),
         ("tiny_base_path", 0),
-        ("small", 4),
+        ("tiny_small_base_path", 4),
     ]
     assert seen[0][1] == reasoning.ReasoningBaseRecipe(seed=3) and seen[3][1] == BaseRecipe()
+    assert seen[4][1] == BaseRecipe(**{**vars(base.SMALL_RECIPE), "seed": 4})  # the small recipe, reseeded
     for bad in ("tiny:reasoning?seed=x", "tiny:reasoning?steps=3", "tiny:random?seed=1"):
         with pytest.raises(ValueError, match="seed"):
             loading.resolve_model_path(bad)

@@ -37,8 +37,6 @@ from r1_lightning.tools.format import CALL_CLOSE, CALL_OPEN, CALL_PATTERN, RESPO
 
 __all__ = ["CALL_CLOSE", "CALL_OPEN", "RESPONSE_CLOSE", "RESPONSE_OPEN", "ToolBox", "ToolCall", "parse_call"]
 
-_CALL = CALL_PATTERN
-
 
 @dataclass
 class ToolCall:
@@ -62,7 +60,7 @@ def parse_call(text: str) -> ToolCall:
     >>> parse_call("<tool_call>add(1, 2)</tool_call>").status
     'malformed'
     """
-    matches = _CALL.findall(text)
+    matches = CALL_PATTERN.findall(text)
     if not matches:
         return ToolCall("", {}, "malformed", "no <tool_call>...</tool_call> found")
     body = matches[-1]
@@ -222,10 +220,9 @@ def chat_tool_wrapper(tokenizer: Any) -> tuple[str, str] | None:
         )
     except Exception:  # noqa: BLE001  (a template that raises on a tool role has none)
         return None
-    if call_mark not in text or result_mark not in text.split(call_mark, 1)[1]:
-        return None
-    before, _, after = text.split(call_mark, 1)[1].partition(result_mark)
-    return before, after
+    _, found, after_call = text.partition(call_mark)
+    before, found_result, after = after_call.partition(result_mark)
+    return (before, after) if found and found_result else None
 
 
 def _public_methods(cls: Any) -> dict[str, Any]:

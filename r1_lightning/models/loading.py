@@ -149,7 +149,7 @@ def resolve_model_path(name_or_path: str) -> str:
     if name == "tiny:arithmetic":
         return str(tiny.tiny_base_path(_seeded(tiny.BaseRecipe(), seed)))
     if name == "tiny:arithmetic-small":
-        return str(tiny.tiny_small_base_path(seed))
+        return str(tiny.tiny_small_base_path(_seeded(tiny.SMALL_RECIPE, seed)))
     if name == "tiny:tools":
         from r1_lightning.tiny.tool_base import ToolBaseRecipe, tiny_tools_path
 

@@ -26,7 +26,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -360,12 +360,12 @@ def tiny_base_path(recipe: BaseRecipe | None = None) -> Path:
 SMALL_RECIPE = BaseRecipe(hidden_size=48, layers=2, steps=600)
 
 
-def tiny_small_base_path(seed: int | None = None) -> Path:
-    """Path of the cached ``tiny:arithmetic-small`` base (:data:`SMALL_RECIPE`, pretraining seed ``seed`` if
-    given), pretrained first if needed."""
+def tiny_small_base_path(recipe: BaseRecipe | None = None) -> Path:
+    """Path of the cached ``tiny:arithmetic-small`` base (``recipe``, default :data:`SMALL_RECIPE`), pretrained
+    first if needed."""
     return cached_base(
         "tiny-arithmetic-small",
-        SMALL_RECIPE if seed is None else replace(SMALL_RECIPE, seed=seed),
+        recipe or SMALL_RECIPE,
         pretrain,
         "small tiny offline base model, the distillation student (one-off, about 1 minute on 2 CPU cores)",
     )
