@@ -207,6 +207,53 @@ def test_the_tool_base_corpus_calls_as_the_loop_parses_and_leaves_responses_unsc
     assert share == pytest.approx(recipe.tool, abs=0.005)
 
 
+def test_the_tool_base_products_can_only_be_answered_by_copying_the_calculators_response():
+    """The multiplication texts (``products``): a ``multiply`` call the loop parses and runs, the response
+    unscored, and an answer that is the response copied (what teaches a base to copy what the tool says)."""
+    from r1_lightning.generation.tools import ToolBox
+    from r1_lightning.tiny.tool_base import build_tool_tokenizer, product_text
+
+    prompt, before, response, after = product_text(347, 29)
+    call = parse_call(before)
+    assert prompt == "347 * 29" and (call.name, call.arguments) == ("multiply", {"a": 347, "b": 29})
+    toolbox = ToolBox(["r1_lightning.tools.calculator.multiply"])
+    toolbox.run([call], None)
+    assert toolbox.response(call) == response == "<tool_response>10063</tool_response>"
+    assert after == "</think> <answer>10063</answer>"
+    pieces = [build_tool_tokenizer().decode([i]) for i in build_tool_tokenizer()(before)["input_ids"]]
+    assert '{"name": "multiply", "arguments": {"a": ' in pieces  # one token, as the add call's opening is
+
+
+def test_the_tool_base_corpus_mixes_products_and_rare_addition_calls_at_the_recipes_shares():
+    import random
+
+    from r1_lightning.data.tasks import CarryAdditionTask
+    from r1_lightning.tiny.tool_base import ToolBaseRecipe, pretraining_example
+
+    recipe, rng, n = ToolBaseRecipe(), random.Random(0), 20_000
+    texts = [pretraining_example(recipe, CarryAdditionTask(1, 3), rng) for _ in range(n)]
+    products = [t for t in texts if " * " in t[0]]
+    additions = [t for t in texts if " + " in t[0]]
+    assert len(products) + len(additions) == n and len(products) / n == pytest.approx(recipe.products, abs=0.01)
+    assert all('"multiply"' in segments[0][0] and not segments[1][1] for _, segments in products)
+    called = sum(segments[1][0] != "" for _, segments in additions) / len(additions)
+    assert called == pytest.approx(recipe.tool, abs=0.01) and recipe.tool <= 0.05  # the issue's "rarely"
+
+
+def test_the_tool_base_tokenizer_splits_numbers_into_groups_of_three_digits_and_round_trips():
+    from r1_lightning.tiny.tool_base import build_tool_tokenizer, tool_call_text
+
+    tokenizer = build_tool_tokenizer(number_tokens=1000)
+    response = "<tool_response>1649</tool_response>"
+    text = f" <think>682+967={tool_call_text(682, 967)}{response}</think> <answer>1649</answer>"
+    ids = tokenizer(text)["input_ids"]
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert pieces[2:5] == ["682", "+", "967"] and pieces[-4:] == ["<answer>", "164", "9", "</answer>"]
+    for sample in (text, " The answer is 1009.", "5 + 7 = 12 and 100000 08"):
+        assert tokenizer.decode(tokenizer(sample)["input_ids"]) == sample
+    assert [tokenizer.decode([i]) for i in build_tool_tokenizer()("682")["input_ids"]] == ["6", "8", "2"]
+
+
 # Qwen2.5's chat template, reduced to its turns: tool results go in a user turn as <tool_response> blocks.
 QWEN_LIKE_TEMPLATE = (
     "{% for m in messages %}"

@@ -1,21 +1,33 @@
 """``tiny:tools``: a tiny base that knows a calculator and calls it now and then, for tool-calling RL.
 
-Pretrained offline on multi-digit addition "web text" (:class:`CarryAdditionTask` problems, 1-3 digits):
+Pretrained offline on "web text" of 1-3-digit additions (:class:`CarryAdditionTask` problems):
 
 - ``direct`` (most of the text): ``<think>47+85=132</think> <answer>132</answer>``;
-- ``tool`` (a quarter of the text): the same start, then the calculator instead of a guess, in the Hermes
+- ``tool`` (15% of the additions): the same start, then the calculator instead of a guess, in the Hermes
   tag format the decode loop serves (:mod:`r1_lightning.generation.tools`):
   ``<think>47+85=<tool_call>{"name": "add", "arguments": {"a": 47, "b": 85}}</tool_call>``
   ``<tool_response>132</tool_response></think> <answer>132</answer>``, so the choice to call is one
   decision, right after ``a+b=``;
-- ``untagged``: ``The answer is 132.`` (no format).
+- ``untagged``: ``The answer is 132.`` (no format);
 
-At a tenth of the text or less (3% and 10% were tried) a base this small never learned to copy the operands
-into the call, so calling could not pay and RL raised the call rate without raising accuracy (README). The
-tool's response tokens carry no pretraining loss (as in RL, they are not the model's to predict), so the
-base learns to call and to copy the result, not to guess it. A model this small adds three-digit numbers in
-one go almost never right, so whether RL with accuracy and format rewards only (never a reward for calling
-the tool) raises the call rate and 3-digit accuracy is the experiment: ``configs/r1_zero_tools_tiny.yaml``.
+and on ``products`` (a fifth of all texts): ``12 * 34`` worked with the calculator's ``multiply``, which a
+model this small cannot compute, so only copying the operands into the call and the response into the
+answer predicts them (:func:`product_text`).
+
+Numbers are tokens of up to three digits (``number_tokens``; ``1649`` is ``164`` + ``9``, as GPT-4's and
+Llama 3's tokenizers split digits). The first bases, one token per digit, copied unreliably and differently
+on each pretraining seed (3-digit problems, greedy): one wrote the first operand wrong in every call, one
+restated the operands in ``<think>`` right 15% of the time, and one with twice the pretraining copied the
+tool's result into the answer 53% of the time (``1649`` became ``1679``: copying digit by digit, in a
+context where the operands repeat the same digits, jumps between them). RL could not make calling pay on
+those seeds (README, "Tool calls inside the rollout"). With whole-number tokens, copying is one token per
+operand, and the bases copy the operands and the result right on every problem of that check, even when the
+"tool" answers a wrong sum (they copy, they do not recompute). Without the tool they add three-digit numbers
+almost never right, since a sum is not readable from the operands' tokens.
+
+The tool's response tokens carry no pretraining loss (as in RL, they are not the model's to predict).
+Whether RL with accuracy and format rewards only (never a reward for calling the tool) raises the call rate
+and 3-digit accuracy is the experiment: ``configs/r1_zero_tools_tiny.yaml``.
 """
 
 from __future__ import annotations
@@ -30,32 +42,51 @@ import torch
 from r1_lightning.tiny.reasoning import AdditionPretraining
 from r1_lightning.tools.format import CALL_CLOSE, CALL_OPEN, RESPONSE_CLOSE, RESPONSE_OPEN
 
-STYLES = ("direct", "tool", "untagged")
+STYLES = ("direct", "tool", "untagged")  # the additions' styles; products are drawn apart (``products``)
 #: whole pieces of the call as single tokens, so a call is a few tokens long, as in real vocabularies
 CALL_PIECES = ('{"name": "add", "arguments": {"a": ', ', "b": ', "}}")
+MULTIPLY_CALL_OPEN = '{"name": "multiply", "arguments": {"a": '
 
 
 @dataclass(frozen=True)
 class ToolBaseRecipe(AdditionPretraining):
-    """Corpus mix (probabilities of :data:`STYLES`) on top of the problem sizes and the pretraining run.
+    """Corpus mix on top of the problem sizes and the pretraining run: ``products`` of all texts are products
+    worked with the calculator; the rest are additions in :data:`STYLES` with these probabilities. The
+    earlier recipe (``corpus`` 2: digit tokens, 25% calls, no products, 800 steps) held on 1 base seed of 3
+    (``benchmarks/results/tools-seeds-cpu.json``)."""
 
-    Whether the base copies the operands into its calls depends on the pretraining seed: base seed 0 does
-    (3-digit pass@1 +0.45 after RL), seeds 1 and 2 do not (+0.04, +0.00), and 1600 steps did not change that
-    (``benchmarks/showcase_seeds.py tools``; README, "Tool calls inside the rollout")."""
-
-    direct: float = 0.65
-    tool: float = 0.25
+    steps: int = 1000
+    direct: float = 0.85
+    tool: float = 0.05
     untagged: float = 0.10
-    corpus: int = 2  # the text's version (part of the cache key): 2 = the call comes right after "a+b="
+    products: float = 0.1  # the share of extra texts: a product worked with the calculator's `multiply`
+    number_tokens: int = 1000  # numbers 10..number_tokens-1 are single tokens (0: one token per digit)
+    corpus: int = 3  # the text's version (part of the cache key): 3 = products added
 
 
-def tool_call_text(a: int, b: int) -> str:
+def tool_call_text(a: int, b: int, name: str = "add") -> str:
     """The calculator call for ``a + b`` (exactly what :func:`r1_lightning.generation.tools.parse_call` reads).
 
     >>> tool_call_text(47, 85)
     '<tool_call>{"name": "add", "arguments": {"a": 47, "b": 85}}</tool_call>'
     """
-    return CALL_OPEN + json.dumps({"name": "add", "arguments": {"a": a, "b": b}}) + CALL_CLOSE
+    return CALL_OPEN + json.dumps({"name": name, "arguments": {"a": a, "b": b}}) + CALL_CLOSE
+
+
+def product_text(a: int, b: int) -> tuple[str, str, str, str]:
+    """A product worked with the calculator, as ``(prompt, before the response, the response, after it)``.
+
+    A model this small cannot multiply, so the only way to predict these answers is to copy the operands
+    into the call and the response into the answer: the copying that addition's calls need too, without
+    the shortcut of computing the sum instead (bases trained on additions alone copied unreliably, on some
+    pretraining seeds not at all).
+
+    >>> product_text(12, 34)[1:]
+    (' <think>12*34=<tool_call>{"name": "multiply", "arguments": {"a": 12, "b": 34}}</tool_call>', \
+'<tool_response>408</tool_response>', '</think> <answer>408</answer>')
+    """
+    before = f" <think>{a}*{b}={tool_call_text(a, b, 'multiply')}"
+    return f"{a} * {b}", before, f"{RESPONSE_OPEN}{a * b}{RESPONSE_CLOSE}", f"</think> <answer>{a * b}</answer>"
 
 
 def completion(a: int, b: int, recipe: ToolBaseRecipe, rng: random.Random) -> tuple[str, str, str]:
@@ -69,13 +100,32 @@ def completion(a: int, b: int, recipe: ToolBaseRecipe, rng: random.Random) -> tu
     return f" The answer is {a + b}.", "", ""
 
 
-def build_tool_tokenizer():
-    """The tiny tokenizer, with the tool tags and the call's fixed pieces as tokens."""
+def build_tool_tokenizer(number_tokens: int = 0):
+    """The tiny tokenizer, with the tool tags and the call's fixed pieces as tokens, and with
+    ``number_tokens=1000`` the numbers 10-999 as single tokens: a longer number splits left to right into
+    groups of up to three digits (``1649`` is ``164`` + ``9``), as GPT-4's and Llama 3's tokenizers split
+    digits."""
     from r1_lightning.tiny.base import build_tokenizer
 
     tokenizer = build_tokenizer()
-    tokenizer.add_tokens([CALL_OPEN, CALL_CLOSE, RESPONSE_OPEN, RESPONSE_CLOSE, *CALL_PIECES, " so"])
+    tags = [CALL_OPEN, CALL_CLOSE, RESPONSE_OPEN, RESPONSE_CLOSE]
+    tokenizer.add_tokens([*tags, *CALL_PIECES, MULTIPLY_CALL_OPEN, " so"])
+    tokenizer.add_tokens([str(n) for n in range(10, number_tokens)])
     return tokenizer
+
+
+def pretraining_example(recipe: ToolBaseRecipe, task, rng: random.Random) -> tuple[str, list[tuple[str, bool]]]:
+    """One pretraining text: ``(prompt, [(text, scored), ...])``, the tool's response unscored; a product with
+    probability ``recipe.products`` (operands of ``task``'s digit counts), else an addition of ``task``'s."""
+    if rng.random() < recipe.products:
+        digits = [rng.randint(task.min_digits, task.max_digits) for _ in range(2)]
+        x, y = (rng.randint(10 ** (d - 1) if d > 1 else 0, 10**d - 1) for d in digits)
+        prompt, before, response, after = product_text(x, y)
+        return prompt, [(before, True), (response, False), (after, True)]
+    problem = task.sample(rng)
+    a, b = (int(x) for x in problem["prompt"].split(" + "))
+    before, response, after = completion(a, b, recipe, rng)
+    return problem["prompt"], [(before, True), (response, False), (after, True)]
 
 
 @torch.enable_grad()
@@ -84,24 +134,22 @@ def pretrain_tools(recipe: ToolBaseRecipe, out_dir: Path) -> None:
     from r1_lightning.data.tasks import CarryAdditionTask
     from r1_lightning.tiny.base import build_model, pretrain_loop
 
-    tokenizer = build_tool_tokenizer()
+    tokenizer = build_tool_tokenizer(recipe.number_tokens)
     model = build_model(tokenizer, recipe.hidden_size, recipe.layers, recipe.heads, seed=recipe.seed)
     task = CarryAdditionTask(recipe.min_digits, recipe.max_digits)
 
-    def example(rng: random.Random) -> tuple[str, list[tuple[str, bool]]]:
-        problem = task.sample(rng)
-        a, b = (int(x) for x in problem["prompt"].split(" + "))
-        before, response, after = completion(a, b, recipe, rng)
-        return problem["prompt"], [(before, True), (response, False), (after, True)]
-
     description = "building the tiny tool-calling base (one-off): pretraining"
-    pretrain_loop(model, tokenizer, example, recipe, out_dir, description)
+    pretrain_loop(model, tokenizer, lambda rng: pretraining_example(recipe, task, rng), recipe, out_dir, description)
 
 
 def tiny_tools_path(recipe: ToolBaseRecipe | None = None) -> Path:
-    """Path of the cached tool-calling base, pretrained first if it is not cached yet (about 4 minutes)."""
+    """Path of the cached tool-calling base, pretrained first if it is not cached yet (about 6 minutes on 2
+    CPU cores)."""
     from r1_lightning.tiny.base import cached_base
 
     return cached_base(
-        "tiny-tools", recipe or ToolBaseRecipe(), pretrain_tools, "tiny tool-calling base (one-off, about 4 minutes)"
+        "tiny-tools",
+        recipe or ToolBaseRecipe(),
+        pretrain_tools,
+        "tiny tool-calling base (one-off, about 6 minutes on 2 CPU cores)",
     )
