@@ -128,6 +128,31 @@ def table(showcase: str, results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(showcase: str, folders: list[Path], path: Path) -> None:
+    """Every run's curves of the showcase's first three keys (held-out evaluations) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = SHOWCASES[showcase]["keys"][:3]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
+    for index, folder in enumerate(folders):
+        rows: dict[int, dict[str, float]] = {}
+        for metrics in folder.glob("**/metrics.csv"):
+            for row in csv.DictReader(metrics.open()):
+                rows.setdefault(int(row["step"]), {}).update({k: float(v) for k, v in row.items() if v and "/" in k})
+        for axis, key in zip(axes, keys, strict=True):
+            steps = sorted(step for step, row in rows.items() if key in row)
+            axis.plot(steps, [rows[step][key] for step in steps], marker="o", label=f"run {index}")
+    for axis, key in zip(axes, keys, strict=True):
+        axis.set_title(key, fontsize=10)
+        axis.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
@@ -142,6 +167,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--collect", action="store_true", help="only read the runs already in --output")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw every run's curves into this PNG")
     args = parser.parse_args()
     output = args.output or Path("runs") / f"bench-{args.showcase}-seeds"
     output.mkdir(parents=True, exist_ok=True)
@@ -160,6 +186,8 @@ def main() -> None:
     path = args.json or ROOT / "benchmarks" / "results" / f"{args.showcase}-seeds-cpu.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"min_gain": min_gain, "runs": results}, indent=2) + "\n")
+    if args.plot:
+        plot(args.showcase, [output / f"run{i}" for i in indices], args.plot)
 
 
 if __name__ == "__main__":

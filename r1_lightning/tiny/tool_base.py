@@ -21,8 +21,8 @@ restated the operands in ``<think>`` right 15% of the time, and one with twice t
 tool's result into the answer 53% of the time (``1649`` became ``1679``: copying digit by digit, in a
 context where the operands repeat the same digits, jumps between them). RL could not make calling pay on
 those seeds (README, "Tool calls inside the rollout"). With whole-number tokens, copying is one token per
-operand, and the bases copy the operands and the result right on every problem of that check, even when the
-"tool" answers a wrong sum (they copy, they do not recompute). Without the tool they add three-digit numbers
+operand: base seeds 0 and 1 copy the operands right on 60 of 60 problems of that check, and the result on
+36-40 of 40, also when the "tool" answers a wrong sum (they copy, they do not recompute). Without the tool they add three-digit numbers
 almost never right, since a sum is not readable from the operands' tokens.
 
 The tool's response tokens carry no pretraining loss (as in RL, they are not the model's to predict).
