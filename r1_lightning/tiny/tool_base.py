@@ -22,8 +22,8 @@ tool's result into the answer 53% of the time (``1649`` became ``1679``: copying
 context where the operands repeat the same digits, jumps between them). RL could not make calling pay on
 those seeds (README, "Tool calls inside the rollout"). With whole-number tokens, copying is one token per
 operand: base seeds 0 and 1 copy the operands right on 60 of 60 problems of that check, and the result on
-36-40 of 40, also when the "tool" answers a wrong sum (they copy, they do not recompute). Without the tool they add three-digit numbers
-almost never right, since a sum is not readable from the operands' tokens.
+36-40 of 40, also when the "tool" answers a wrong sum (they copy, they do not recompute). Without the tool
+they add three-digit numbers almost never right, since a sum is not readable from the operands' tokens.
 
 The tool's response tokens carry no pretraining loss (as in RL, they are not the model's to predict).
 Whether RL with accuracy and format rewards only (never a reward for calling the tool) raises the call rate
