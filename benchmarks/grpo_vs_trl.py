@@ -79,6 +79,7 @@ class Setting:
     gradient_checkpointing: bool = False
     micro_batch: int | None = None  # completions per forward/backward (None: the whole batch at once)
     logprob_chunk_size: int | None = None  # r1-lightning's chunked log-probs (None: auto; 0: full logits)
+    mlp_tile_tokens: int = 0  # r1-lightning's token-tiled MLPs (0: off)
 
 
 @dataclass
@@ -176,6 +177,7 @@ def run_ours(model_path: Path, prompts: list[dict], s: Setting, work: Path) -> R
         loss_type="sequence",
         micro_batch_size=s.micro_batch,
         logprob_chunk_size=s.logprob_chunk_size,
+        mlp_tile_tokens=s.mlp_tile_tokens,
         sampling=SamplingConfig(temperature=1.0, max_new_tokens=s.max_new_tokens),
         validate_at_start=False,
         export_dir=str(work / "ours_hf"),

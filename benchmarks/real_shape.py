@@ -70,6 +70,7 @@ def child(spec: dict) -> None:
         spec["dtype"],
         micro_batch=spec["micro_batch"],
         logprob_chunk_size=spec.get("chunk"),
+        mlp_tile_tokens=spec.get("mlp_tile_tokens", 0),
     )
     if spec["framework"] == "floor":  # the step's matrix products alone (benchmarks/gemm_floor.py)
         floor = bench.floor_result(Path(spec["model"]), bench.make_prompts(spec["prompts"]), setting)
@@ -150,15 +151,24 @@ def table(rows: list[dict]) -> str:
                 f"| {row['layers']} | {row['tokens']} | {floor:.1f} "
                 f"| {row['ours']['seconds_per_step'] / floor:.2f}x | {against_trl} |"
             )
-    full = [row for row in rows if "ours_full_logits" in row]
-    if full:
-        lines += ["", "| layers | new tokens | r1-lightning, full logits (logprob_chunk_size 0): s/step | peak GiB |"]
-        lines += ["|---|---|---|---|"]
-        for row in full:
-            r = row["ours_full_logits"]
-            lines.append(
-                f"| {row['layers']} | {row['tokens']} | {_cell(r, 'seconds_per_step')} | {_cell(r, 'peak_rss_gb')} |"
-            )
+    for key, title in (
+        ("ours_full_logits", "full logits (logprob_chunk_size 0)"),
+        ("ours_tiled_mlp", "token-tiled MLPs (mlp_tile_tokens)"),
+    ):
+        variant = [row for row in rows if key in row]
+        if variant:
+            lines += [
+                "",
+                f"| layers | new tokens | r1-lightning, {title}: s/step | time ratio | peak GiB | memory ratio |",
+            ]
+            lines += ["|---|---|---|---|---|---|"]
+            for row in variant:
+                r, trl = row[key], row["trl"]
+                lines.append(
+                    f"| {row['layers']} | {row['tokens']} | {_cell(r, 'seconds_per_step')} "
+                    f"| {_ratio(r, trl, 'seconds_per_step')} | {_cell(r, 'peak_rss_gb')} "
+                    f"| {_ratio(r, trl, 'peak_rss_gb')} |"
+                )
     return "\n".join(lines)
 
 
@@ -192,6 +202,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--unchunked", action="store_true", help="also r1-lightning with logprob_chunk_size 0")
+    parser.add_argument("--mlp_tile_tokens", type=int, default=0, help="also r1-lightning with token-tiled MLPs")
     parser.add_argument("--floor", action="store_true", help="also the step's GEMM floor (benchmarks/gemm_floor.py)")
     parser.add_argument("--target", type=int, choices=[1, 2], default=None, help="only this one of the two targets")
     parser.add_argument("--device", default="cpu")
@@ -221,9 +232,11 @@ def main() -> None:
             spec = dict(row, model=str(models[layers]), steps=steps, device=args.device, dtype=args.dtype)
             variants = [(f, {}) for f in args.frameworks]
             variants += [("ours_full_logits", {"chunk": 0})] if args.unchunked else []
+            tiled = {"mlp_tile_tokens": args.mlp_tile_tokens}
+            variants += [("ours_tiled_mlp", tiled)] if args.mlp_tile_tokens else []
             variants += [("floor", {})] if args.floor else []
             for name, extra in variants:
-                framework = {"trl": "trl", "floor": "floor"}.get(name, "ours")
+                framework = {"trl": "trl", "floor": "floor"}.get(name, "ours")  # ours_* variants are ours
                 row[name] = run_child({**spec, **extra, "framework": framework}, args.max_rss_gb)
                 print(f"{name} {row}", file=sys.stderr, flush=True)
             rows.append(row)

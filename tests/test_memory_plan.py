@@ -53,6 +53,11 @@ def test_terms_by_hand():
     assert estimate_memory(policy, None, "adamw_8bit", 8, 10, 6, 4, None, 16, 0).optimizer == 2 * params
     lean = estimate_memory(policy, None, "adamw", 8, 10, 6, 4, None, 16, 0, checkpointing=True)
     assert lean.activations < estimate.activations
+    # token-tiled MLPs: the 4 x 96 MLP floats per token and layer go, one 8-token tile's come back
+    tiled = estimate_memory(policy, reference, "adamw", 8, 10, 6, 4, None, 16, 1000, mlp_tile_tokens=8)
+    assert estimate.activations - tiled.activations == (4 * 16 * 2 - 8) * 4 * 96 * 4
+    untiled = estimate_memory(policy, reference, "adamw", 8, 10, 6, 4, None, 16, 1000, mlp_tile_tokens=64)
+    assert untiled.activations == estimate.activations  # 64 tokens in one tile: nothing is tiled
 
 
 def test_a_run_above_the_machine_is_refused_in_one_line_before_sampling(monkeypatch, tiny_model_and_tokenizer):

@@ -54,6 +54,7 @@ from r1_lightning.models.loading import (
     optimizer_and_scheduler,
 )
 from r1_lightning.models.strategies import gathered, is_sharded, shard_model
+from r1_lightning.models.tiled_mlp import tile_mlps
 from r1_lightning.rewards import resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.training.async_rollouts import AsyncRollouts
@@ -163,6 +164,8 @@ class GRPOModule(
             (policy, old policy, reference, entropy): no ``[rows, tokens, vocab]`` logits are built, and
             backward recomputes each chunk's. null (default) = about 64 MiB of float32 logits per chunk
             (110 tokens at a 151,936-token vocabulary); 0 = full logits (same values to float rounding).
+        mlp_tile_tokens: run each decoder layer's MLP over tiles of this many tokens in training forwards,
+            each recomputed in backward (:mod:`r1_lightning.models.tiled_mlp`); 0 (default) = off.
         ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never;
             R1 used 400). TRL's name; the only reset there is (:mod:`r1_lightning.training.reference`).
         lr: peak learning rate of AdamW.
@@ -240,6 +243,7 @@ class GRPOModule(
         micro_batch_tokens: int | None = None,
         share_prompt_prefix: bool = True,
         logprob_chunk_size: int | None = None,
+        mlp_tile_tokens: int = 0,
         ref_model_sync_steps: int | None = None,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
@@ -289,6 +293,7 @@ class GRPOModule(
         if self.lora is not None:
             quantized = hp.quantization is not None
             self.policy = apply_lora(self.policy, self.lora, quantized, hp.gradient_checkpointing)
+        tile_mlps(self.policy, hp.mlp_tile_tokens)
         check_lengths(self.policy, self.sampling, self.val_sampling)
         self.logprob_chunk = resolve_chunk_size(hp.logprob_chunk_size, self.policy)
         self.generator = build_rollout_engine(hp.rollout_engine, hp.vllm or {}, hp.quantization, self.tokenizer)

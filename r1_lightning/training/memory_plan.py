@@ -14,7 +14,8 @@ Terms (bytes; ``e`` the parameter element size, ``h`` hidden, ``i`` MLP width, `
   activation and product of the MLP); ``tokens`` counts each group's prompt once when prompts are
   shared; plus one ``logprob_chunk_size x V`` block of float32 logits three times over (logits,
   probabilities, their gradient). With gradient checkpointing each layer keeps only its input (``h``) and
-  one layer at a time is recomputed;
+  one layer at a time is recomputed; with ``mlp_tile_tokens`` the MLP's four terms are kept for one tile
+  only;
 - **runtime**: what the process holds besides the weights (Python, torch, libraries, data): measured as
   resident memory minus the weights when the estimate is made, plus :data:`TRAINING_CODE_BYTES` for the
   library code and workspaces the first backward and optimizer step bring in (CPU); 0 on a GPU.
@@ -107,6 +108,7 @@ def estimate_memory(
     chunk_size: int,
     runtime: int,
     checkpointing: bool = False,
+    mlp_tile_tokens: int = 0,
 ) -> MemoryEstimate:
     """The terms of the module docstring for one rank. ``generation_rows`` is the largest batch of
     completions sampled at once; ``micro_batch_rows`` the rows of the largest training micro-batch;
@@ -126,7 +128,10 @@ def estimate_memory(
     tokens = (max(prompts, 1) * prompt_tokens if group_size else micro_batch_rows * prompt_tokens) + (
         micro_batch_rows * max_new_tokens
     )
-    layer = 8 * hidden + 4 * inter + 2 * kv + heads
+    mlp = 4 * inter  # gate, up, activation and product, per token
+    # token-tiled MLPs (models/tiled_mlp.py) keep none of these; backward recomputes one tile at a time
+    tiled = mlp_tile_tokens > 0 and not checkpointing and tokens > mlp_tile_tokens
+    layer = 8 * hidden + (0 if tiled else mlp) + 2 * kv + heads
     # gradient checkpointing keeps each layer's input and recomputes one layer at a time in backward
     per_token = (layers * hidden + layer if checkpointing else layers * layer) + 2 * hidden
     scored = micro_batch_rows * max_new_tokens  # a chunk never spans more than the micro-batch's tokens
@@ -137,7 +142,7 @@ def estimate_memory(
         gradients=_bytes(trainable),
         optimizer=sum(p.numel() for p in trainable) * moments,
         kv_cache=kv_cache,
-        activations=tokens * per_token * element + head_block,
+        activations=tokens * per_token * element + head_block + (mlp * mlp_tile_tokens * element if tiled else 0),
         phases_share_memory=next(policy.parameters()).device.type != "cpu",
     )
 
@@ -175,6 +180,7 @@ class MemoryPlanning:
             self.logprob_chunk,
             0,
             hp.gradient_checkpointing,
+            getattr(hp, "mlp_tile_tokens", 0),
         )
         if device.type == "cpu":  # what the process holds besides the weights (policy and reference) it loaded
             runtime = max(resident_bytes() - estimate.weights, 0) + TRAINING_CODE_BYTES
