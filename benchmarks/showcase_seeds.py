@@ -82,14 +82,20 @@ def run(showcase: str, index: int, output: Path, threads: int) -> dict:
     return {**collect(showcase, index, folder), "minutes": (time.perf_counter() - started) / 60}
 
 
-def collect(showcase: str, index: int, folder: Path) -> dict:
-    """A run's first and last evaluation, read from its ``metrics.csv`` (``--collect`` reads finished or
-    stopped runs this way without running them again)."""
-    spec = SHOWCASES[showcase]
+def metric_rows(folder: Path) -> dict[int, dict[str, float]]:
+    """Every logged metric of a run, by step, from the ``metrics.csv`` files under ``folder``."""
     rows: dict[int, dict[str, float]] = {}
     for path in folder.glob("**/metrics.csv"):
         for row in csv.DictReader(path.open()):
             rows.setdefault(int(row["step"]), {}).update({k: float(v) for k, v in row.items() if v and "/" in k})
+    return rows
+
+
+def collect(showcase: str, index: int, folder: Path) -> dict:
+    """A run's first and last evaluation, read from its ``metrics.csv`` (``--collect`` reads finished or
+    stopped runs this way without running them again)."""
+    spec = SHOWCASES[showcase]
+    rows = metric_rows(folder)
     evals = sorted(step for step, row in rows.items() if "val/pass@1" in row)
     return {
         "run": index,
@@ -138,10 +144,7 @@ def plot(showcase: str, folders: list[Path], path: Path) -> None:
     keys = SHOWCASES[showcase]["keys"][:3]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
     for index, folder in enumerate(folders):
-        rows: dict[int, dict[str, float]] = {}
-        for metrics in folder.glob("**/metrics.csv"):
-            for row in csv.DictReader(metrics.open()):
-                rows.setdefault(int(row["step"]), {}).update({k: float(v) for k, v in row.items() if v and "/" in k})
+        rows = metric_rows(folder)
         for axis, key in zip(axes, keys, strict=True):
             steps = sorted(step for step, row in rows.items() if key in row)
             axis.plot(steps, [rows[step][key] for step in steps], marker="o", label=f"run {index}")

@@ -3,14 +3,14 @@
 Pretrained offline on "web text" of 1-3-digit additions (:class:`CarryAdditionTask` problems):
 
 - ``direct`` (most of the text): ``<think>47+85=132</think> <answer>132</answer>``;
-- ``tool`` (15% of the additions): the same start, then the calculator instead of a guess, in the Hermes
+- ``tool`` (5% of the additions): the same start, then the calculator instead of a guess, in the Hermes
   tag format the decode loop serves (:mod:`r1_lightning.generation.tools`):
   ``<think>47+85=<tool_call>{"name": "add", "arguments": {"a": 47, "b": 85}}</tool_call>``
   ``<tool_response>132</tool_response></think> <answer>132</answer>``, so the choice to call is one
   decision, right after ``a+b=``;
 - ``untagged``: ``The answer is 132.`` (no format);
 
-and on ``products`` (a fifth of all texts): ``12 * 34`` worked with the calculator's ``multiply``, which a
+and on ``products`` (a tenth of all texts): ``12 * 34`` worked with the calculator's ``multiply``, which a
 model this small cannot compute, so only copying the operands into the call and the response into the
 answer predicts them (:func:`product_text`).
 
@@ -53,7 +53,7 @@ class ToolBaseRecipe(AdditionPretraining):
     """Corpus mix on top of the problem sizes and the pretraining run: ``products`` of all texts are products
     worked with the calculator; the rest are additions in :data:`STYLES` with these probabilities. The
     earlier recipe (``corpus`` 2: digit tokens, 25% calls, no products, 800 steps) held on 1 base seed of 3
-    (``benchmarks/results/tools-seeds-cpu.json``)."""
+    (``benchmarks/results/tools-seeds-recipe2-cpu.json``)."""
 
     steps: int = 1000
     direct: float = 0.85
@@ -61,7 +61,7 @@ class ToolBaseRecipe(AdditionPretraining):
     untagged: float = 0.10
     products: float = 0.1  # the share of extra texts: a product worked with the calculator's `multiply`
     number_tokens: int = 1000  # numbers 10..number_tokens-1 are single tokens (0: one token per digit)
-    corpus: int = 3  # the text's version (part of the cache key): 3 = products added
+    corpus: int = 3  # the text's version (part of the cache key): 3 = number tokens, products
 
 
 def tool_call_text(a: int, b: int, name: str = "add") -> str:

@@ -180,7 +180,7 @@ class MemoryPlanning:
             self.logprob_chunk,
             0,
             hp.gradient_checkpointing,
-            getattr(hp, "mlp_tile_tokens", 0),
+            hp.mlp_tile_tokens,
         )
         if device.type == "cpu":  # what the process holds besides the weights (policy and reference) it loaded
             runtime = max(resident_bytes() - estimate.weights, 0) + TRAINING_CODE_BYTES
