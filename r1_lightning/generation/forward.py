@@ -10,6 +10,7 @@ at a time, recomputed in backward (:mod:`r1_lightning.models.chunked_logprobs`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,14 +20,29 @@ from r1_lightning.hf_compat import cache_argument, returned_cache
 from r1_lightning.models.chunked_logprobs import head_scores, hidden_states_as_logits
 from r1_lightning.models.logprobs import token_entropy, token_logprobs
 
+#: ``score(head, hidden, tokens, temperature)``: (log-probs, entropies) of ``tokens``, or None to leave the
+#: scoring to the chunked head
+Scorer = Callable[[Any, torch.Tensor, torch.Tensor, float], "tuple[torch.Tensor, torch.Tensor | None] | None"]
+
 
 def _scores(
-    outputs: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool, head: Any = None, chunk_size=0
+    outputs: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    head: Any = None,
+    chunk_size: int = 0,
+    score: Scorer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of ``tokens`` (and entropies) from the forward's outputs aligned with them (logits, or
     final hidden states to put through ``head`` by chunks), at the sampling temperature (greedy sampling,
-    T = 0, scores the unscaled distribution)."""
+    T = 0, scores the unscaled distribution). ``score``, when given and it accepts the head, scores instead
+    (the policy's fused head and loss: :mod:`r1_lightning.training.policy_loss`)."""
     scale = temperature if temperature > 0 else 1.0
+    if head is not None and score is not None:
+        scored = score(head, outputs, tokens, scale)
+        if scored is not None:
+            return scored
     if head is not None:
         return head_scores(head, outputs, tokens, scale, chunk_size, with_entropy)
     # (no gradient through the full-logits entropy: it would keep a log-softmax copy of every row; an entropy
@@ -47,6 +63,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_size: int = 0,
+    score: Scorer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[N, L]`` (and entropies) of the completion tokens under ``model``, one forward pass.
 
@@ -64,7 +81,7 @@ def completion_logprobs(
             logits_to_keep=completion_length + 1,
             use_cache=False,
         ).logits[:, :-1, :]
-    return _scores(outputs, input_ids[:, prompt_length:], temperature, with_entropy, head, chunk_size)
+    return _scores(outputs, input_ids[:, prompt_length:], temperature, with_entropy, head, chunk_size, score)
 
 
 def shared_prefix_logprobs(
@@ -76,6 +93,7 @@ def shared_prefix_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_size: int = 0,
+    score: Scorer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same result as :func:`completion_logprobs`, running each distinct prompt once.
 
@@ -114,7 +132,7 @@ def shared_prefix_logprobs(
         logits = out.logits[:, -1:, :][index]
         if completion_logits is not None:
             logits = torch.cat([logits, completion_logits], dim=1)
-    return _scores(logits, input_ids[:, prompt_length:], temperature, with_entropy, head, chunk_size)
+    return _scores(logits, input_ids[:, prompt_length:], temperature, with_entropy, head, chunk_size, score)
 
 
 def micro_batch_logprobs(
@@ -125,6 +143,7 @@ def micro_batch_logprobs(
     group_size: int | None = None,
     with_entropy: bool = False,
     chunk_size: int = 0,
+    score: Scorer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``[m, mb.completion_length]`` (and entropies) of one micro-batch's rows, padding trimmed.
 
@@ -134,9 +153,11 @@ def micro_batch_logprobs(
     if group_size:
         groups = mb.rows // group_size
         return shared_prefix_logprobs(
-            model, input_ids, attention_mask, prompt_length, groups, temperature, with_entropy, chunk_size
+            model, input_ids, attention_mask, prompt_length, groups, temperature, with_entropy, chunk_size, score
         )
-    return completion_logprobs(model, input_ids, attention_mask, prompt_length, temperature, with_entropy, chunk_size)
+    return completion_logprobs(
+        model, input_ids, attention_mask, prompt_length, temperature, with_entropy, chunk_size, score
+    )
 
 
 @torch.no_grad()

@@ -39,7 +39,6 @@ from typing_extensions import override
 
 from r1_lightning.callbacks import CompletionLogCallback, RewardLoggingCallback, RolloutCallback
 from r1_lightning.evaluation.grpo_validation import GRPOEvaluation, validation_due
-from r1_lightning.generation.forward import micro_batch_logprobs
 from r1_lightning.generation.mismatch import MismatchMeter
 from r1_lightning.generation.rollout import Generation, Rollout, SamplingConfig
 from r1_lightning.generation.sampler import TorchGenerator
@@ -75,9 +74,9 @@ from r1_lightning.training.losses import (
     LossParameters,
     LossType,
     RewardScaling,
-    grpo_loss,
 )
 from r1_lightning.training.memory_plan import MemoryPlanning
+from r1_lightning.training.policy_loss import PolicyLoss
 from r1_lightning.training.reference import FrozenReference
 from r1_lightning.training.rollout_making import RolloutMaking
 
@@ -90,6 +89,7 @@ class GRPOModule(
     MemoryPlanning,
     PolicyExport,
     LossMasks,
+    PolicyLoss,
     RolloutMaking,
     AsyncRollouts,
     L.LightningModule,
@@ -166,6 +166,9 @@ class GRPOModule(
             (110 tokens at a 151,936-token vocabulary); 0 = full logits (same values to float rounding).
         mlp_tile_tokens: run each decoder layer's MLP over tiles of this many tokens in training forwards,
             each recomputed in backward (:mod:`r1_lightning.models.tiled_mlp`); 0 (default) = off.
+        fused_head_loss: compute the output head's gradient in the policy's forward, with the log-probs, where
+            the loss is token-separable (one process; :mod:`r1_lightning.training.policy_loss`): the head's
+            logits are not recomputed in backward. Same loss and gradients; the run's log says which path ran.
         ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never;
             R1 used 400). TRL's name; the only reset there is (:mod:`r1_lightning.training.reference`).
         lr: peak learning rate of AdamW.
@@ -244,6 +247,7 @@ class GRPOModule(
         share_prompt_prefix: bool = True,
         logprob_chunk_size: int | None = None,
         mlp_tile_tokens: int = 0,
+        fused_head_loss: bool = True,
         ref_model_sync_steps: int | None = None,
         lr: float = 1e-6,
         weight_decay: float = 0.0,
@@ -397,37 +401,26 @@ class GRPOModule(
         )
         stats = {"loss": 0.0, "policy_loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
         mismatch = MismatchMeter(self.hparams.mismatch_threshold)
-        started, chunk_size = time.perf_counter(), self.logprob_chunk
+        started = time.perf_counter()
         drift = 0.0  # sum of |log pi_theta - log pi_old| over the first pass's tokens
         # Gradients sync across DDP ranks once per optimizer step, on the last micro-batch.
         block_sync = getattr(self.trainer.strategy, "block_backward_sync", None)
         # On one process the embedding's and the head's gradients go straight into .grad (models/grads_in_place.py)
         in_place = isinstance(self.trainer.strategy, SingleDeviceStrategy)
+        fuse = self.fused_path(rollout) is None
         for iteration in range(mu):
             for index, mb in enumerate(plans):
-                rows, cols = mb.rows.to(mask.device), slice(0, mb.completion_length)
-                part_mask = mask[rows, cols]
+                part_mask = mask[mb.rows.to(mask.device), : mb.completion_length]
                 last = index == len(plans) - 1
                 synced = contextlib.nullcontext() if last or block_sync is None else block_sync()
                 with synced, grads_in_place(self.policy, enabled=in_place):
-                    logprobs, entropy = micro_batch_logprobs(
-                        self.policy, gen, mb, self.sampling.temperature, self.shared_group_size, True, chunk_size
-                    )
-                    old = rollout.old_logprobs[rows, cols] if rollout.old_logprobs is not None else logprobs.detach()
-                    ref = None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows, cols]
-                    sampled = None if gen.sample_logprobs is None else gen.sample_logprobs[rows, cols]
-                    if sampled is not None and iteration == 0:  # the sampler's gap to the weights that sampled
-                        mismatch.add(old, sampled, part_mask)
-                    if iteration == 0 and rollout.old_logprobs is not None:  # how far the weights moved since
-                        drift += float(((logprobs.detach() - old).abs() * part_mask).sum())
-                    weights = self.sampler_weights(old, sampled, part_mask)
-                    masks = self.loss_masks(logprobs, entropy, rollout.advantages[rows], old, sampled, part_mask)
-                    out = grpo_loss(
-                        logprobs, old, rollout.advantages[rows], part_mask, ref_logprobs=ref, is_weights=weights,
-                        entropy=entropy,
-                        **masks, **self.loss_settings, **totals, num_micro_batches=len(plans),
-                    )  # fmt: skip
-                    self.manual_backward(out.loss)
+                    step = self.micro_batch_loss(rollout, mb, part_mask, totals, len(plans), fuse)
+                    self.manual_backward(step.loss)
+                out, logprobs, entropy, old = step.out, step.logprobs, step.entropy, step.old
+                if step.sampled is not None and iteration == 0:  # the sampler's gap to the weights that sampled
+                    mismatch.add(old, step.sampled, part_mask)
+                if iteration == 0 and rollout.old_logprobs is not None:  # how far the weights moved since
+                    drift += float(((logprobs.detach() - old).abs() * part_mask).sum())
                 share = part_mask.sum().item() / max(local_tokens, 1.0) / mu
                 stats["loss"] += out.loss.item() / mu
                 stats["policy_loss"] += out.policy_loss.item() / mu

@@ -1,0 +1,142 @@
+"""The policy's output head and a token-separable loss in one pass over the vocabulary: each chunk's logits
+give its log-probs and, while still in hand, their gradient. Liger's fused linear GRPO loss does the same.
+
+:mod:`r1_lightning.models.chunked_logprobs` keeps only ``logsumexp`` per token in forward and recomputes each
+chunk's logits in backward: the head's products run four times per token (forward, recompute, ``dL/dh``,
+``dL/dW``). When the loss is *token-separable*, ``L = sum_t f_t(log p_t, H_t)`` with every ``f_t`` a function of
+its own token's log-prob and entropy only (the per-token GRPO family with token-level ratios and masks fixed
+before the step), the upstream gradient of token ``t`` is known as soon as ``log p_t`` is::
+
+    g_t = dL / d log p_t,   e_t = dL / d H_t           (autograd over the loss, evaluated on the values so far)
+    dL/dz_t = g_t (onehot(y_t) - p_t) - e_t p_t (log p_t + H_t),     z_t = W h_t / T
+    dL/dh_t = (dL/dz_t) W / T,   dL/dW += (dL/dz_t)^T h_t / T
+
+so the chunk's ``dL/dh`` and ``dL/dW`` are computed right there, and backward only hands ``dL/dh`` to the
+decoder layers: three head products per token instead of four, one exponential pass over ``[chunk, vocab]``
+instead of three. ``g_t`` comes from the caller's own loss function (``token_grads``), evaluated on the full
+``[rows, tokens]`` log-probs with the positions not yet scored holding placeholder values; separability is what
+makes those placeholders irrelevant, and :func:`r1_lightning.training.policy_loss.fusable` decides it.
+
+The head's weight gradient is written into ``.grad`` during the forward (the in-place path of
+:mod:`r1_lightning.models.grads_in_place`, one process, a plain float32-or-wider parameter), which assumes the
+returned anchor is back-propagated with gradient 1 (an unscaled loss): backward checks that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from r1_lightning.models import grads_in_place
+from r1_lightning.models.chunked_logprobs import _compute_dtype, _logits
+
+#: ``token_grads(logprobs, entropy, rows) -> (g, e)``: the loss's gradient with respect to the log-probs (and
+#: to the entropies, or None when the loss has no entropy term) of the flat positions ``rows``, given the flat
+#: log-probs and entropies scored so far
+TokenGrads = Callable[[torch.Tensor, torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def can_fuse(head: Any, hidden: torch.Tensor) -> bool:
+    """Whether :func:`fused_head_loss` applies to ``head``: a plain ``nn.Linear`` whose weight (and bias) may
+    take their gradient in place (inside :func:`grads_in_place`, an eligible parameter of the compute dtype)."""
+    if type(head) is not torch.nn.Linear or not grads_in_place.active():
+        return False
+    dtype = _compute_dtype(hidden)
+    bias_ok = head.bias is None or grads_in_place.eligible(head.bias, dtype)
+    return grads_in_place.eligible(head.weight, dtype) and bias_ok
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        tokens: torch.Tensor,
+        initial: torch.Tensor,
+        temperature: float,
+        chunk_size: int,
+        token_grads: TokenGrads,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = _compute_dtype(hidden)
+        logprobs = initial.detach().to(dtype).clone()  # placeholders until each chunk is scored
+        entropy = torch.zeros_like(logprobs)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = grads_in_place.grad_buffer(weight)
+        grad_bias = None if bias is None else grads_in_place.grad_buffer(bias)
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = _logits(hidden[rows], weight, bias, temperature)
+            peak = logits.amax(-1, keepdim=True)
+            probs = (logits - peak).exp_()  # the one exponential pass: softmax, logsumexp and entropy from it
+            total = probs.sum(-1, keepdim=True)
+            logsumexp = peak.add_(total.log())
+            probs.div_(total)
+            logprobs[rows] = logits.gather(-1, tokens[rows, None]).squeeze(-1) - logsumexp.squeeze(-1)
+            entropy[rows] = logsumexp.squeeze(-1) - torch.linalg.vecdot(probs, logits)
+            g, e = token_grads(logprobs, entropy, rows)
+            g = g.to(dtype)
+            if e is None:  # dL/dz = g (onehot - p), built in the softmax's buffer
+                dlogits = probs.mul_(-g[:, None])
+            else:  # minus e p (log p + H): (z - logsumexp + H) e + g, times -p
+                weights = logits.sub_(logsumexp).add_(entropy[rows, None]).mul_(e.to(dtype)[:, None])
+                dlogits = weights.add_(g[:, None]).mul_(probs).neg_()
+            del logits, probs
+            dlogits.scatter_add_(-1, tokens[rows, None], g[:, None])
+            if temperature != 1.0:
+                dlogits.div_(temperature)
+            grad_hidden[rows] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
+            grad_weight.addmm_(dlogits.t(), hidden[rows].to(dtype))
+            if grad_bias is not None:
+                grad_bias += dlogits.sum(0)
+            del dlogits
+        ctx.save_for_backward(grad_hidden)
+        ctx.mark_non_differentiable(logprobs, entropy)
+        return logprobs, entropy, hidden.new_zeros((), dtype=dtype)
+
+    @staticmethod
+    def backward(ctx: Any, _logprobs: Any, _entropy: Any, grad_anchor: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        (grad_hidden,) = ctx.saved_tensors
+        if float(grad_anchor) != 1.0:
+            raise RuntimeError(
+                "the fused head+loss wrote the head's gradient for an unscaled loss, but backward got gradient "
+                f"{float(grad_anchor)} (a loss scaler?); set `fused_head_loss: false`"
+            )
+        return grad_hidden, None, None, None, None, None, None, None
+
+
+def fused_head_loss(
+    head: torch.nn.Linear,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    initial: torch.Tensor,
+    temperature: float,
+    chunk_size: int,
+    token_grads: TokenGrads,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs ``[...]`` and entropies ``[...]`` of ``tokens`` (values, no gradient) and an *anchor*: a zero
+    scalar whose backward (with gradient 1) delivers the loss's gradient to ``hidden`` ``[..., H]``; the
+    head's weight (and bias) gradients are already in ``.grad`` when this returns (module docstring).
+
+    ``initial`` ``[...]`` holds the placeholder log-probs of positions not yet scored (the old policy's, so
+    that ratios there are 1); ``token_grads`` gets and returns flat tensors. Add the anchor to the loss's
+    detached value and back-propagate that.
+    """
+    if not can_fuse(head, hidden):
+        raise ValueError("fused_head_loss needs a plain nn.Linear head inside grads_in_place (see can_fuse)")
+    shape = tokens.shape
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    logprobs, entropy, anchor = _FusedHeadLoss.apply(
+        flat_hidden,
+        head.weight,
+        head.bias,
+        tokens.reshape(-1),
+        initial.reshape(-1),
+        float(temperature),
+        chunk_size,
+        token_grads,
+    )
+    return logprobs.view(shape), entropy.view(shape), anchor
