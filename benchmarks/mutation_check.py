@@ -43,8 +43,8 @@ MUTATIONS: dict[str, tuple[str, str, str]] = {
     ),
     "no_length_normalisation": (
         "r1_lightning/training/losses.py",
-        "        per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)\n",
-        "        per_sequence = (per_token * mask).sum(-1)\n",
+        "        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_sequences\n",
+        "        return masked.sum(-1).sum() / num_sequences\n",
     ),
     "reference_reset_noop": (
         "r1_lightning/training/reference.py",
@@ -60,6 +60,16 @@ MUTATIONS: dict[str, tuple[str, str, str]] = {
         "r1_lightning/models/logprobs.py",
         "    if temperature != 1.0:\n        logits = logits / temperature\n",
         "",
+    ),
+    "fused_head_temperature_ignored": (  # the fused head+loss's gradient, not through z = W h / T
+        "r1_lightning/models/fused_head_loss.py",
+        "            if temperature != 1.0:\n                dlogits.div_(temperature)\n",
+        "",
+    ),
+    "fused_head_wrong_token_gradients": (  # each chunk handed the first chunk's per-token loss gradients
+        "r1_lightning/models/fused_head_loss.py",
+        "            g, e = token_grads(logprobs, entropy, rows)\n",
+        "            g, e = token_grads(logprobs, entropy, slice(0, rows.stop - rows.start))\n",
     ),
     "logits_not_shifted": (
         "r1_lightning/generation/forward.py",

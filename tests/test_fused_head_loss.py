@@ -44,8 +44,10 @@ def _rollout(module: GRPOModule, stored_old: bool, sampled: bool) -> Rollout:
     return Rollout(gen, old, ref, torch.zeros(N), advantages, {}, G)
 
 
-def _step(module: GRPOModule, rollout: Rollout, fuse: bool, temperature: float):
-    """Loss and every weight's gradient over two micro-batches (two groups), as the training step runs them."""
+def _step(module: GRPOModule, rollout: Rollout, fuse: bool, temperature: float, in_place: bool = True, scale=1.0):
+    """Loss and every weight's gradient over two micro-batches (two groups), as the training step runs them
+    (``in_place``: one process, the head's gradient written into ``.grad``; else handed to autograd, as under
+    DDP and FSDP2; ``scale``: a loss scaler's factor)."""
     module.policy.zero_grad(set_to_none=True)
     module.sampling = module.sampling.__class__(temperature=temperature, max_new_tokens=L)
     mask = rollout.generation.trained_mask()
@@ -53,9 +55,9 @@ def _step(module: GRPOModule, rollout: Rollout, fuse: bool, temperature: float):
     losses = []
     for rows in (torch.tensor([0, 1]), torch.tensor([2, 3])):
         mb = MicroBatch(rows, 0, L)
-        with grads_in_place(module.policy):
+        with grads_in_place(module.policy, enabled=in_place):
             step = module.micro_batch_loss(rollout, mb, mask[rows], totals, 2, fuse)
-            step.loss.backward()
+            (step.loss * scale).backward()
         losses.append(float(step.loss.detach()))
     grads = {name: p.grad.clone() for name, p in module.policy.named_parameters() if p.grad is not None}
     return losses, grads
@@ -86,6 +88,31 @@ def test_fused_equals_the_recomputing_head(settings, stored_old):
     losses, got = _step(module, rollout, True, temperature)
     assert losses == pytest.approx(expected_losses, rel=1e-5, abs=1e-7)
     assert got.keys() == expected.keys() and len(got) > 3
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("scale", [1.0, 64.0])
+def test_fused_under_autograds_accumulator_equals_the_recomputing_head(scale):
+    """Without in-place gradients (DDP, FSDP2) the head's gradient reaches autograd in backward, scaled by the
+    loss's gradient (a loss scaler's factor)."""
+    module = _module(entropy_coef=0.05)
+    rollout = _rollout(module, True, False)
+    _, expected = _step(module, rollout, False, 0.7, in_place=False, scale=scale)
+    _, got = _step(module, rollout, True, 0.7, in_place=False, scale=scale)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+
+def test_a_frozen_head_gets_no_gradient_and_the_layers_the_same():
+    module = _module()
+    head = module.policy.get_output_embeddings()
+    head.weight.requires_grad_(False)  # (tied: the embedding is frozen with it, as LoRA leaves both)
+    rollout = _rollout(module, False, False)
+    _, expected = _step(module, rollout, False, 1.0)
+    _, got = _step(module, rollout, True, 1.0)
+    frozen = {name for name, p in module.policy.named_parameters() if p is head.weight}
+    assert got.keys() == expected.keys() and frozen and not frozen & got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
 

@@ -124,14 +124,15 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return logits
 
 
-def default_chunk_size(vocab_size: int, block_bytes: int = 64 * 1024**2) -> int:
-    """Tokens per chunk so that one float32 ``[chunk, vocab]`` block is about ``block_bytes`` (64 MiB):
-    ~110 tokens at a 151,936-token vocabulary, the whole micro-batch at a 500-token one. Big enough for
-    the head's matrix products to run at full speed, small enough that the few such blocks alive at once
-    stay far below the model's own memory.
+def default_chunk_size(vocab_size: int, block_bytes: int = 128 * 1024**2) -> int:
+    """Tokens per chunk so that one float32 ``[chunk, vocab]`` block is about ``block_bytes`` (128 MiB):
+    ~220 tokens at a 151,936-token vocabulary, the whole micro-batch at a 500-token one. Big enough for
+    the head's matrix products to run near full speed (measured on a 2-core AVX-512 CPU at hidden 896: 110-token
+    chunks cost 9% more per token than 220-token ones, 440-token ones 3% less but 0.65 GiB more peak), small
+    enough that the two or three such blocks alive at once stay far below the model's own memory.
 
     >>> default_chunk_size(151936), default_chunk_size(500)
-    (110, 33554)
+    (220, 67108)
     """
     return max(1, block_bytes // (4 * vocab_size))
 

@@ -17,9 +17,11 @@ instead of three. ``g_t`` comes from the caller's own loss function (``token_gra
 ``[rows, tokens]`` log-probs with the positions not yet scored holding placeholder values; separability is what
 makes those placeholders irrelevant, and :func:`r1_lightning.training.policy_loss.fusable` decides it.
 
-The head's weight gradient is written into ``.grad`` during the forward (the in-place path of
-:mod:`r1_lightning.models.grads_in_place`, one process, a plain float32-or-wider parameter), which assumes the
-returned anchor is back-propagated with gradient 1 (an unscaled loss): backward checks that.
+The head's weight gradient is computed during the forward. On one process it is written straight into
+``.grad`` (:mod:`r1_lightning.models.grads_in_place`, a plain parameter of the compute dtype), which assumes the
+returned anchor is back-propagated with gradient 1 (an unscaled loss; backward checks). Otherwise (DDP, FSDP2,
+bf16 weights) it is kept and handed to autograd in backward, scaled by the anchor's gradient, so that the
+accumulator's hooks (all-reduce, reduce-scatter) see it as they see every other weight's.
 """
 
 from __future__ import annotations
@@ -38,14 +40,10 @@ from r1_lightning.models.chunked_logprobs import _compute_dtype, _logits
 TokenGrads = Callable[[torch.Tensor, torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def can_fuse(head: Any, hidden: torch.Tensor) -> bool:
-    """Whether :func:`fused_head_loss` applies to ``head``: a plain ``nn.Linear`` whose weight (and bias) may
-    take their gradient in place (inside :func:`grads_in_place`, an eligible parameter of the compute dtype)."""
-    if type(head) is not torch.nn.Linear or not grads_in_place.active():
-        return False
-    dtype = _compute_dtype(hidden)
-    bias_ok = head.bias is None or grads_in_place.eligible(head.bias, dtype)
-    return grads_in_place.eligible(head.weight, dtype) and bias_ok
+def can_fuse(head: Any) -> bool:
+    """Whether :func:`fused_head_loss` applies to ``head``: a plain ``nn.Linear`` (tied or not; not a LoRA-wrapped
+    or quantized head, which the checkpointed chunks of :func:`head_scores` score instead)."""
+    return type(head) is torch.nn.Linear
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -65,8 +63,20 @@ class _FusedHeadLoss(torch.autograd.Function):
         logprobs = initial.detach().to(dtype).clone()  # placeholders until each chunk is scored
         entropy = torch.zeros_like(logprobs)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = grads_in_place.grad_buffer(weight)
-        grad_bias = None if bias is None else grads_in_place.grad_buffer(bias)
+        # one process: straight into .grad (grads_in_place); otherwise held for autograd, whose accumulator hooks
+        # (DDP's all-reduce, FSDP2's reduce-scatter) must see it: the buffer the recomputing backward would make
+        need_weight, need_bias = ctx.needs_input_grad[1:3]
+        ctx.in_place = grads_in_place.active() and all(
+            p is None or grads_in_place.eligible(p, dtype) for p in (weight, bias)
+        )
+        if not need_weight:  # a frozen head (LoRA on the layers): its gradient is not computed at all
+            grad_weight = grad_bias = None
+        elif ctx.in_place:
+            grad_weight = grads_in_place.grad_buffer(weight)
+            grad_bias = None if bias is None else grads_in_place.grad_buffer(bias)
+        else:
+            grad_weight = torch.zeros_like(weight, dtype=dtype)
+            grad_bias = torch.zeros_like(bias, dtype=dtype) if need_bias else None
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             logits = _logits(hidden[rows], weight, bias, temperature)
@@ -76,7 +86,8 @@ class _FusedHeadLoss(torch.autograd.Function):
             logsumexp = peak.add_(total.log())
             probs.div_(total)
             logprobs[rows] = logits.gather(-1, tokens[rows, None]).squeeze(-1) - logsumexp.squeeze(-1)
-            entropy[rows] = logsumexp.squeeze(-1) - torch.linalg.vecdot(probs, logits)
+            # H = logsumexp - sum p z, as a batched dot product (no third [chunk, vocab] block for p * z)
+            entropy[rows] = logsumexp.squeeze(-1) - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
             g, e = token_grads(logprobs, entropy, rows)
             g = g.to(dtype)
             if e is None:  # dL/dz = g (onehot - p), built in the softmax's buffer
@@ -89,23 +100,38 @@ class _FusedHeadLoss(torch.autograd.Function):
             if temperature != 1.0:
                 dlogits.div_(temperature)
             grad_hidden[rows] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
-            grad_weight.addmm_(dlogits.t(), hidden[rows].to(dtype))
+            if grad_weight is not None:
+                grad_weight.addmm_(dlogits.t(), hidden[rows].to(dtype))
             if grad_bias is not None:
                 grad_bias += dlogits.sum(0)
             del dlogits
-        ctx.save_for_backward(grad_hidden)
+        ctx.in_place = ctx.in_place and need_weight
+        if ctx.in_place or not need_weight:
+            ctx.save_for_backward(grad_hidden)
+        else:
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(logprobs, entropy)
         return logprobs, entropy, hidden.new_zeros((), dtype=dtype)
 
     @staticmethod
     def backward(ctx: Any, _logprobs: Any, _entropy: Any, grad_anchor: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        (grad_hidden,) = ctx.saved_tensors
-        if float(grad_anchor) != 1.0:
-            raise RuntimeError(
-                "the fused head+loss wrote the head's gradient for an unscaled loss, but backward got gradient "
-                f"{float(grad_anchor)} (a loss scaler?); set `fused_head_loss: false`"
-            )
-        return grad_hidden, None, None, None, None, None, None, None
+        scale = float(grad_anchor)
+        if len(ctx.saved_tensors) == 1:  # in place, or a frozen head
+            (grad_hidden,) = ctx.saved_tensors
+            if ctx.in_place and scale != 1.0:
+                raise RuntimeError(
+                    "the fused head+loss wrote the head's gradient into .grad for an unscaled loss, but backward "
+                    f"got gradient {scale} (a loss scaler?); set `fused_head_loss: false`"
+                )
+            return grad_hidden * scale if scale != 1.0 else grad_hidden, None, None, None, None, None, None, None
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        if scale != 1.0:  # (a loss scaler): the gradients were computed for gradient 1
+            grad_hidden, grad_weight = grad_hidden * scale, grad_weight * scale
+            grad_bias = None if grad_bias is None else grad_bias * scale
+        weight_dtype, bias_dtype = ctx.dtypes
+        grad_bias = None if grad_bias is None else grad_bias.to(bias_dtype)
+        return grad_hidden, grad_weight.to(weight_dtype), grad_bias, None, None, None, None, None
 
 
 def fused_head_loss(
@@ -125,8 +151,8 @@ def fused_head_loss(
     that ratios there are 1); ``token_grads`` gets and returns flat tensors. Add the anchor to the loss's
     detached value and back-propagate that.
     """
-    if not can_fuse(head, hidden):
-        raise ValueError("fused_head_loss needs a plain nn.Linear head inside grads_in_place (see can_fuse)")
+    if not can_fuse(head):
+        raise ValueError(f"fused_head_loss needs a plain nn.Linear head, got {type(head).__name__} (see can_fuse)")
     shape = tokens.shape
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     logprobs, entropy, anchor = _FusedHeadLoss.apply(

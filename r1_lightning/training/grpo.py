@@ -162,8 +162,9 @@ class GRPOModule(
             grouped by length so little compute goes to padding. Combines with ``micro_batch_size``.
         logprob_chunk_size: tokens per chunk when the output head turns hidden states into log-probs
             (policy, old policy, reference, entropy): no ``[rows, tokens, vocab]`` logits are built, and
-            backward recomputes each chunk's. null (default) = about 64 MiB of float32 logits per chunk
-            (110 tokens at a 151,936-token vocabulary); 0 = full logits (same values to float rounding).
+            backward recomputes each chunk's (or the fused head+loss needs no recompute). null (default) =
+            about 128 MiB of float32 logits per chunk (220 tokens at a 151,936-token vocabulary); 0 = full
+            logits (same values to float rounding).
         mlp_tile_tokens: run each decoder layer's MLP over tiles of this many tokens in training forwards,
             each recomputed in backward (:mod:`r1_lightning.models.tiled_mlp`); 0 (default) = off.
         fused_head_loss: compute the output head's gradient in the policy's forward, with the log-probs, where

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from r1_lightning.generation.forward import micro_batch_logprobs
@@ -64,8 +63,6 @@ class PolicyLoss:
         sampled = rollout.generation.sample_logprobs is not None
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         reason = fusable(self.hparams, rollout.old_logprobs is not None, sampled, precision)
-        if not isinstance(self.trainer.strategy, SingleDeviceStrategy):
-            reason = reason or "more than one process (the head's gradient must reach autograd's reducer)"
         if not self.logprob_chunk:
             reason = reason or "logprob_chunk_size: 0 (full logits)"
         if getattr(self, "_fused_logged", "unset") != reason:
@@ -111,7 +108,7 @@ class PolicyLoss:
         chunk_size = self.logprob_chunk
 
         def score(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float) -> Any:
-            if not chunk_size or not can_fuse(head, hidden):
+            if not chunk_size or not can_fuse(head):
                 return None
             initial = stored_old if stored_old is not None else torch.zeros(tokens.shape, device=tokens.device)
 

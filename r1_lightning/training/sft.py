@@ -91,7 +91,7 @@ class SFTModule(L.LightningModule):
         warmup_steps: linear warmup steps.
         lr_scheduler: transformers scheduler name (``cosine`` / ``linear`` need ``trainer.max_steps``).
         export_dir: where the final model is written as an HF folder (default ``<log dir>/hf_model``).
-        logprob_chunk_size: response tokens per chunk through the output head (null: ~64 MiB of float32
+        logprob_chunk_size: response tokens per chunk through the output head (null: ~128 MiB of float32
             logits per chunk, from the vocabulary size; 0 = full logits).
     """
 
