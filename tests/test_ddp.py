@@ -15,10 +15,11 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_probed(command: list[str], tmp_path: Path, probe: Path, env: dict) -> list[list[dict]]:
-    """Run a 2-rank command; each rank's probe record (2 steps each)."""
+def _run_probed(command: list[str], tmp_path: Path, probe: Path, env: dict, says: str = "") -> list[list[dict]]:
+    """Run a 2-rank command; each rank's probe record (2 steps each). ``says``: a line the run must log."""
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert says in result.stdout + result.stderr
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 2
     return ranks
@@ -43,7 +44,9 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
         str(ROOT / "configs" / "strategy" / "ddp.yaml"),
         *probe_args(tmp_path, probe),
     ]
-    ranks = _run_probed(command, tmp_path, probe, env)
+    # the head's gradient computed in the forward (fused with the loss) reaches DDP's all-reduce: were it
+    # written around autograd's accumulator, the ranks' weights would drift apart below
+    ranks = _run_probed(command, tmp_path, probe, env, says="fused head+loss: on")
     for step0, step1 in zip(*ranks, strict=True):
         # both ranks end every optimizer step with bit-identical weights
         assert step0["weights"] == step1["weights"]

@@ -168,7 +168,7 @@ class GRPOModule(
         mlp_tile_tokens: run each decoder layer's MLP over tiles of this many tokens in training forwards,
             each recomputed in backward (:mod:`r1_lightning.models.tiled_mlp`); 0 (default) = off.
         fused_head_loss: compute the output head's gradient in the policy's forward, with the log-probs, where
-            the loss is token-separable (one process; :mod:`r1_lightning.training.policy_loss`): the head's
+            the loss is token-separable (:mod:`r1_lightning.training.policy_loss`; any strategy): the head's
             logits are not recomputed in backward. Same loss and gradients; the run's log says which path ran.
         ref_model_sync_steps: copy the policy into the reference every N optimizer steps (None = never;
             R1 used 400). TRL's name; the only reset there is (:mod:`r1_lightning.training.reference`).
