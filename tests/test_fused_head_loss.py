@@ -170,3 +170,15 @@ def test_the_fused_backward_refuses_a_scaled_loss():
         step = module.micro_batch_loss(rollout, MicroBatch(torch.arange(N), 0, L), mask, totals, 1, True)
         with pytest.raises(RuntimeError, match="unscaled loss"):
             (step.loss * 1024.0).backward()
+
+
+def test_fused_in_bf16_equals_the_recomputing_head_within_bf16_rounding():
+    """bf16 weights take the autograd path (their gradient is not float32); within 4 bf16 ulp of each norm."""
+    module = _module(dtype="bfloat16", entropy_coef=0.05)
+    rollout = _rollout(module, True, False)
+    expected_losses, expected = _step(module, rollout, False, 0.7)
+    losses, got = _step(module, rollout, True, 0.7)
+    assert losses == pytest.approx(expected_losses, rel=1e-3, abs=1e-4)
+    for name, grad in expected.items():
+        error = (got[name].float() - grad.float()).norm() / grad.float().norm().clamp(min=1e-12)
+        assert error <= 4 * 2.0**-7, f"{name}: relative error {error:.4f}"
