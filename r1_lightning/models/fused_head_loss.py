@@ -144,8 +144,9 @@ def fused_head_loss(
     token_grads: TokenGrads,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs ``[...]`` and entropies ``[...]`` of ``tokens`` (values, no gradient) and an *anchor*: a zero
-    scalar whose backward (with gradient 1) delivers the loss's gradient to ``hidden`` ``[..., H]``; the
-    head's weight (and bias) gradients are already in ``.grad`` when this returns (module docstring).
+    scalar whose backward delivers the loss's gradient to ``hidden`` ``[..., H]`` and, except on the in-place
+    path (whose head gradients are already in ``.grad`` when this returns), to the head's weight and bias
+    (module docstring).
 
     ``initial`` ``[...]`` holds the placeholder log-probs of positions not yet scored (the old policy's, so
     that ratios there are 1); ``token_grads`` gets and returns flat tensors. Add the anchor to the loss's
