@@ -113,6 +113,8 @@ class PolicyLoss:
             initial = stored_old if stored_old is not None else torch.zeros(tokens.shape, device=tokens.device)
 
             def token_grads(logprobs: torch.Tensor, entropy: torch.Tensor, rows: slice) -> tuple:
+                # the whole micro-batch's loss, once per chunk: element-wise work on [rows, tokens], small next
+                # to the chunk's [chunk, hidden] x [hidden, vocab] products (placeholders don't matter: separable)
                 with torch.enable_grad():
                     lp = logprobs.view(tokens.shape).detach().requires_grad_()
                     ent = entropy.view(tokens.shape).detach().requires_grad_(with_entropy_grad)
