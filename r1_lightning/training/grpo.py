@@ -75,7 +75,7 @@ from r1_lightning.training.losses import (
     LossType,
     RewardScaling,
 )
-from r1_lightning.training.memory_plan import MemoryPlanning
+from r1_lightning.training.memory_plan import MemoryPlanning, release_freed_heap
 from r1_lightning.training.policy_loss import PolicyLoss
 from r1_lightning.training.reference import FrozenReference
 from r1_lightning.training.rollout_making import RolloutMaking
@@ -430,6 +430,7 @@ class GRPOModule(
                 stats["entropy"] += ((entropy * part_mask).sum() / max(local_tokens, 1.0)).item() / mu
             if self.hparams.max_grad_norm is not None:
                 stats["grad_norm"] = self._clip_gradients(self.hparams.max_grad_norm)
+            release_freed_heap()  # (CPU: what the backward freed, out of the resident set before AdamW's states)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
