@@ -81,28 +81,17 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         else:
             grad_weight = torch.zeros_like(weight, dtype=dtype) if need_weight else None
         grad_bias = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_bias else None
+        grad_params = (grad_weight, grad_bias)
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            # d(upstream) / d(logits) = g * (onehot - softmax), then through the division by T; computed in
-            # place in the recomputed logits' buffer (one [chunk, vocab] block at a time, nothing else)
-            dlogits = _logits(hidden[rows], weight, bias, temperature)
-            if grad_entropy is None:
-                dlogits.sub_(logsumexp[rows, None]).exp_().mul_(-grad[rows, None])
-            else:  # plus the entropy's: dH/dz = -p (log p + H), weighted by its upstream gradient
-                log_probs = dlogits.sub_(logsumexp[rows, None])
-                probs = log_probs.exp()
-                weights = log_probs.add_(entropy[rows, None]).mul_(grad_entropy[rows, None])
-                dlogits = weights.add_(grad[rows, None]).mul_(probs).neg_()
-                del probs
-            dlogits.scatter_add_(-1, tokens[rows, None], grad[rows, None].to(dlogits.dtype))
-            if temperature != 1.0:
-                dlogits.div_(temperature)
-            if need_hidden:
-                grad_hidden[rows] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if need_weight:  # accumulated in place: no [vocab, hidden] temporary per chunk
-                grad_weight.addmm_(dlogits.t(), hidden[rows].to(dtype))
-            if need_bias:
-                grad_bias += dlogits.sum(0)
+            # recomputed in the logits' own buffer: one [chunk, vocab] block at a time (two with the entropy)
+            log_probs = _logits(hidden[rows], weight, bias, temperature).sub_(logsumexp[rows, None])
+            probs = log_probs.exp_() if grad_entropy is None else log_probs.exp()
+            e = None if grad_entropy is None else grad_entropy[rows]
+            dlogits = softmax_grad(log_probs, probs, grad[rows], e, entropy[rows] if e is not None else None)
+            del log_probs, probs
+            out = grad_hidden[rows] if need_hidden else None
+            head_grads(dlogits, tokens[rows], grad[rows], hidden[rows], weight, temperature, out, *grad_params)
             del dlogits
         grad_weight = None if into_grad or grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
@@ -122,6 +111,51 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if temperature != 1.0:
         logits.div_(temperature)
     return logits
+
+
+def softmax_grad(
+    log_probs: torch.Tensor | None,
+    probs: torch.Tensor,
+    g: torch.Tensor,
+    e: torch.Tensor | None,
+    entropy: torch.Tensor | None,
+) -> torch.Tensor:
+    """``dL/dz`` of one chunk without its one-hot term (:func:`head_grads` adds it), built in place::
+
+        dL/dz = -g p - e p (log p + H)      (g = dL/d log p(y), e = dL/dH; the entropy term only when e is given)
+
+    ``log_probs`` and ``probs`` ``[chunk, vocab]`` may share a buffer when ``e`` is None; both are consumed.
+    """
+    if e is None or log_probs is None or entropy is None:
+        return probs.mul_(-g[:, None].to(probs.dtype))
+    weights = log_probs.add_(entropy[:, None]).mul_(e[:, None].to(log_probs.dtype))
+    return weights.add_(g[:, None].to(weights.dtype)).mul_(probs).neg_()
+
+
+def head_grads(
+    dlogits: torch.Tensor,
+    tokens: torch.Tensor,
+    g: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    temperature: float,
+    grad_hidden: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+    grad_bias: torch.Tensor | None,
+) -> None:
+    """Finish one chunk's backward through ``z = (W h + b) / T`` from :func:`softmax_grad`'s output: add the
+    one-hot ``g onehot(y)``, divide by ``T``, then ``dL/dh = dz W`` into ``grad_hidden`` (the chunk's rows),
+    ``dL/dW += dz^T h`` into ``grad_weight`` (in place: no ``[vocab, hidden]`` temporary per chunk) and
+    ``dL/db += sum dz`` into ``grad_bias``; each skipped when None."""
+    dlogits.scatter_add_(-1, tokens[:, None], g[:, None].to(dlogits.dtype))
+    if temperature != 1.0:
+        dlogits.div_(temperature)
+    if grad_hidden is not None:
+        grad_hidden.copy_(dlogits.to(weight.dtype) @ weight)
+    if grad_weight is not None:
+        grad_weight.addmm_(dlogits.t(), hidden.to(dlogits.dtype))
+    if grad_bias is not None:
+        grad_bias += dlogits.sum(0)
 
 
 def default_chunk_size(vocab_size: int, block_bytes: int = 128 * 1024**2) -> int:

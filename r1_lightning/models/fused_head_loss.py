@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from r1_lightning.models import grads_in_place
-from r1_lightning.models.chunked_logprobs import _compute_dtype, _logits
+from r1_lightning.models.chunked_logprobs import _compute_dtype, _logits, head_grads, softmax_grad
 
 #: ``token_grads(logprobs, entropy, rows) -> (g, e)``: the loss's gradient with respect to the log-probs (and
 #: to the entropies, or None when the loss has no entropy term) of the flat positions ``rows``, given the flat
@@ -90,20 +90,12 @@ class _FusedHeadLoss(torch.autograd.Function):
             entropy[rows] = logsumexp.squeeze(-1) - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
             g, e = token_grads(logprobs, entropy, rows)
             g = g.to(dtype)
-            if e is None:  # dL/dz = g (onehot - p), built in the softmax's buffer
-                dlogits = probs.mul_(-g[:, None])
-            else:  # minus e p (log p + H): (z - logsumexp + H) e + g, times -p
-                weights = logits.sub_(logsumexp).add_(entropy[rows, None]).mul_(e.to(dtype)[:, None])
-                dlogits = weights.add_(g[:, None]).mul_(probs).neg_()
-            del logits, probs
-            dlogits.scatter_add_(-1, tokens[rows, None], g[:, None])
-            if temperature != 1.0:
-                dlogits.div_(temperature)
-            grad_hidden[rows] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight.addmm_(dlogits.t(), hidden[rows].to(dtype))
-            if grad_bias is not None:
-                grad_bias += dlogits.sum(0)
+            # log p = z - logsumexp in the logits' buffer, only when the entropy term needs it
+            log_probs = None if e is None else logits.sub_(logsumexp)
+            dlogits = softmax_grad(log_probs, probs, g, e, entropy[rows])
+            del logits, probs, log_probs
+            out = grad_hidden[rows]
+            head_grads(dlogits, tokens[rows], g, hidden[rows], weight, temperature, out, grad_weight, grad_bias)
             del dlogits
         ctx.in_place = ctx.in_place and need_weight
         if ctx.in_place or not need_weight:
