@@ -4,6 +4,7 @@ against TRL's GRPOTrainer at equal settings, peak memory and seconds per step, m
     pip install -e '.[bench]'                 # adds trl
     python benchmarks/real_shape.py           # the two targets (about 30 minutes on 2 CPU cores)
     python benchmarks/real_shape.py --grid    # layers {2, 4} x new tokens {256, 1024, 4096} (hours on CPU)
+    python benchmarks/real_shape.py --grid --grid_batch 4 1 4   # the grid at G 4 x 1 prompt (about an hour)
     python benchmarks/real_shape.py --target 1 --floor   # plus the step's GEMM floor (the issue's <= 1.5x)
     python benchmarks/real_shape.py --device cuda --dtype bfloat16 --layers 24 --tokens 1024 4096  # a GPU
 
@@ -200,6 +201,14 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="layers {2, 4} x new tokens {256, 1024, 4096}")
     parser.add_argument("--layers", type=int, nargs="+", default=None)
     parser.add_argument("--tokens", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--grid_batch",
+        type=int,
+        nargs=3,
+        default=(8, 2, 4),
+        metavar=("G", "PROMPTS", "MICRO_BATCH"),
+        help="the grid's completions per prompt, prompts per step and completions per micro-batch",
+    )
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--unchunked", action="store_true", help="also r1-lightning with logprob_chunk_size 0")
     parser.add_argument("--mlp_tile_tokens", type=int, default=0, help="also r1-lightning with token-tiled MLPs")
@@ -218,11 +227,13 @@ def main() -> None:
     settings = TARGETS if args.target is None else [TARGETS[args.target - 1]]
     if args.grid or args.layers or args.tokens:
         settings = [
-            (layers, tokens, 8, 2, 4, 3 if tokens <= 256 else 1)
+            (layers, tokens, *args.grid_batch, 3 if tokens <= 256 else 1)
             for layers in args.layers or [2, 4]
             for tokens in args.tokens or [256, 1024, 4096]
         ]
-    rows = []
+    rows: list[dict] = []
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"real-shape-{args.device.split(':')[0]}.json"
     with tempfile.TemporaryDirectory() as tmp:
         models: dict[int, Path] = {}
         for layers, tokens, group, prompts, micro, steps in settings:
@@ -242,10 +253,8 @@ def main() -> None:
             rows.append(row)
             for key in ("ours", "trl"):
                 row.setdefault(key, {"status": "not run"})
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"real-shape-{args.device.split(':')[0]}"
-    (args.out_dir / f"{tag}.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, args.out_dir / f"{tag}.png")
+            out.write_text(json.dumps(rows, indent=1))  # after every setting: a stopped run keeps what finished
+    plot(rows, out.with_suffix(".png"))
     print(table(rows))
 
 
