@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument(
         "--rollout_engine",
         default="auto",
-        choices=["auto", "lean", "hf", "vllm"],
+        choices=["auto", "lean", "cuda_graph", "hf", "vllm"],
         help="r1-lightning's decode step (see GRPOModule.rollout_engine)",
     )
     parser.add_argument(

@@ -61,10 +61,15 @@ MUTATIONS: dict[str, tuple[str, str, str]] = {
         "    if temperature != 1.0:\n        logits = logits / temperature\n",
         "",
     ),
-    "fused_head_temperature_ignored": (  # the fused head+loss's gradient, not through z = W h / T
-        "r1_lightning/models/fused_head_loss.py",
-        "            if temperature != 1.0:\n                dlogits.div_(temperature)\n",
+    "head_gradient_temperature_ignored": (  # the chunked and fused heads' gradient, not through z = W h / T
+        "r1_lightning/models/chunked_logprobs.py",
+        "    if temperature != 1.0:\n        dlogits.div_(temperature)\n",
         "",
+    ),
+    "graph_decode_unwritten_columns_attended": (  # the CUDA-graph step's mask lets a row see columns not yet written
+        "r1_lightning/generation/graph_decode.py",
+        "        future = self.column_ids[:width] > self.column\n",
+        "        future = self.column_ids[:width] > self.column + 1\n",
     ),
     "fused_head_wrong_token_gradients": (  # each chunk handed the first chunk's per-token loss gradients
         "r1_lightning/models/fused_head_loss.py",

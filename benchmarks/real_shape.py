@@ -7,6 +7,7 @@ against TRL's GRPOTrainer at equal settings, peak memory and seconds per step, m
     python benchmarks/real_shape.py --grid --grid_batch 4 1 4   # the grid at G 4 x 1 prompt (about an hour)
     python benchmarks/real_shape.py --target 1 --floor   # plus the step's GEMM floor (the issue's <= 1.5x)
     python benchmarks/real_shape.py --device cuda --dtype bfloat16 --layers 24 --tokens 1024 4096  # a GPU
+    ... --rollout_engine cuda_graph        # (or vllm) r1-lightning's decode steps as CUDA graphs (or vLLM)
 
 The model is random-init Qwen2 with Qwen2.5-0.5B's widths (hidden 896, MLP 4864, 14/2 heads, tied
 embeddings, vocabulary 151,936) and ``--layers`` decoder layers; random weights rarely sample EOS, so every
@@ -72,6 +73,7 @@ def child(spec: dict) -> None:
         micro_batch=spec["micro_batch"],
         logprob_chunk_size=spec.get("chunk"),
         mlp_tile_tokens=spec.get("mlp_tile_tokens", 0),
+        rollout_engine=spec.get("rollout_engine", "auto"),
     )
     if spec["framework"] == "floor":  # the step's matrix products alone (benchmarks/gemm_floor.py)
         floor = bench.floor_result(Path(spec["model"]), bench.make_prompts(spec["prompts"]), setting)
@@ -214,6 +216,12 @@ def main() -> None:
     parser.add_argument("--mlp_tile_tokens", type=int, default=0, help="also r1-lightning with token-tiled MLPs")
     parser.add_argument("--floor", action="store_true", help="also the step's GEMM floor (benchmarks/gemm_floor.py)")
     parser.add_argument("--target", type=int, choices=[1, 2], default=None, help="only this one of the two targets")
+    parser.add_argument(
+        "--rollout_engine",
+        default="auto",
+        choices=["auto", "lean", "cuda_graph", "hf", "vllm"],
+        help="r1-lightning's decode engine (TRL decodes with transformers' generate whatever this says)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max_rss_gb", type=float, default=20.0)
@@ -241,6 +249,7 @@ def main() -> None:
                 models[layers] = build_model("qwen2.5-0.5b", Path(tmp) / f"model-{layers}", args.dtype, layers)
             row = dict(layers=layers, tokens=tokens, group_size=group, prompts=prompts, micro_batch=micro)
             spec = dict(row, model=str(models[layers]), steps=steps, device=args.device, dtype=args.dtype)
+            spec["rollout_engine"] = row["rollout_engine"] = args.rollout_engine
             variants = [(f, {}) for f in args.frameworks]
             variants += [("ours_full_logits", {"chunk": 0})] if args.unchunked else []
             tiled = {"mlp_tile_tokens": args.mlp_tile_tokens}

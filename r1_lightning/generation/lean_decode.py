@@ -183,10 +183,23 @@ class LeanDecoder:
         col = self.column
         if col >= self.keys[0].shape[2]:
             raise RuntimeError("LeanDecoder: more steps than the max_new_tokens it reserved")
-        rows = tokens.shape[0]
-        cos = self.cos[self.position][:, None, None, :]  # [N, 1, 1, D]
-        sin = self.sin_signed[self.position][:, None, None, :]
-        bias = self.mask_bias[..., : col + 1]
+
+        def store(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+            k_cache[:, :, col], v_cache[:, :, col] = k[:, :, 0], v[:, :, 0]
+
+        logits = self.forward(tokens, self.position, self.mask_bias[..., : col + 1], store)
+        self.column += 1
+        self.position = self.position + 1
+        return logits
+
+    def forward(self, tokens: torch.Tensor, position: torch.Tensor, bias: torch.Tensor, store: Any) -> torch.Tensor:
+        """One decode step's arithmetic: ``tokens`` ``[N]`` at ``position`` ``[N]``, attending to the first
+        ``bias.shape[-1]`` cache columns with additive ``bias`` ``[N, 1, 1, width]``; ``store(k_cache, v_cache, k,
+        v)`` writes the new key and value ``[N, kv_heads, 1, D]`` of a layer. Returns the next logits ``[N, V]``.
+        (:meth:`step` drives it with Python integers; the CUDA-graph step with device tensors.)"""
+        rows, width = tokens.shape[0], bias.shape[-1]
+        cos = self.cos.index_select(0, position)[:, None, None, :]  # [N, 1, 1, D]
+        sin = self.sin_signed.index_select(0, position)[:, None, None, :]
         hidden = self.inner.embed_tokens(tokens[:, None])  # [N, 1, H]
         for layer, fused, k_cache, v_cache in zip(
             self.inner.layers, self.fused_qkv, self.keys, self.values, strict=True
@@ -205,13 +218,8 @@ class LeanDecoder:
                 qk = torch.cat([attn.q_norm(qk[:, :heads]), attn.k_norm(qk[:, heads:])], dim=1)
             # RoPE on queries and keys at once: x cos + rotate_half(x) sin, rotate_half(x) sin = roll(x) (-sin1, sin2)
             qk = torch.addcmul(qk * cos, torch.roll(qk, dim // 2, dims=-1), sin)
-            k_cache[:, :, col] = qk[:, heads:, 0]
-            v_cache[:, :, col] = v[:, :, 0]
-            out = _decode_attention(
-                qk[:, :heads], k_cache[:, :, : col + 1], v_cache[:, :, : col + 1], bias, attn.scaling
-            )
+            store(k_cache, v_cache, qk[:, heads:], v)
+            out = _decode_attention(qk[:, :heads], k_cache[:, :, :width], v_cache[:, :, :width], bias, attn.scaling)
             hidden = hidden + attn.o_proj(out)
             hidden = hidden + layer.mlp(_rms_norm(layer.post_attention_layernorm, hidden))
-        self.column += 1
-        self.position = self.position + 1
         return self.lm_head(_rms_norm(self.inner.norm, hidden))[:, -1, :]

@@ -19,6 +19,7 @@ import torch
 from transformers import LogitsProcessorList, StopStringCriteria
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from r1_lightning.generation import graph_decode
 from r1_lightning.generation.lean_decode import LeanDecoder, unsupported_reason
 from r1_lightning.generation.rollout import Generation, SamplingConfig, prompt_groups, repeat_batch
 from r1_lightning.generation.tool_session import ToolSession
@@ -49,7 +50,7 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-ROLLOUT_ENGINES = ("auto", "lean", "hf")
+ROLLOUT_ENGINES = ("auto", "lean", "cuda_graph", "hf")
 
 
 class HFDecodeStep:
@@ -86,7 +87,9 @@ class TorchGenerator:
     ``engine`` picks how each decode step runs after the prompt prefill (a transformers forward):
     ``lean`` through :class:`r1_lightning.generation.lean_decode.LeanDecoder` (static cache, no per-step mask or
     rotary rebuild; Llama-family models, whole or FSDP2-gathered weights), ``hf`` through the model's forward with a
-    ``DynamicCache``, ``auto`` lean where it applies and hf otherwise. Both compute the same logits.
+    ``DynamicCache``, ``auto`` lean where it applies and hf otherwise, ``cuda_graph`` the lean step replayed
+    as CUDA graphs (:mod:`r1_lightning.generation.graph_decode`; run eagerly off CUDA). All compute the same
+    logits.
     """
 
     tokenizer: Any
@@ -110,8 +113,10 @@ class TorchGenerator:
         if self.engine == "hf":
             return "engine 'hf' asked for"
         reason = unsupported_reason(model, total_length)
-        if reason is not None and self.engine == "lean":
-            raise ValueError(f"rollout_engine 'lean' cannot decode this model: {reason}; use 'auto' or 'hf'")
+        if self.engine == "cuda_graph" and reason is None:
+            reason = graph_decode.unsupported_reason(model)
+        if reason is not None and self.engine in ("lean", "cuda_graph"):
+            raise ValueError(f"rollout_engine {self.engine!r} cannot decode this model: {reason}; use 'auto' or 'hf'")
         return reason
 
     def _all_done(self, finished: torch.Tensor) -> bool:
@@ -163,6 +168,8 @@ class TorchGenerator:
             )
         if self._lean_reason(model, prompt_ids.shape[1] + max_new_tokens) is None:
             decoder: Any = LeanDecoder(model, cache, attention, positions, max_new_tokens, repeats=group_size)
+            if self.engine == "cuda_graph":
+                decoder = graph_decode.GraphedLeanDecoder(decoder)
         else:
             if group_size > 1:
                 cache.batch_repeat_interleave(group_size)

@@ -117,7 +117,8 @@ class GRPOModule(
         num_generations: completions per prompt (the group size G).
         rollout_engine: how decode steps run: ``auto`` (the lean static-cache step for Llama-family
             models whose weights are whole or FSDP2-gathered, else the transformers forward), ``lean`` (insist; error if
-            it cannot apply) or ``hf`` (always the transformers forward). Same tokens either way.
+            it cannot apply), ``cuda_graph`` (the lean step replayed as CUDA graphs: one launch per token; CUDA
+            only) or ``hf`` (always the transformers forward). Same tokens either way.
             ``vllm``: the optional colocated vLLM engine (GPU, ``pip install -e '.[vllm]'``; weights
             synced before every rollout; :mod:`r1_lightning.generation.vllm_engine`).
         vllm: settings of the vLLM engine, e.g. ``{gpu_memory_utilization: 0.3, max_model_len: 2048,

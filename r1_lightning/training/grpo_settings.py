@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from r1_lightning.generation.mismatch import IMPORTANCE_SAMPLING_MODES
 from r1_lightning.generation.rollout import SamplingConfig
 from r1_lightning.generation.sampler import ROLLOUT_ENGINES, TorchGenerator
@@ -125,6 +127,8 @@ def build_rollout_engine(engine: str, vllm: dict[str, Any], quantization: Any, t
     if engine != "vllm":
         if vllm:
             raise ValueError("`model.vllm` settings apply only with `model.rollout_engine: vllm`")
+        if engine == "cuda_graph" and not torch.cuda.is_available():
+            raise ValueError("`model.rollout_engine: cuda_graph` needs a CUDA device (none is visible); use 'lean'")
         return TorchGenerator(tokenizer, engine=engine)
     # (function-local: the vLLM engine module is only for runs that ask for it)
     from r1_lightning.generation import vllm_engine
