@@ -155,17 +155,28 @@ def test_cuda_graph_decode_replays_the_lean_step():
     encoded = tokenizer(["1 + 2 =", "a longer prompt: 12 + 7 ="], return_tensors="pt", padding=True).to("cuda")
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoders = []
-    for _ in range(2):
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        decoders.append(LeanDecoder(model, returned_cache(out), mask, positions, max_new_tokens=20))
-    lean, graphed = decoders[0], GraphedLeanDecoder(decoders[1], bucket=8)
+
+    def lean_decoders(count):
+        made = []
+        for _ in range(count):
+            with torch.no_grad():
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            made.append(LeanDecoder(model, returned_cache(out), mask, positions, max_new_tokens=20))
+        return made
+
+    lean, to_capture = lean_decoders(2)
+    graphed = GraphedLeanDecoder(to_capture, bucket=8)
     assert graphed.capture
     tokens = torch.randint(5, len(tokenizer), (2, 20), device="cuda")
     for t in range(20):
         torch.testing.assert_close(graphed.step(tokens[:, t]), lean.step(tokens[:, t]), atol=1e-4, rtol=1e-4)
     assert len(graphed.graphs) >= 3
+    # under autocast (bf16-mixed training): captured without autocast's weight cache, replays equal eager steps
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        first, second = lean_decoders(2)
+        eager, captured = GraphedLeanDecoder(first, bucket=8, capture=False), GraphedLeanDecoder(second, bucket=8)
+        for t in range(20):
+            torch.testing.assert_close(captured.step(tokens[:, t]), eager.step(tokens[:, t]), atol=1e-2, rtol=1e-2)
     sampling = SamplingConfig(temperature=0, max_new_tokens=16)
     prompts = ["1 + 2 ="] * 4 + ["a longer prompt: 12 + 7 ="] * 4
     lean_ids, graph_ids = (

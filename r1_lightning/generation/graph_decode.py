@@ -22,6 +22,7 @@ itself is checked by ``tests/test_gpu.py`` where a GPU is present.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -36,6 +37,14 @@ def unsupported_reason(model: Any) -> str | None:
         if type(p).__name__ in ("Params4bit", "Int8Params"):
             return "bitsandbytes-quantized weights (QLoRA) are not captured; use rollout_engine 'lean'"
     return None
+
+
+def _uncached_autocast() -> Any:
+    """Autocast as it is, but without its cache of cast weights: the cache is freed when the enclosing autocast
+    context exits, and a graph captured with it would read freed memory (torch's CUDA-graph notes)."""
+    if not torch.is_autocast_enabled("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
 
 
 class GraphedLeanDecoder:
@@ -95,13 +104,14 @@ class GraphedLeanDecoder:
         # key/value it wrote are those of this same step, rewritten by the replay
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), _uncached_autocast():
             self._static_step(width)
         torch.cuda.current_stream().wait_stream(side)
         self.column.copy_(column)
         self.position.copy_(position)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):  # records the kernels; nothing runs until replay
+        # records the kernels, the weights' autocast casts included; nothing runs until replay
+        with torch.cuda.graph(graph, pool=self.pool), _uncached_autocast():
             logits = self._static_step(width)
         self.pool = graph.pool()
         return graph, logits
