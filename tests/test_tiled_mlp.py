@@ -78,3 +78,47 @@ def test_a_deep_copy_of_a_tiled_model_computes_with_its_own_weights():
     for grad in (False, True):
         with torch.set_grad_enabled(grad):
             torch.testing.assert_close(twin(input_ids=ids).logits, expected(input_ids=ids).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_tiling_resolves_from_the_widths_and_tiles_only_above_its_threshold():
+    """``mlp_tile_tokens: null``: 1,024-token tiles in forwards whose MLP intermediates pass 256 MiB per layer
+    (hand-computed thresholds for Qwen2.5-0.5B in fp32 and Qwen2.5-7B in bf16); 0 off; N always; < 0 refused."""
+    import pytest
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1_lightning.models import tiled_mlp
+    from r1_lightning.models.tiled_mlp import resolve_mlp_tiling
+
+    small = _model()  # intermediate 256, fp32: 256 MiB / (4 x 256 x 4 bytes) = 65,536 tokens
+    assert resolve_mlp_tiling(None, small) == (1024, 65536)
+    assert resolve_mlp_tiling(0, small) == (0, 0) and resolve_mlp_tiling(16, small) == (16, 0)
+    with pytest.raises(ValueError, match=r"`model.mlp_tile_tokens` must be >= 0 \(0: off\) or null \(auto\), got -1"):
+        resolve_mlp_tiling(-1, small)
+    with torch.device("meta"):  # real widths, no memory: only the config and the dtype are read
+        qwen_05b = Qwen2ForCausalLM(Qwen2Config(hidden_size=896, intermediate_size=4864, num_hidden_layers=1))
+        qwen_7b = Qwen2ForCausalLM(Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=1))
+    assert resolve_mlp_tiling(None, qwen_05b) == (1024, 3449)  # 268,435,456 // (4 x 4,864 x 4)
+    assert resolve_mlp_tiling(None, qwen_7b.to(torch.bfloat16)) == (1024, 1771)  # // (4 x 18,944 x 2)
+    # the threshold decides: 3 x 40 = 120 tokens, tiles of 16; above 200 nothing is tiled, above 100 it is
+    ids = torch.randint(1, 300, (3, 40), generator=torch.Generator().manual_seed(1))
+    plain_bytes = _loss_grads_and_saved_bytes(_model(), ids)[2]
+    for above, tiled in ((200, False), (100, True)):
+        model = _model()
+        tile_mlps(model, 16, above)
+        saved = _loss_grads_and_saved_bytes(model, ids)[2]
+        assert (saved < plain_bytes) == tiled, above
+    assert tiled_mlp.AUTO_TILE_TOKENS == 1024 and tiled_mlp.AUTO_MLP_BYTES == 256 * 1024**2
+
+
+def test_the_module_tiles_by_default_above_the_auto_threshold_and_refuses_a_negative_setting():
+    import pytest
+
+    from r1_lightning.training.grpo import GRPOModule
+
+    module = GRPOModule(model="tiny:random", num_generations=2)
+    tile, above = module.mlp_tiling
+    assert tile == 1024 and above > 10_000  # a tiny model's forwards never reach it
+    assert all(layer.mlp._r1_tile_above == above for layer in module.policy.model.layers)
+    assert GRPOModule(model="tiny:random", num_generations=2, mlp_tile_tokens=0).mlp_tiling == (0, 0)
+    with pytest.raises(ValueError, match="`model.mlp_tile_tokens` must be >= 0"):
+        GRPOModule(model="tiny:random", num_generations=2, mlp_tile_tokens=-5)

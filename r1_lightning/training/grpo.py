@@ -53,7 +53,7 @@ from r1_lightning.models.loading import (
     optimizer_and_scheduler,
 )
 from r1_lightning.models.strategies import gathered, is_sharded, shard_model
-from r1_lightning.models.tiled_mlp import tile_mlps
+from r1_lightning.models.tiled_mlp import resolve_mlp_tiling, tile_mlps
 from r1_lightning.rewards import resolve_reward
 from r1_lightning.rewards.registry import build_rewards
 from r1_lightning.training.async_rollouts import AsyncRollouts
@@ -167,7 +167,8 @@ class GRPOModule(
             about 128 MiB of float32 logits per chunk (220 tokens at a 151,936-token vocabulary); 0 = full
             logits (same values to float rounding).
         mlp_tile_tokens: run each decoder layer's MLP over tiles of this many tokens in training forwards,
-            each recomputed in backward (:mod:`r1_lightning.models.tiled_mlp`); 0 (default) = off.
+            each recomputed in backward (:mod:`r1_lightning.models.tiled_mlp`); 0 = off; null (default) = auto:
+            1,024-token tiles in forwards whose MLP intermediates would pass 256 MiB per layer.
         fused_head_loss: compute the output head's gradient in the policy's forward, with the log-probs, where
             the loss is token-separable (:mod:`r1_lightning.training.policy_loss`; any strategy): the head's
             logits are not recomputed in backward. Same loss and gradients; the run's log says which path ran.
@@ -248,7 +249,7 @@ class GRPOModule(
         micro_batch_tokens: int | None = None,
         share_prompt_prefix: bool = True,
         logprob_chunk_size: int | None = None,
-        mlp_tile_tokens: int = 0,
+        mlp_tile_tokens: int | None = None,
         fused_head_loss: bool = True,
         ref_model_sync_steps: int | None = None,
         lr: float = 1e-6,
@@ -299,7 +300,8 @@ class GRPOModule(
         if self.lora is not None:
             quantized = hp.quantization is not None
             self.policy = apply_lora(self.policy, self.lora, quantized, hp.gradient_checkpointing)
-        tile_mlps(self.policy, hp.mlp_tile_tokens)
+        self.mlp_tiling = resolve_mlp_tiling(hp.mlp_tile_tokens, self.policy)
+        tile_mlps(self.policy, *self.mlp_tiling)
         check_lengths(self.policy, self.sampling, self.val_sampling)
         self.logprob_chunk = resolve_chunk_size(hp.logprob_chunk_size, self.policy)
         self.generator = build_rollout_engine(hp.rollout_engine, hp.vllm or {}, hp.quantization, self.tokenizer)

@@ -109,6 +109,7 @@ def estimate_memory(
     runtime: int,
     checkpointing: bool = False,
     mlp_tile_tokens: int = 0,
+    mlp_tile_above: int = 0,
 ) -> MemoryEstimate:
     """The terms of the module docstring for one rank. ``generation_rows`` is the largest batch of
     completions sampled at once; ``micro_batch_rows`` the rows of the largest training micro-batch;
@@ -130,7 +131,7 @@ def estimate_memory(
     )
     mlp = 4 * inter  # gate, up, activation and product, per token
     # token-tiled MLPs (models/tiled_mlp.py) keep none of these; backward recomputes one tile at a time
-    tiled = mlp_tile_tokens > 0 and not checkpointing and tokens > mlp_tile_tokens
+    tiled = mlp_tile_tokens > 0 and not checkpointing and tokens > max(mlp_tile_tokens, mlp_tile_above)
     layer = 8 * hidden + (0 if tiled else mlp) + 2 * kv + heads
     # gradient checkpointing keeps each layer's input and recomputes one layer at a time in backward
     per_token = (layers * hidden + layer if checkpointing else layers * layer) + 2 * hidden
@@ -151,6 +152,7 @@ class MemoryPlanning:
     """GRPOModule's part: :meth:`plan_memory` at its first generation, when prompt lengths are known."""
 
     memory_estimate: MemoryEstimate | None = None
+    mlp_tiling: tuple[int, int] = (0, 0)  # (tile tokens, above tokens): models/tiled_mlp.resolve_mlp_tiling
 
     def plan_memory(self: Any, prompts: list[str]) -> MemoryEstimate | None:
         """Print the estimate once (rank 0) and refuse a run whose peak passes the device's memory."""
@@ -180,7 +182,7 @@ class MemoryPlanning:
             self.logprob_chunk,
             0,
             hp.gradient_checkpointing,
-            hp.mlp_tile_tokens,
+            *self.mlp_tiling,
         )
         if device.type == "cpu":  # what the process holds besides the weights (policy and reference) it loaded
             runtime = max(resident_bytes() - estimate.weights, 0) + TRAINING_CODE_BYTES
@@ -188,6 +190,9 @@ class MemoryPlanning:
         self.memory_estimate = estimate
         total = device_memory(device)
         rank_zero_info(self.memory_estimate.describe(total))
+        if self.mlp_tiling[0]:
+            tile, above = self.mlp_tiling
+            rank_zero_info(f"token-tiled MLPs: tiles of {tile} tokens in training forwards of more than {above} tokens")
         if total and self.memory_estimate.peak > total:
             raise ConfigError(
                 f"{self.memory_estimate.describe(total)}: above this device's memory; lower "
