@@ -79,7 +79,7 @@ class Setting:
     gradient_checkpointing: bool = False
     micro_batch: int | None = None  # completions per forward/backward (None: the whole batch at once)
     logprob_chunk_size: int | None = None  # r1-lightning's chunked log-probs (None: auto; 0: full logits)
-    mlp_tile_tokens: int = 0  # r1-lightning's token-tiled MLPs (0: off)
+    mlp_tile_tokens: int | None = None  # r1-lightning's token-tiled MLPs (None: its default, auto; 0: off)
 
 
 @dataclass

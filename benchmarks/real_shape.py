@@ -19,8 +19,10 @@ the per-sequence loss, AdamW, temperature 1, no gradient checkpointing, fp32 on 
 Each (framework, setting) runs in a fresh child process, so each peak resident memory (``VmHWM``) is its
 own; a child that passes ``--max_rss_gb`` is stopped and reported as out of memory (the machine is not).
 Seconds per step: the median after the first (warm-up) step; with ``--steps 1``, the single step.
-r1-lightning is also run with ``logprob_chunk_size 0`` (full logits, the path before chunking) where
-``--unchunked`` asks. Writes ``benchmarks/results/real-shape-<device>.json``, a Markdown table and a plot.
+r1-lightning runs with its defaults (chunked head, fused head+loss, MLPs tiled where their intermediates pass
+256 MiB a layer); it is also run with ``logprob_chunk_size 0`` (full logits, the path before chunking) where
+``--unchunked`` asks, with ``mlp_tile_tokens 0`` where ``--untiled_mlp`` asks, with tiles of N where
+``--mlp_tile_tokens N`` asks. Writes ``benchmarks/results/real-shape-<device>.json``, a Markdown table and a plot.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def child(spec: dict) -> None:
         spec["dtype"],
         micro_batch=spec["micro_batch"],
         logprob_chunk_size=spec.get("chunk"),
-        mlp_tile_tokens=spec.get("mlp_tile_tokens", 0),
+        mlp_tile_tokens=spec.get("mlp_tile_tokens"),  # None: the module's default (auto)
         rollout_engine=spec.get("rollout_engine", "auto"),
     )
     if spec["framework"] == "floor":  # the step's matrix products alone (benchmarks/gemm_floor.py)
@@ -157,6 +159,7 @@ def table(rows: list[dict]) -> str:
     for key, title in (
         ("ours_full_logits", "full logits (logprob_chunk_size 0)"),
         ("ours_tiled_mlp", "token-tiled MLPs (mlp_tile_tokens)"),
+        ("ours_untiled_mlp", "untiled MLPs (mlp_tile_tokens: 0)"),
     ):
         variant = [row for row in rows if key in row]
         if variant:
@@ -213,7 +216,8 @@ def main() -> None:
     )
     parser.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"])
     parser.add_argument("--unchunked", action="store_true", help="also r1-lightning with logprob_chunk_size 0")
-    parser.add_argument("--mlp_tile_tokens", type=int, default=0, help="also r1-lightning with token-tiled MLPs")
+    parser.add_argument("--mlp_tile_tokens", type=int, default=0, help="also r1-lightning with tiles of this many")
+    parser.add_argument("--untiled_mlp", action="store_true", help="also r1-lightning with mlp_tile_tokens: 0")
     parser.add_argument("--floor", action="store_true", help="also the step's GEMM floor (benchmarks/gemm_floor.py)")
     parser.add_argument("--target", type=int, choices=[1, 2], default=None, help="only this one of the two targets")
     parser.add_argument(
@@ -254,6 +258,7 @@ def main() -> None:
             variants += [("ours_full_logits", {"chunk": 0})] if args.unchunked else []
             tiled = {"mlp_tile_tokens": args.mlp_tile_tokens}
             variants += [("ours_tiled_mlp", tiled)] if args.mlp_tile_tokens else []
+            variants += [("ours_untiled_mlp", {"mlp_tile_tokens": 0})] if args.untiled_mlp else []
             variants += [("floor", {})] if args.floor else []
             for name, extra in variants:
                 framework = {"trl": "trl", "floor": "floor"}.get(name, "ours")  # ours_* variants are ours
