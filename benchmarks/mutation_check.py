@@ -68,8 +68,8 @@ MUTATIONS: dict[str, tuple[str, str, str]] = {
     ),
     "graph_decode_unwritten_columns_attended": (  # the CUDA-graph step's mask lets a row see columns not yet written
         "r1_lightning/generation/graph_decode.py",
-        "        future = self.column_ids[:width] > self.column\n",
-        "        future = self.column_ids[:width] > self.column + 1\n",
+        "        future = self.column_ids[:width] > self.column  #",
+        "        future = self.column_ids[:width] > self.column + 1  #",
     ),
     "fused_head_wrong_token_gradients": (  # each chunk handed the first chunk's per-token loss gradients
         "r1_lightning/models/fused_head_loss.py",
