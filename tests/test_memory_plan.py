@@ -58,6 +58,10 @@ def test_terms_by_hand():
     assert estimate.activations - tiled.activations == (4 * 16 * 2 - 8) * 4 * 96 * 4
     untiled = estimate_memory(policy, reference, "adamw", 8, 10, 6, 4, None, 16, 1000, mlp_tile_tokens=64)
     assert untiled.activations == estimate.activations  # 64 tokens in one tile: nothing is tiled
+    # the automatic threshold (models/tiled_mlp.resolve_mlp_tiling): tiled only above it, 64 tokens here
+    args = (policy, reference, "adamw", 8, 10, 6, 4, None, 16, 1000)
+    assert estimate_memory(*args, mlp_tile_tokens=8, mlp_tile_above=64).activations == estimate.activations
+    assert estimate_memory(*args, mlp_tile_tokens=8, mlp_tile_above=63).activations == tiled.activations
 
 
 def test_a_run_above_the_machine_is_refused_in_one_line_before_sampling(monkeypatch, tiny_model_and_tokenizer):
